@@ -1,0 +1,239 @@
+"""The event record: ``Event`` (what a caller appends), its one Arrow schema, and input validation.
+
+Everything that later becomes a path, a partition value or an SQL identifier is validated here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import pyarrow as pa
+
+from ._time import now_utc, to_utc
+from .errors import InvalidArgumentError
+
+__all__ = [
+    "EVENT_COLUMNS",
+    "EVENT_SCHEMA",
+    "MAX_JSON_BYTES",
+    "MAX_JSON_DEPTH",
+    "Event",
+    "check_aggregate_id",
+    "check_aggregate_type",
+    "check_identifier",
+    "check_version",
+    "encode_json",
+    "parse_json",
+]
+
+MAX_JSON_DEPTH = 64
+MAX_JSON_BYTES = 1_048_576
+MAX_ID_LENGTH = 1024
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+_EVENT_TYPE = re.compile(r"[A-Za-z_][A-Za-z0-9_.:$<>-]{0,254}")
+
+EVENT_SCHEMA = pa.schema(
+    [
+        pa.field("position", pa.int64(), nullable=False),
+        pa.field("event_id", pa.string(), nullable=False),
+        pa.field("event_type", pa.string(), nullable=False),
+        pa.field("schema_version", pa.int32(), nullable=False),
+        pa.field("aggregate_type", pa.string(), nullable=False),
+        pa.field("aggregate_id", pa.string(), nullable=False),
+        pa.field("aggregate_version", pa.int64(), nullable=False),
+        pa.field("occurred_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("recorded_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("data", pa.string(), nullable=False),
+        pa.field("metadata", pa.string(), nullable=False),
+    ]
+)
+EVENT_COLUMNS: tuple[str, ...] = tuple(EVENT_SCHEMA.names)
+
+
+def check_identifier(value: object, name: str) -> str:
+    """Return ``value`` if it is an identifier (letters, digits, ``_``; not starting with a digit)."""
+    if not isinstance(value, str) or not _IDENTIFIER.fullmatch(value):
+        raise InvalidArgumentError(
+            f"{name} must be an identifier (a letter or _ then letters, digits or _, at most 128), "
+            f"got {value!r}"
+        )
+    return value
+
+
+def check_aggregate_type(value: object) -> str:
+    """Validate an aggregate type: it becomes a partition folder, so it must be an identifier."""
+    return check_identifier(value, "aggregate_type")
+
+
+def check_aggregate_id(value: object, name: str = "aggregate_id") -> str:
+    """Validate a stream id: any non-empty text without control characters, at most 1024 characters."""
+    if isinstance(value, uuid.UUID):
+        value = str(value)
+    if not isinstance(value, str) or not value:
+        raise InvalidArgumentError(f"{name} must be a non-empty string, got {value!r}")
+    if len(value) > MAX_ID_LENGTH:
+        raise InvalidArgumentError(f"{name} is longer than {MAX_ID_LENGTH} characters: {value[:40]!r}…")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise InvalidArgumentError(f"{name} must not hold control characters, got {value!r}")
+    _check_utf8(value, name)
+    return value
+
+
+def check_version(value: object, name: str, *, allow_none: bool = False) -> int | None:
+    """Validate a version number: a non-negative int (``bool`` is refused)."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidArgumentError(f"{name} must be a non-negative int, got {value!r}")
+    return value
+
+
+def _check_utf8(text: str, name: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidArgumentError(
+            f"{name} holds a lone surrogate at index {exc.start}; text must be valid Unicode"
+        ) from None
+
+
+def _check_tree(value: object, name: str) -> None:
+    """Walk a JSON-like value without recursion: types, depth, keys, floats, strings."""
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise InvalidArgumentError(f"{name} is nested deeper than {MAX_JSON_DEPTH} levels")
+        if isinstance(item, str):
+            _check_utf8(item, name)
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                raise InvalidArgumentError(f"{name} holds {item!r}, which JSON cannot represent")
+        elif isinstance(item, Mapping):
+            for key, sub in item.items():
+                if not isinstance(key, str):
+                    raise InvalidArgumentError(f"{name} has a non-string key {key!r}; JSON keys are text")
+                _check_utf8(key, name)
+                stack.append((sub, depth + 1))
+        elif isinstance(item, (list, tuple)):
+            stack.extend((sub, depth + 1) for sub in item)
+        elif item is not None and not isinstance(item, (bool, int)):
+            raise InvalidArgumentError(
+                f"{name} holds a {type(item).__name__} ({item!r:.60}), which is not JSON; "
+                "use dicts, lists, str, int, float, bool or None"
+            )
+
+
+def encode_json(value: object, name: str) -> str:
+    """Validate a JSON-like value and return its compact JSON text.
+
+    A ``str`` is taken as JSON text and parsed strictly first (see :func:`parse_json`).
+
+    Examples
+    --------
+    >>> encode_json({"amount": 10}, "data")
+    '{"amount":10}'
+    >>> encode_json({"x": float("nan")}, "data")
+    Traceback (most recent call last):
+    ...
+    es_analytics.errors.InvalidArgumentError: data holds nan, which JSON cannot represent
+    """
+    if isinstance(value, str):
+        value = parse_json(value, name)
+    if not isinstance(value, Mapping):
+        raise InvalidArgumentError(f"{name} must be a JSON object (a dict), got {type(value).__name__}")
+    _check_tree(value, name)
+    text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    if len(text.encode("utf-8")) > MAX_JSON_BYTES:
+        raise InvalidArgumentError(f"{name} is larger than {MAX_JSON_BYTES} bytes as JSON")
+    return text
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise InvalidArgumentError(f"JSON object holds the key {key!r} twice")
+        result[key] = value
+    return result
+
+
+def _reject_constant(token: str) -> None:
+    raise InvalidArgumentError(f"JSON text holds {token}, which is not valid JSON")
+
+
+def parse_json(text: str, name: str) -> Any:
+    """Parse JSON text strictly: no NaN/Infinity, no duplicate keys, bounded size and depth."""
+    if len(text) > MAX_JSON_BYTES:
+        raise InvalidArgumentError(f"{name} is larger than {MAX_JSON_BYTES} bytes as JSON")
+    _check_utf8(text, name)
+    try:
+        value = json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_reject_constant)
+    except InvalidArgumentError as exc:
+        raise InvalidArgumentError(f"{name}: {exc}") from None
+    except RecursionError:
+        raise InvalidArgumentError(f"{name} is nested deeper than {MAX_JSON_DEPTH} levels") from None
+    except ValueError as exc:
+        raise InvalidArgumentError(f"{name} is not valid JSON: {exc}") from None
+    _check_tree(value, name)
+    return value
+
+
+@dataclass(frozen=True)
+class Event:
+    """A new event to append; validated when it is made.
+
+    Parameters
+    ----------
+    event_type
+        Past-tense name such as ``"MoneyDeposited"``.
+    data
+        The payload: a dict of JSON values (or JSON text of an object).
+    metadata
+        Correlation id, causation id, actor and the like (a dict of JSON values).
+    occurred_at
+        Business time, timezone-aware; defaults to now.
+    event_id
+        Unique id and idempotency key; defaults to a fresh UUID.
+    schema_version
+        Version of the payload's shape, for upcasting (default 1).
+
+    Examples
+    --------
+    >>> e = Event("MoneyDeposited", {"amount": 10}, event_id="e-1")
+    >>> e.data_json, e.schema_version
+    ('{"amount":10}', 1)
+    """
+
+    event_type: str
+    data: Mapping[str, Any]
+    metadata: Mapping[str, Any] | None = None
+    occurred_at: datetime | None = None
+    event_id: str | None = None
+    schema_version: int = 1
+    data_json: str = field(init=False, repr=False, compare=False)
+    metadata_json: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.event_type, str) or not _EVENT_TYPE.fullmatch(self.event_type):
+            raise InvalidArgumentError(
+                "event_type must be a name such as 'MoneyDeposited' (letters, digits and _ . : - "
+                f"$ < >, at most 255), got {self.event_type!r}"
+            )
+        version = self.schema_version
+        if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= 2**31 - 1:
+            raise InvalidArgumentError(f"schema_version must be a positive int, got {version!r}")
+        event_id = str(uuid.uuid4()) if self.event_id is None else self.event_id
+        object.__setattr__(self, "event_id", check_aggregate_id(event_id, "event_id"))
+        occurred = now_utc() if self.occurred_at is None else to_utc(self.occurred_at, "occurred_at")
+        object.__setattr__(self, "occurred_at", occurred)
+        object.__setattr__(self, "data_json", encode_json(self.data, "data"))
+        metadata = {} if self.metadata is None else self.metadata
+        object.__setattr__(self, "metadata_json", encode_json(metadata, "metadata"))

@@ -1,0 +1,498 @@
+"""Coordinates the tiers: opening and recovery, sealing, bulk imports, compaction and snapshots.
+
+Crash safety rests on one order of steps. Sealing reads committed hot rows, writes Parquet under
+temporary names, fsyncs and publishes them, atomically replaces the manifest, and only then, in one SQLite
+transaction, indexes the new files and deletes the sealed hot rows. Recovery on open (under the seal
+lock) deletes temporary and unlisted files (undo) and applies a manifest that SQLite has not caught up
+with (finish). Readers never see a mix: the view is the manifest's files plus hot rows above its position.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from .._time import now_utc, to_micros
+from ..errors import InvalidArgumentError, LakeBusyError, LakeCorruptError, LakeError, NotALakeError
+from ..events import EVENT_SCHEMA
+from .hot import Durability, SQLiteHotTier, StoredMatch, event_id_hash
+from .manifest import FileEntry, Manifest, read_manifest, write_manifest
+from .reader import DuckReader, hot_rows_to_arrow, translate_errors
+from .sealed import ParquetSealedTier, row_group_index
+
+__all__ = ["LakeStore", "MARKER"]
+
+MARKER = "lake.json"
+HOT_NAME = "hot.sqlite"
+LOCK_NAME = "seal.lock"
+LAKE_FORMAT = "es_analytics-lake"
+COMPACT_TARGET_ROWS = 1_000_000
+_MIN = pa.scalar(0, pa.int64())
+
+
+class LakeStore:
+    """The storage engine behind ``Lake``: one per open lake handle."""
+
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        durability: Durability = "full",
+        safe_sql: bool = False,
+        auto_seal_rows: int = 50_000,
+        compact_after_files: int = 8,
+        retire_grace_seconds: float = 600.0,
+        busy_timeout: float = 30.0,
+    ) -> None:
+        self.folder = folder
+        self.auto_seal_rows = auto_seal_rows
+        self.compact_after_files = compact_after_files
+        self.retire_grace_seconds = retire_grace_seconds
+        self.busy_timeout = busy_timeout
+        self._prepare_folder()
+        self.hot = SQLiteHotTier(folder / HOT_NAME, durability=durability, busy_timeout=busy_timeout)
+        self.sealed = ParquetSealedTier(folder)
+        self.reader = DuckReader(folder, safe=safe_sql)
+        self._manifest_key: tuple[int, int, int] | None = None
+        self._manifest = Manifest()
+        self.recover()
+
+    # -- folder -------------------------------------------------------------------------------
+    def _prepare_folder(self) -> None:
+        folder = self.folder
+        if folder.exists() and not folder.is_dir():
+            raise NotALakeError(f"{str(folder)!r} is a file, not a lake folder")
+        marker = folder / MARKER
+        if folder.exists() and any(folder.iterdir()) and not marker.exists():
+            raise NotALakeError(
+                f"{str(folder)!r} holds files but no {MARKER}: it is not an event lake; "
+                "pass an empty or missing folder to create one"
+            )
+        if marker.exists():
+            try:
+                body = json.loads(marker.read_text(encoding="utf-8"))
+            except ValueError as exc:
+                raise NotALakeError(f"{str(marker)!r} is not a lake marker: {exc}") from exc
+            if body.get("format") != LAKE_FORMAT:
+                raise NotALakeError(f"{str(marker)!r} is not an es_analytics lake marker")
+            return
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = folder / f".{MARKER}.tmp"
+            tmp.write_text(
+                json.dumps({"format": LAKE_FORMAT, "version": 1, "created_at": now_utc().isoformat()}),
+                encoding="utf-8",
+            )
+            os.replace(tmp, marker)
+        except OSError as exc:
+            raise LakeError(f"cannot create a lake in {str(folder)!r}: {exc}") from exc
+
+    def close(self) -> None:
+        self.reader.close()
+        self.hot.close()
+
+    # -- locking ------------------------------------------------------------------------------
+    @contextmanager
+    def seal_lock(self, *, wait: bool = True) -> Iterator[bool]:
+        """The lake-wide lock for sealing, compaction and recovery (a file lock, so across processes)."""
+        handle = open(self.folder / LOCK_NAME, "a+b")
+        try:
+            deadline = time.monotonic() + self.busy_timeout
+            while True:
+                try:
+                    fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if not wait:
+                        yield False
+                        return
+                    if time.monotonic() > deadline:
+                        raise LakeBusyError(
+                            f"another process has been sealing the lake for {self.busy_timeout:.0f} s"
+                        ) from None
+                    time.sleep(0.01)
+            try:
+                yield True
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        finally:
+            handle.close()
+
+    # -- manifest -----------------------------------------------------------------------------
+    def manifest(self) -> Manifest:
+        """The current manifest, re-read only when the file changed."""
+        try:
+            st = os.stat(self.folder / "manifest.json")
+            key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            key = (0, 0, 0)
+        if key != self._manifest_key:
+            self._manifest = read_manifest(self.folder)
+            self._manifest_key = key
+        return self._manifest
+
+    def _publish(self, manifest: Manifest) -> None:
+        write_manifest(self.folder, manifest)
+        self._manifest_key = None
+
+    # -- recovery -----------------------------------------------------------------------------
+    def recover(self) -> dict[str, Any]:
+        """Finish or undo an interrupted seal; delete temporary files and files past their grace."""
+        with self.seal_lock():
+            manifest = self.manifest()
+            removed = [str(p.relative_to(self.folder)) for p in self.sealed.temporary_files()]
+            for path in self.sealed.temporary_files():
+                path.unlink(missing_ok=True)
+            listed = {f.path for f in manifest.files} | {p for p, _ in manifest.retired}
+            for rel in self.sealed.owned_parquet():
+                if rel not in listed:
+                    self.sealed.remove(rel)
+                    removed.append(rel)
+            with self.hot.write():
+                applied = self._apply(manifest, {})
+            manifest = self._drop_retired(manifest)
+        return {"removed_files": removed, "indexed_files": applied}
+
+    def _apply(self, manifest: Manifest, indexes: dict[str, pl.DataFrame]) -> int:
+        """Inside a hot write transaction: bring SQLite up to ``manifest``. Idempotent."""
+        con = self.hot.con
+        if int(self.hot.meta("manifest_generation", -1)) == manifest.generation:
+            return 0
+        known = dict(con.execute("SELECT path, file_id FROM files").fetchall())
+        listed = {f.path for f in manifest.files}
+        for path, file_id in known.items():
+            if path not in listed:
+                con.execute("DELETE FROM stream_index WHERE file_id = ?", (file_id,))
+                con.execute("DELETE FROM files WHERE file_id = ?", (file_id,))
+        new = [f for f in manifest.files if f.path not in known]
+        for entry in new:
+            file_id = con.execute("INSERT INTO files (path) VALUES (?) RETURNING file_id", (entry.path,)).fetchone()[0]
+            index = indexes.get(entry.path)
+            if index is None:
+                index = self._index_from_file(entry)
+            con.executemany(
+                "INSERT OR IGNORE INTO stream_index (aggregate_id, file_id, row_group) VALUES (?, ?, ?)",
+                ((a, file_id, g) for a, g in index.iter_rows()),
+            )
+            if entry.level == 0:
+                self._index_event_ids(entry)
+        if new:
+            self._sync_streams(new)
+        self.hot.bump_sequence(manifest.sealed_position)
+        con.execute("DELETE FROM events WHERE position <= ?", (manifest.sealed_position,))
+        self.hot.set_meta("sealed_position", manifest.sealed_position)
+        self.hot.set_meta("last_recorded_at", max(manifest.last_recorded_at, int(self.hot.meta("last_recorded_at", 0))))
+        self.hot.set_meta("manifest_generation", manifest.generation)
+        return len(new)
+
+    def _index_from_file(self, entry: FileEntry) -> pl.DataFrame:
+        handle = pq.ParquetFile(self.folder / entry.path)
+        frames = []
+        for group in range(handle.num_row_groups):
+            ids = handle.read_row_group(group, columns=["aggregate_id"])["aggregate_id"]
+            frames.append(pl.DataFrame({"aggregate_id": pl.from_arrow(pc.unique(ids))}).with_columns(
+                pl.lit(group, pl.Int64).alias("row_group")))
+        return pl.concat(frames) if frames else pl.DataFrame(schema={"aggregate_id": pl.String, "row_group": pl.Int64})
+
+    def _index_event_ids(self, entry: FileEntry) -> None:
+        table = pq.read_table(self.folder / entry.path, columns=["event_id", "position"])
+        rows = sorted(zip(map(event_id_hash, table["event_id"].to_pylist()), table["position"].to_pylist()))
+        self.hot.con.executemany("INSERT OR IGNORE INTO event_ids (id_hash, position) VALUES (?, ?)", rows)
+
+    def _sync_streams(self, entries: Sequence[FileEntry]) -> None:
+        """Raise stream versions to what new files hold (a no-op after a normal seal)."""
+        paths = [str(self.folder / e.path) for e in entries]
+        heads = (
+            pl.scan_parquet(paths)
+            .group_by("aggregate_id")
+            .agg(pl.col("aggregate_type").first(), pl.col("aggregate_version").max())
+            .collect()
+        )
+        self.hot.con.executemany(
+            "INSERT INTO streams (aggregate_id, aggregate_type, version) VALUES (?, ?, ?) "
+            "ON CONFLICT (aggregate_id) DO UPDATE SET version = max(version, excluded.version)",
+            heads.iter_rows(),
+        )
+
+    def _drop_retired(self, manifest: Manifest) -> Manifest:
+        """Delete files retired by compaction once no reader can still be using them."""
+        cutoff = time.time() - self.retire_grace_seconds
+        expired = [r for r in manifest.retired if r[1] <= cutoff]
+        if not expired:
+            return manifest
+        keep = tuple(r for r in manifest.retired if r[1] > cutoff)
+        manifest = manifest.next(retired=keep)
+        self._publish(manifest)
+        with self.hot.write():
+            self.hot.set_meta("manifest_generation", manifest.generation)
+        for path, _ in expired:
+            self.sealed.remove(path)
+        return manifest
+
+    # -- sealing ------------------------------------------------------------------------------
+    def seal(self, *, wait: bool = True, max_rows: int = 1_000_000) -> dict[str, Any]:
+        """Move committed hot events into Parquet. Returns what was sealed."""
+        started = time.perf_counter()
+        with self.seal_lock(wait=wait) as locked:
+            if not locked:
+                return {"sealed_events": 0, "files": [], "skipped": "another process is sealing"}
+            total, files = 0, []
+            while True:
+                manifest = self.manifest()
+                with self.hot.read():
+                    rows = self.hot.rows_after(manifest.sealed_position, limit=max_rows)
+                if not rows:
+                    break
+                table = hot_rows_to_arrow(rows)
+                entries, indexes = self._write_by_type(table)
+                manifest = manifest.next(
+                    sealed_position=rows[-1][0],
+                    last_recorded_at=max(manifest.last_recorded_at, rows[-1][8]),
+                    files=manifest.files + tuple(entries),
+                )
+                self._publish(manifest)
+                with self.hot.write():
+                    self._apply(manifest, indexes)
+                total += len(rows)
+                files += [e.path for e in entries]
+                if len(rows) < max_rows:
+                    break
+            compacted = self._maybe_compact()
+            self._drop_retired(self.manifest())
+        return {
+            "sealed_events": total,
+            "files": files,
+            "compacted": compacted,
+            "sealed_position": self.manifest().sealed_position,
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+
+    def _write_by_type(self, table: pa.Table, level: int = 0) -> tuple[list[FileEntry], dict[str, pl.DataFrame]]:
+        entries, indexes = [], {}
+        for aggregate_type in pc.unique(table["aggregate_type"]).to_pylist():
+            part = table.filter(pc.equal(table["aggregate_type"], aggregate_type))
+            entry, index = self.sealed.write(part, aggregate_type, level=level)
+            entries.append(entry)
+            indexes[entry.path] = index
+        return entries, indexes
+
+    def maybe_auto_seal(self, last_position: int) -> None:
+        """Seal when the hot tier has grown past ``auto_seal_rows`` (skipped if another process seals)."""
+        if self.auto_seal_rows and last_position - self.manifest().sealed_position >= self.auto_seal_rows:
+            self.seal(wait=False)
+
+    # -- compaction ---------------------------------------------------------------------------
+    def _maybe_compact(self) -> list[str]:
+        done = []
+        by_type: dict[str, int] = {}
+        for entry in self.manifest().files:
+            if entry.level == 0:
+                by_type[entry.aggregate_type] = by_type.get(entry.aggregate_type, 0) + 1
+        for aggregate_type, count in sorted(by_type.items()):
+            if self.compact_after_files and count >= self.compact_after_files:
+                self._compact_type(aggregate_type)
+                done.append(aggregate_type)
+        return done
+
+    def compact(self, aggregate_type: str | None = None) -> list[str]:
+        """Rewrite a type's files into stream-sorted files with disjoint aggregate_id ranges."""
+        with self.seal_lock():
+            types = sorted({f.aggregate_type for f in self.manifest().files})
+            if aggregate_type is not None:
+                types = [t for t in types if t == aggregate_type]
+            for name in types:
+                self._compact_type(name)
+            self._drop_retired(self.manifest())
+        return types
+
+    def _compact_type(self, aggregate_type: str) -> None:
+        manifest = self.manifest()
+        old = [f for f in manifest.files if f.aggregate_type == aggregate_type]
+        if len(old) <= 1 and all(f.level == 1 for f in old):
+            return
+        paths = [str(self.folder / f.path) for f in old]
+        counts = (
+            pl.scan_parquet(paths).group_by("aggregate_id").len().sort("aggregate_id").collect()
+        )
+        cumulative = counts["len"].cum_sum()
+        bucket = (cumulative - 1) // COMPACT_TARGET_ROWS
+        bounds = counts.with_columns(bucket.alias("bucket")).group_by("bucket").agg(
+            pl.col("aggregate_id").min().alias("lo")).sort("bucket")["lo"].to_list()
+        dataset = ds.dataset(paths, format="parquet", schema=EVENT_SCHEMA)
+        entries, indexes = [], {}
+        for i, lo in enumerate(bounds):
+            cond = ds.field("aggregate_id") >= lo
+            if i + 1 < len(bounds):
+                cond = cond & (ds.field("aggregate_id") < bounds[i + 1])
+            part = dataset.to_table(filter=cond)
+            entry, index = self.sealed.write(part, aggregate_type, level=1)
+            entries.append(entry)
+            indexes[entry.path] = index
+        now = time.time()
+        keep = tuple(f for f in manifest.files if f.aggregate_type != aggregate_type)
+        manifest = manifest.next(
+            files=keep + tuple(entries),
+            retired=manifest.retired + tuple((f.path, now) for f in old),
+        )
+        self._publish(manifest)
+        with self.hot.write():
+            self._apply(manifest, indexes)
+
+    # -- bulk import --------------------------------------------------------------------------
+    def import_table(self, table: pa.Table, *, keep_recorded_at: bool = False, trusted: bool = False) -> dict[str, Any]:
+        """Append many streams' events at once, straight into Parquet (used by ingest and sample data).
+
+        ``table`` has the event columns except ``position`` (and ``recorded_at`` unless
+        ``keep_recorded_at``), in commit order. Each stream's versions must continue its current
+        version without gaps; event ids must be new. All or nothing.
+        """
+        n = table.num_rows
+        if n == 0:
+            return {"imported_events": 0}
+        with self.seal_lock():
+            with self.hot.write():
+                if not trusted:
+                    self._validate_import(table)
+                manifest = self.manifest()
+                hot_rows = self.hot.rows_after(manifest.sealed_position)
+                first = self.hot.reserve_positions(n)
+                last_recorded = self.hot.last_recorded_at()
+                if keep_recorded_at:
+                    recorded = pc.cast(table["recorded_at"], pa.int64())
+                    if n > 1 and pc.any(pc.less(recorded[1:], recorded[:-1])).as_py():
+                        raise InvalidArgumentError("recorded_at must not decrease in commit order")
+                    if pc.min(recorded).as_py() < last_recorded:
+                        raise InvalidArgumentError(
+                            "recorded_at of imported events lies before the lake's newest recorded_at; "
+                            "import without keep_recorded_at to stamp them now"
+                        )
+                    table = table.drop_columns(["recorded_at"])
+                else:
+                    stamp = max(to_micros(now_utc()), last_recorded)
+                    recorded = pa.array([stamp] * n, pa.int64())
+                    if "recorded_at" in table.column_names:
+                        table = table.drop_columns(["recorded_at"])
+                table = table.append_column("recorded_at", pc.cast(recorded, EVENT_SCHEMA.field("recorded_at").type))
+                table = table.append_column("position", pa.array(range(first, first + n), pa.int64()))
+                table = table.select(EVENT_SCHEMA.names).cast(EVENT_SCHEMA)
+                if hot_rows:
+                    table = pa.concat_tables([hot_rows_to_arrow(hot_rows), table])
+                entries, indexes = self._write_by_type(table)
+                manifest = manifest.next(
+                    sealed_position=first + n - 1,
+                    last_recorded_at=max(manifest.last_recorded_at, pc.max(pc.cast(table["recorded_at"], pa.int64())).as_py()),
+                    files=manifest.files + tuple(entries),
+                )
+                self._publish(manifest)
+                self._apply(manifest, indexes)
+            compacted = self._maybe_compact()
+        return {"imported_events": n, "first_position": first, "last_position": first + n - 1, "compacted": compacted}
+
+    def _validate_import(self, table: pa.Table) -> None:
+        con = self.hot.con
+        frame = pl.from_arrow(table.select(["event_id", "aggregate_type", "aggregate_id", "aggregate_version"]))
+        assert isinstance(frame, pl.DataFrame)
+        if frame["event_id"].n_unique() != frame.height:
+            raise InvalidArgumentError("the imported events repeat an event_id")
+        heads = frame.group_by("aggregate_id", maintain_order=True).agg(
+            pl.col("aggregate_type").n_unique().alias("types"),
+            pl.col("aggregate_type").first(),
+            pl.col("aggregate_version").first().alias("first"),
+            pl.col("aggregate_version").diff().drop_nulls().eq(1).all().alias("contiguous"),
+        )
+        con.execute("CREATE TEMP TABLE IF NOT EXISTS _import (aggregate_id TEXT PRIMARY KEY, aggregate_type TEXT, first INTEGER)")
+        con.execute("DELETE FROM _import")
+        con.executemany("INSERT INTO _import VALUES (?, ?, ?)", heads.select("aggregate_id", "aggregate_type", "first").iter_rows())
+        bad = con.execute(
+            "SELECT i.aggregate_id, i.aggregate_type, s.aggregate_type, i.first, coalesce(s.version, 0) "
+            "FROM _import i LEFT JOIN streams s USING (aggregate_id) "
+            "WHERE i.first != coalesce(s.version, 0) + 1 OR i.aggregate_type != coalesce(s.aggregate_type, i.aggregate_type) LIMIT 1"
+        ).fetchone()
+        if bad is not None:
+            raise InvalidArgumentError(
+                f"stream {bad[0]!r}: imported versions start at {bad[3]} but the stream is at version {bad[4]} "
+                f"(type {bad[2]!r}); imported events must continue each stream without gaps"
+            )
+        broken = heads.filter((pl.col("types") > 1) | ~pl.col("contiguous"))
+        if broken.height:
+            raise InvalidArgumentError(
+                f"stream {broken['aggregate_id'][0]!r}: imported versions are not contiguous, "
+                "or the stream has two aggregate types"
+            )
+        known = self._known_event_ids(frame["event_id"].to_list())
+        if known:
+            raise InvalidArgumentError(f"event_id {known[0]!r} is already in the lake")
+
+    def _known_event_ids(self, event_ids: list[str]) -> list[str]:
+        con = self.hot.con
+        found = []
+        for start in range(0, len(event_ids), 500):
+            chunk = event_ids[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            found += [r[0] for r in con.execute(f"SELECT event_id FROM events WHERE event_id IN ({marks})", chunk)]
+            hashes = {event_id_hash(e): e for e in chunk}
+            keys = list(hashes)
+            positions = [r[0] for r in con.execute(
+                f"SELECT position FROM event_ids WHERE id_hash IN ({','.join('?' * len(keys))})", keys)]
+            if positions:
+                found += [m.event_id for m in self.lookup_sealed(positions) if m.event_id in set(chunk)]
+        return found
+
+    # -- reads --------------------------------------------------------------------------------
+    def lookup_sealed(self, positions: Sequence[int]) -> list[StoredMatch]:
+        """Sealed events at ``positions``, for telling retries from reused ids."""
+        table = self.sealed.read_positions(self.manifest().files, positions)
+        out = []
+        for row in table.to_pylist():
+            out.append(StoredMatch(
+                row["event_id"], row["event_type"], row["schema_version"], row["aggregate_type"],
+                row["aggregate_id"], row["aggregate_version"], to_micros(row["occurred_at"]),
+                row["data"], row["metadata"],
+            ))
+        return out
+
+    def read_stream(self, aggregate_id: str) -> pa.Table:
+        """Every stored event of one stream in version order (sealed row groups plus hot rows)."""
+        with translate_errors("reading a stream"):
+            with self.hot.read():
+                locations = self.hot.stream_locations(aggregate_id)
+                sealed_position = int(self.hot.meta("sealed_position", 0))
+                hot = self.hot.stream_rows(aggregate_id, sealed_position)
+            sealed = self.sealed.read_stream(locations, aggregate_id) if locations else EVENT_SCHEMA.empty_table()
+            table = pa.concat_tables([sealed.cast(EVENT_SCHEMA), hot_rows_to_arrow(hot)])
+            if locations:
+                table = table.sort_by("aggregate_version")
+            return table
+
+    def refresh(self) -> None:
+        """Point the DuckDB view at the newest consistent snapshot (cheap when nothing changed)."""
+        with translate_errors("refreshing the snapshot"):
+            with self.hot.read():
+                manifest = self.manifest()
+                reader = self.reader
+                same_files = reader.snapshot_key is not None and reader.snapshot_key[0] == manifest.generation
+                after = manifest.sealed_position
+                if same_files and reader.hot.num_rows:
+                    after = max(after, pc.max(reader.hot["position"]).as_py())
+                rows = self.hot.rows_after(after)
+            if same_files and not rows:
+                return
+            fresh = hot_rows_to_arrow(rows)
+            if same_files:
+                hot = pa.concat_tables([reader.hot, fresh])
+            else:
+                hot = fresh
+            files = tuple(f.path for f in manifest.files)
+            reader.install(files, manifest.sealed_position, hot, (manifest.generation, after))

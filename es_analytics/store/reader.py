@@ -1,0 +1,129 @@
+"""The DuckDB side of the lake: one connection whose view ``events`` is a consistent snapshot.
+
+The snapshot is the manifest's explicit file list (never a glob) plus the hot rows above the manifest's
+``sealed_position``. Engine errors (DuckDB, SQLite, pyarrow) are translated into es_analytics errors here,
+in :func:`translate_errors`, and nowhere above ``store/``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import polars as pl
+import pyarrow as pa
+import pyarrow.dataset as ds
+
+from ..errors import LakeBusyError, LakeError, QueryError, ReadOnlyQueryError
+from ..events import EVENT_SCHEMA
+from .hot import HotRow
+
+__all__ = ["DuckReader", "hot_rows_to_arrow", "translate_errors"]
+
+_READ_ONLY_TYPES = {"SELECT", "EXPLAIN"}
+
+
+@contextmanager
+def translate_errors(what: str) -> Iterator[None]:
+    """Turn DuckDB, SQLite and pyarrow errors into es_analytics errors, keeping the cause."""
+    try:
+        yield
+    except duckdb.PermissionException as exc:
+        raise ReadOnlyQueryError(
+            f"{what}: the query reads files outside the lake, which safe mode forbids ({exc})"
+        ) from exc
+    except (duckdb.ParserException, duckdb.BinderException, duckdb.CatalogException,
+            duckdb.InvalidInputException, duckdb.ConversionException) as exc:
+        raise QueryError(f"{what}: {exc}") from exc
+    except duckdb.Error as exc:
+        raise QueryError(f"{what} failed in DuckDB: {exc}") from exc
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc) or "busy" in str(exc):
+            raise LakeBusyError(f"{what}: the hot tier is locked by another process ({exc})") from exc
+        raise LakeError(f"{what}: hot tier error: {exc}") from exc
+    except sqlite3.DatabaseError as exc:
+        raise LakeError(f"{what}: hot tier error: {exc}") from exc
+    except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as exc:
+        raise LakeError(f"{what}: cannot read a lake file: {exc}") from exc
+
+
+def hot_rows_to_arrow(rows: Sequence[HotRow]) -> pa.Table:
+    """Hot-tier rows (times as µs integers) as a table of the event schema."""
+    if not rows:
+        return EVENT_SCHEMA.empty_table()
+    columns = list(zip(*rows))
+    arrays = [pa.array(col, type=f.type) for col, f in zip(columns, EVENT_SCHEMA)]
+    return pa.Table.from_arrays(arrays, schema=EVENT_SCHEMA)
+
+
+class DuckReader:
+    """Owns the DuckDB connection and keeps the ``events`` view on the newest consistent snapshot."""
+
+    def __init__(self, folder: Path, *, safe: bool, memory_limit: str | None = None) -> None:
+        self.folder = folder
+        self.safe = safe
+        self.lock = threading.RLock()
+        self.con = duckdb.connect()
+        if memory_limit:
+            self.con.execute("SET memory_limit = ?", [memory_limit])
+        self.con.execute("SET parquet_metadata_cache = true")
+        if safe:
+            # No file system access at all for queries; the sealed files are scanned as an Arrow dataset.
+            self.con.execute("SET python_enable_replacements = false")
+            self.con.execute("SET enable_external_access = false")
+            self.con.execute("SET lock_configuration = true")
+        self.snapshot_key: tuple[int, int] | None = None
+        self.files: tuple[str, ...] = ()
+        self.hot = EVENT_SCHEMA.empty_table()
+        self.sealed_position = 0
+        self._extra_views: dict[str, Any] = {}
+
+    def close(self) -> None:
+        self.con.close()
+
+    def install(self, files: tuple[str, ...], sealed_position: int, hot: pa.Table, key: tuple[int, int]) -> None:
+        """Point the ``events`` view at a new snapshot (files relative to the lake folder)."""
+        with self.lock:
+            self.con.register("_hot_events", hot)
+            if files != self.files or self.snapshot_key is None:
+                paths = [str(self.folder / f) for f in files]
+                if not paths:
+                    self.con.execute("CREATE OR REPLACE TEMP VIEW _sealed_events AS SELECT * FROM _hot_events LIMIT 0")
+                elif self.safe:
+                    self.con.register("_sealed_dataset", ds.dataset(paths, format="parquet", schema=EVENT_SCHEMA))
+                    self.con.execute("CREATE OR REPLACE TEMP VIEW _sealed_events AS SELECT * FROM _sealed_dataset")
+                else:
+                    self.con.read_parquet(paths, hive_partitioning=False).create_view("_sealed_events", replace=True)
+                self.con.execute(
+                    "CREATE OR REPLACE TEMP VIEW events AS "
+                    "SELECT * FROM _sealed_events UNION ALL SELECT * FROM _hot_events"
+                )
+            self.files, self.hot, self.sealed_position, self.snapshot_key = files, hot, sealed_position, key
+
+    def query(self, sql: str, params: Sequence[Any] | dict[str, Any] | None, *, what: str) -> pl.DataFrame:
+        """Run one read-only statement and return its result as a polars DataFrame."""
+        with self.lock, translate_errors(what):
+            self._check_read_only(sql)
+            return self.con.sql(sql, params=params).pl()
+
+    def relation(self, sql: str, params: Sequence[Any] | None = None) -> duckdb.DuckDBPyRelation:
+        """A lazy relation for the package's own generated SQL (callers hold ``lock``)."""
+        return self.con.sql(sql, params=params)
+
+    def _check_read_only(self, sql: str) -> None:
+        if not isinstance(sql, str) or not sql.strip():
+            raise QueryError(f"the query must be non-empty SQL text, got {sql!r}")
+        statements = self.con.extract_statements(sql)
+        if len(statements) != 1:
+            raise QueryError(f"lake.sql runs exactly one statement, got {len(statements)}")
+        kind = statements[0].type.name
+        if kind not in _READ_ONLY_TYPES:
+            raise ReadOnlyQueryError(
+                f"lake.sql only reads: a {kind} statement is not allowed (the lake changes only through "
+                "append, seal and forget)"
+            )

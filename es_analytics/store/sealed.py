@@ -1,0 +1,149 @@
+"""The sealed tier: hive-partitioned Parquet (zstd), one folder per aggregate type.
+
+Every file's rows are sorted by (aggregate_id, aggregate_version), so one stream sits in one or two row
+groups of a file; the hot tier's ``stream_index`` says which, and point reads open only those row groups
+(see docs/decisions.md for why the partitions are not monthly). Files are written under a ``.tmp`` name,
+fsynced, and published under their final name without ever replacing an existing file.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from ..events import EVENT_SCHEMA
+from .manifest import FileEntry, fsync_dir, publish_no_replace
+
+__all__ = ["ROW_GROUP_SIZE", "ParquetSealedTier", "row_group_index"]
+
+ROW_GROUP_SIZE = 2048
+EVENTS_DIR = "events"
+
+
+def row_group_index(sorted_ids: pa.Array | pa.ChunkedArray, row_group_size: int) -> pl.DataFrame:
+    """Distinct (aggregate_id, row_group) pairs of a column sorted by aggregate_id."""
+    frame = pl.DataFrame({"aggregate_id": pl.from_arrow(sorted_ids)})
+    return (
+        frame.with_row_index("row")
+        .with_columns((pl.col("row") // row_group_size).cast(pl.Int64).alias("row_group"))
+        .select("aggregate_id", "row_group")
+        .unique(maintain_order=True)
+    )
+
+
+class ParquetSealedTier:
+    """Writes and reads the Parquet files of one lake folder."""
+
+    def __init__(self, folder: Path, *, cache_size: int = 256) -> None:
+        self.folder = folder
+        self._files: OrderedDict[str, pq.ParquetFile] = OrderedDict()
+        self._cache_size = cache_size
+
+    def partition_dir(self, aggregate_type: str) -> Path:
+        # aggregate_type was validated as an identifier in events.py: safe as a folder name.
+        return self.folder / EVENTS_DIR / f"aggregate_type={aggregate_type}"
+
+    def write(self, table: pa.Table, aggregate_type: str, level: int = 0) -> tuple[FileEntry, pl.DataFrame]:
+        """Write one sorted file for ``aggregate_type``; returns its entry and its row-group index."""
+        table = table.select(EVENT_SCHEMA.names).cast(EVENT_SCHEMA)
+        table = table.sort_by([("aggregate_id", "ascending"), ("aggregate_version", "ascending")])
+        folder = self.partition_dir(aggregate_type)
+        folder.mkdir(parents=True, exist_ok=True)
+        first = pc.min(table["position"]).as_py()
+        name = f"part-{first:012d}-{uuid.uuid4().hex[:12]}.parquet"
+        tmp = folder / (name + ".tmp")
+        pq.write_table(
+            table,
+            tmp,
+            compression="zstd",
+            compression_level=3,
+            row_group_size=ROW_GROUP_SIZE,
+            use_dictionary=["event_type", "aggregate_type", "aggregate_id", "metadata"],
+            write_statistics=True,
+        )
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        final = folder / name
+        publish_no_replace(tmp, final)
+        entry = FileEntry(
+            path=str(final.relative_to(self.folder)),
+            aggregate_type=aggregate_type,
+            rows=table.num_rows,
+            bytes=final.stat().st_size,
+            min_position=first,
+            max_position=pc.max(table["position"]).as_py(),
+            level=level,
+        )
+        return entry, row_group_index(table["aggregate_id"], ROW_GROUP_SIZE)
+
+    def parquet_file(self, rel_path: str) -> pq.ParquetFile:
+        """An open ParquetFile with its footer parsed, from a small LRU cache."""
+        handle = self._files.get(rel_path)
+        if handle is None:
+            handle = pq.ParquetFile(self.folder / rel_path)
+            self._files[rel_path] = handle
+            if len(self._files) > self._cache_size:
+                _, old = self._files.popitem(last=False)
+                old.close()
+        else:
+            self._files.move_to_end(rel_path)
+        return handle
+
+    def forget_file(self, rel_path: str) -> None:
+        handle = self._files.pop(rel_path, None)
+        if handle is not None:
+            handle.close()
+
+    def read_stream(self, locations: Sequence[tuple[str, int]], aggregate_id: str) -> pa.Table:
+        """The sealed rows of one stream, from the row groups the stream index names."""
+        parts = []
+        by_file: dict[str, list[int]] = {}
+        for path, row_group in locations:
+            by_file.setdefault(path, []).append(row_group)
+        for path, groups in by_file.items():
+            table = self.parquet_file(path).read_row_groups(groups, use_threads=False)
+            parts.append(table.filter(pc.equal(table["aggregate_id"], aggregate_id)))
+        if not parts:
+            return EVENT_SCHEMA.empty_table()
+        return pa.concat_tables(parts)
+
+    def read_positions(self, entries: Sequence[FileEntry], positions: Sequence[int]) -> pa.Table:
+        """Rows at the given positions (a rare path: idempotency checks against sealed events)."""
+        wanted = pa.array(sorted(set(positions)), pa.int64())
+        low, high = wanted[0].as_py(), wanted[-1].as_py()
+        parts = []
+        for entry in entries:
+            if entry.max_position < low or entry.min_position > high:
+                continue
+            table = pq.read_table(self.folder / entry.path, filters=[("position", "in", wanted.to_pylist())])
+            if table.num_rows:
+                parts.append(table)
+        return pa.concat_tables(parts) if parts else EVENT_SCHEMA.empty_table()
+
+    def remove(self, rel_path: str) -> None:
+        self.forget_file(rel_path)
+        path = self.folder / rel_path
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return
+        fsync_dir(path.parent)
+
+    def owned_parquet(self) -> list[str]:
+        """Every ``.parquet`` file under the events folder, relative to the lake."""
+        root = self.folder / EVENTS_DIR
+        if not root.exists():
+            return []
+        return sorted(str(p.relative_to(self.folder)) for p in root.rglob("*.parquet"))
+
+    def temporary_files(self) -> list[Path]:
+        root = self.folder / EVENTS_DIR
+        return sorted(root.rglob("*.tmp")) if root.exists() else []
