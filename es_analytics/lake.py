@@ -10,6 +10,8 @@ from types import TracebackType
 from typing import Any
 
 import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from ._time import to_utc_or_none
 from .errors import InvalidArgumentError
@@ -222,17 +224,12 @@ class Lake:
         }
         if aggregate_id is not None:
             aggregate_id = check_aggregate_id(aggregate_id)
-            frame = self._stream_frame(aggregate_id)
-            frame = _filter_frame(frame, from_version, type_list, bounds)
+            table = _filter_table(self._store.read_stream(aggregate_id), from_version, type_list, bounds)
+            frame = pl.from_arrow(table)
+            assert isinstance(frame, pl.DataFrame)
         else:
             frame = self._scan_events(from_version, type_list, bounds)
         return self._present(frame)
-
-    def _stream_frame(self, aggregate_id: str) -> pl.DataFrame:
-        table = self._store.read_stream(aggregate_id)
-        frame = pl.from_arrow(table)
-        assert isinstance(frame, pl.DataFrame)
-        return frame
 
     def _scan_events(self, from_version: int, types: list[str] | None, bounds: dict[str, datetime | None]) -> pl.DataFrame:
         clauses, params = ["aggregate_version > ?"], [from_version]
@@ -270,18 +267,15 @@ class Lake:
             return check_lake(self._store, repair=repair)
 
 
-def _filter_frame(
-    frame: pl.DataFrame, from_version: int, types: list[str] | None, bounds: dict[str, datetime | None]
-) -> pl.DataFrame:
-    cond = pl.col("aggregate_version") > from_version
+def _filter_table(
+    table: pa.Table, from_version: int, types: list[str] | None, bounds: dict[str, datetime | None]
+) -> pa.Table:
+    """Apply the ``events`` filters to one stream's rows (pyarrow: small tables, no thread pool)."""
+    mask = pc.greater(table["aggregate_version"], from_version)
     if types is not None:
-        cond &= pl.col("event_type").is_in(types)
-    if bounds["since"] is not None:
-        cond &= pl.col("occurred_at") >= bounds["since"]
-    if bounds["until"] is not None:
-        cond &= pl.col("occurred_at") <= bounds["until"]
-    if bounds["known_at"] is not None:
-        cond &= pl.col("recorded_at") <= bounds["known_at"]
-    return frame.filter(cond).sort("position")
-
-
+        mask = pc.and_(mask, pc.is_in(table["event_type"], pa.array(types, pa.string())))
+    for key, column, op in (("since", "occurred_at", pc.greater_equal), ("until", "occurred_at", pc.less_equal),
+                            ("known_at", "recorded_at", pc.less_equal)):
+        if bounds[key] is not None:
+            mask = pc.and_(mask, op(table[column], pa.scalar(bounds[key], table.schema.field(column).type)))
+    return table.filter(mask)
