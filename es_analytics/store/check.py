@@ -1,0 +1,171 @@
+"""``lake.check()``: an fsck for the event lake. It reports, and repairs only what is safe to repair.
+
+Checked: the manifest against the files (present, size, Parquet footer, row count, schema); temporary and
+unlisted files; the hot tier's SQLite integrity and leftovers of a finished seal; unique
+(aggregate_id, aggregate_version) and event_id; contiguous versions 1..n per stream; gap-free positions;
+``recorded_at`` never decreasing with position; the stream table against the events.
+
+Safe repairs (``repair=True``): delete temporary and unlisted files, finish an interrupted seal, drop hot rows
+already sealed, and bring a stream's recorded version up to the events it really holds. Nothing that would
+need a choice between two versions of history is touched: such findings are only reported.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pyarrow.parquet as pq
+
+from ..events import EVENT_SCHEMA
+
+if TYPE_CHECKING:
+    from .engine import LakeStore
+
+__all__ = ["check_lake"]
+
+_SAMPLE = 5
+
+
+def _problem(check: str, detail: str, *, repairable: bool = False) -> dict[str, Any]:
+    return {"check": check, "detail": detail, "repairable": repairable}
+
+
+def _check_files(store: LakeStore) -> tuple[list[dict[str, Any]], int]:
+    problems = []
+    manifest = store.manifest()
+    for entry in manifest.files:
+        path = store.folder / entry.path
+        if not path.exists():
+            problems.append(_problem("file", f"{entry.path} is listed in the manifest but missing"))
+            continue
+        size = path.stat().st_size
+        if size != entry.bytes:
+            problems.append(_problem("file", f"{entry.path} has {size} bytes, the manifest says {entry.bytes}"))
+        try:
+            meta = pq.read_metadata(path)
+        except Exception as exc:  # any footer error means the file is unusable
+            problems.append(_problem("file", f"{entry.path} has no readable Parquet footer: {exc}"))
+            continue
+        if meta.num_rows != entry.rows:
+            problems.append(_problem("file", f"{entry.path} holds {meta.num_rows} rows, the manifest says {entry.rows}"))
+        if not meta.schema.to_arrow_schema().remove_metadata().equals(EVENT_SCHEMA, check_metadata=False):
+            problems.append(_problem("file", f"{entry.path} does not have the event schema"))
+    listed = {f.path for f in manifest.files} | {p for p, _ in manifest.retired}
+    for rel in store.sealed.owned_parquet():
+        if rel not in listed:
+            problems.append(_problem("orphan", f"{rel} is not in the manifest (left by an interrupted seal)", repairable=True))
+    for tmp in store.sealed.temporary_files():
+        problems.append(_problem("orphan", f"{tmp.relative_to(store.folder)} is a temporary file", repairable=True))
+    return problems, len(manifest.files)
+
+
+def _check_hot(store: LakeStore) -> list[dict[str, Any]]:
+    problems = []
+    con = store.hot.con
+    result = con.execute("PRAGMA quick_check").fetchall()
+    if result != [("ok",)]:
+        problems.append(_problem("hot tier", f"SQLite quick_check: {result[:_SAMPLE]}"))
+    sealed = store.manifest().sealed_position
+    leftover = con.execute("SELECT count(*) FROM events WHERE position <= ?", (sealed,)).fetchone()[0]
+    if leftover:
+        problems.append(_problem("hot tier", f"{leftover} hot rows are already sealed (interrupted seal)", repairable=True))
+    if int(store.hot.meta("manifest_generation", -1)) != store.manifest().generation:
+        problems.append(_problem("hot tier", "the stream index lags the manifest (interrupted seal)", repairable=True))
+    return problems
+
+
+_EVENT_CHECKS = {
+    "unique versions": """
+        SELECT aggregate_id, aggregate_version, count(*) AS n FROM events
+        GROUP BY ALL HAVING count(*) > 1 ORDER BY ALL LIMIT 5""",
+    "unique event ids": """
+        SELECT event_id, count(*) AS n FROM events GROUP BY ALL HAVING count(*) > 1 ORDER BY ALL LIMIT 5""",
+    "contiguous versions": """
+        SELECT aggregate_id, min(aggregate_version) AS first, max(aggregate_version) AS last,
+               count(DISTINCT aggregate_version) AS distinct_versions
+        FROM events GROUP BY aggregate_id
+        HAVING min(aggregate_version) != 1 OR max(aggregate_version) != count(DISTINCT aggregate_version)
+        ORDER BY aggregate_id LIMIT 5""",
+    "gap-free positions": """
+        SELECT position + 1 AS missing_from, next_position - 1 AS missing_to FROM (
+            SELECT position, lead(position) OVER (ORDER BY position) AS next_position FROM events)
+        WHERE next_position - position > 1 ORDER BY position LIMIT 5""",
+    "recorded_at order": """
+        SELECT position, recorded_at FROM (
+            SELECT position, recorded_at, lag(recorded_at) OVER (ORDER BY position) AS previous FROM events)
+        WHERE recorded_at < previous ORDER BY position LIMIT 5""",
+}
+
+
+def _check_events(store: LakeStore) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    problems = []
+    store.refresh()
+    reader = store.reader
+    with reader.lock:
+        for name, sql in _EVENT_CHECKS.items():
+            rows = reader.relation(sql).fetchall()
+            if rows:
+                problems.append(_problem(name, f"{len(rows)} or more findings, e.g. {rows[:_SAMPLE]!r}"))
+        stats = reader.relation(
+            "SELECT count(*), coalesce(min(position), 0), coalesce(max(position), 0), count(DISTINCT aggregate_id) "
+            "FROM events"
+        ).fetchall()[0]
+        heads = reader.relation(
+            "SELECT aggregate_id, any_value(aggregate_type) AS aggregate_type, max(aggregate_version) AS version "
+            "FROM events GROUP BY aggregate_id"
+        ).to_arrow_table()
+    count, first, last, streams = stats
+    if count and first != 1:
+        problems.append(_problem("gap-free positions", f"positions start at {first}, not 1"))
+    con = store.hot.con
+    con.execute("CREATE TEMP TABLE IF NOT EXISTS _heads (aggregate_id TEXT PRIMARY KEY, aggregate_type TEXT, version INTEGER)")
+    con.execute("DELETE FROM _heads")
+    con.executemany("INSERT INTO _heads VALUES (?, ?, ?)", zip(*(heads[c].to_pylist() for c in heads.column_names)))
+    mismatched = con.execute(
+        "SELECT h.aggregate_id, coalesce(s.version, 0), h.version FROM _heads h "
+        "LEFT JOIN streams s USING (aggregate_id) WHERE coalesce(s.version, 0) != h.version LIMIT 5"
+    ).fetchall()
+    if mismatched:
+        problems.append(_problem(
+            "stream versions",
+            f"the stream table disagrees with the events, e.g. (aggregate_id, recorded, held) {mismatched!r}",
+            repairable=True,
+        ))
+    return problems, {"events": count, "first_position": first, "last_position": last, "streams": streams}
+
+
+def _repair(store: LakeStore) -> list[str]:
+    done = []
+    result = store.recover()
+    done += [f"removed {p}" for p in result["removed_files"]]
+    if result["indexed_files"]:
+        done.append(f"indexed {result['indexed_files']} sealed files")
+    con = store.hot.con
+    with store.hot.write():
+        sealed = store.manifest().sealed_position
+        deleted = con.execute("DELETE FROM events WHERE position <= ?", (sealed,)).rowcount
+        if deleted:
+            done.append(f"dropped {deleted} hot rows that were already sealed")
+        fixed = con.execute(
+            "INSERT INTO streams (aggregate_id, aggregate_type, version) "
+            "SELECT aggregate_id, aggregate_type, version FROM _heads WHERE true "
+            "ON CONFLICT (aggregate_id) DO UPDATE SET version = excluded.version "
+            "WHERE streams.version != excluded.version"
+        ).rowcount
+        if fixed:
+            done.append(f"set the recorded version of {fixed} streams to the events they hold")
+    return done
+
+
+def check_lake(store: LakeStore, *, repair: bool = False) -> dict[str, Any]:
+    """Check every invariant of the lake; see the module docstring for what is checked and repaired."""
+    problems, files = _check_files(store)
+    problems += _check_hot(store)
+    event_problems, stats = _check_events(store)
+    problems += event_problems
+    repaired: list[str] = []
+    if repair and any(p["repairable"] for p in problems):
+        repaired = _repair(store)
+        after = check_lake(store, repair=False)
+        return {**after, "repaired": repaired, "found_before_repair": problems}
+    return {"ok": not problems, "problems": problems, "files": files, **stats, "repaired": repaired}
