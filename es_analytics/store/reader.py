@@ -93,14 +93,14 @@ class DuckReader:
             if files != self.files or self.snapshot_key is None:
                 paths = [str(self.folder / f) for f in files]
                 if not paths:
-                    self.con.execute("CREATE OR REPLACE TEMP VIEW _sealed_events AS SELECT * FROM _hot_events LIMIT 0")
+                    self.con.execute("CREATE OR REPLACE VIEW _sealed_events AS SELECT * FROM _hot_events LIMIT 0")
                 elif self.safe:
                     self.con.register("_sealed_dataset", ds.dataset(paths, format="parquet", schema=EVENT_SCHEMA))
-                    self.con.execute("CREATE OR REPLACE TEMP VIEW _sealed_events AS SELECT * FROM _sealed_dataset")
+                    self.con.execute("CREATE OR REPLACE VIEW _sealed_events AS SELECT * FROM _sealed_dataset")
                 else:
                     self.con.read_parquet(paths, hive_partitioning=False).create_view("_sealed_events", replace=True)
                 self.con.execute(
-                    "CREATE OR REPLACE TEMP VIEW events AS "
+                    "CREATE OR REPLACE VIEW events AS "
                     "SELECT * FROM _sealed_events UNION ALL SELECT * FROM _hot_events"
                 )
             self.files, self.hot, self.sealed_position, self.snapshot_key = files, hot, sealed_position, key

@@ -1,0 +1,283 @@
+"""The event lake: appends, optimistic concurrency, idempotent retries, reads, SQL, sealing, check."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from es_analytics import ConcurrencyError, DuplicateEventError, Event, Lake
+from es_analytics.errors import (
+    EsAnalyticsError,
+    InvalidArgumentError,
+    NotALakeError,
+    QueryError,
+    ReadOnlyQueryError,
+)
+
+T0 = datetime(2024, 3, 1, 9, 0, tzinfo=timezone.utc)
+
+
+@pytest.fixture
+def lake(tmp_path: Path):
+    with Lake.open(tmp_path / "lake") as opened:
+        yield opened
+
+
+def deposit(n: int, amount: int = 10, **kw: object) -> Event:
+    return Event("MoneyDeposited", {"amount": amount}, event_id=f"e-{n}", occurred_at=T0 + timedelta(hours=n), **kw)
+
+
+def test_append_returns_new_version_and_events_come_back_in_order(lake: Lake) -> None:
+    assert lake.append("acc-1", [deposit(1), deposit(2)], expected_version=0, aggregate_type="BankAccount") == 2
+    assert lake.append("acc-1", [deposit(3)], expected_version=2, aggregate_type="BankAccount") == 3
+    frame = lake.events("acc-1")
+    assert frame.columns == [
+        "position", "event_id", "event_type", "schema_version", "aggregate_type", "aggregate_id",
+        "aggregate_version", "occurred_at", "recorded_at", "data", "metadata",
+    ]
+    assert frame["aggregate_version"].to_list() == [1, 2, 3]
+    assert frame["event_id"].to_list() == ["e-1", "e-2", "e-3"]
+    assert frame["position"].to_list() == [1, 2, 3]
+    assert [json.loads(d)["amount"] for d in frame["data"]] == [10, 10, 10]
+    assert frame["occurred_at"].to_list() == [T0 + timedelta(hours=n) for n in (1, 2, 3)]
+    assert lake.current_version("acc-1") == 3
+    assert lake.current_version("unknown") == 0
+
+
+def test_concurrency_error_carries_expected_and_actual_and_appends_nothing(lake: Lake) -> None:
+    lake.append("acc-1", [deposit(1)], expected_version=0, aggregate_type="BankAccount")
+    with pytest.raises(ConcurrencyError, match="at version 1, not the expected 0") as info:
+        lake.append("acc-1", [deposit(2)], expected_version=0, aggregate_type="BankAccount")
+    assert (info.value.expected, info.value.actual, info.value.aggregate_id) == (0, 1, "acc-1")
+    assert lake.events("acc-1").height == 1
+    assert lake.append("acc-1", [deposit(3)], expected_version=None, aggregate_type="BankAccount") == 2
+
+
+@pytest.mark.parametrize("sealed", [False, True], ids=["hot", "sealed"])
+def test_retry_of_a_stored_append_returns_the_same_version_and_stores_nothing(lake: Lake, sealed: bool) -> None:
+    batch = [deposit(1), deposit(2)]
+    assert lake.append("acc-1", batch, expected_version=0, aggregate_type="BankAccount") == 2
+    lake.append("acc-1", [deposit(3)], expected_version=2, aggregate_type="BankAccount")
+    if sealed:
+        lake.seal()
+    assert lake.append("acc-1", batch, expected_version=0, aggregate_type="BankAccount") == 2
+    assert lake.sql("SELECT count(*) AS n FROM events")["n"].item() == 3
+    with pytest.raises(DuplicateEventError, match="'e-2' is already stored with other content") as info:
+        lake.append("acc-1", [deposit(2, amount=99)], expected_version=None, aggregate_type="BankAccount")
+    assert info.value.event_id == "e-2"
+    with pytest.raises(DuplicateEventError):
+        lake.append("acc-2", [deposit(1)], expected_version=0, aggregate_type="BankAccount")
+    assert lake.sql("SELECT count(*) AS n FROM events")["n"].item() == 3
+
+
+def test_a_batch_mixing_stored_and_new_events_is_refused(lake: Lake) -> None:
+    lake.append("acc-1", [deposit(1)], expected_version=0, aggregate_type="BankAccount")
+    with pytest.raises(DuplicateEventError, match="mixes events already stored"):
+        lake.append("acc-1", [deposit(1), deposit(2)], expected_version=None, aggregate_type="BankAccount")
+    assert lake.current_version("acc-1") == 1
+
+
+def test_stream_belongs_to_one_aggregate_type(lake: Lake) -> None:
+    lake.append("x-1", [deposit(1)], expected_version=0, aggregate_type="BankAccount")
+    with pytest.raises(InvalidArgumentError, match="is a 'BankAccount', not a 'User'"):
+        lake.append("x-1", [deposit(2)], expected_version=1, aggregate_type="User")
+
+
+BAD_APPENDS = [
+    ({"aggregate_id": ""}, "aggregate_id must be a non-empty string"),
+    ({"aggregate_id": 5}, "aggregate_id must be a non-empty string"),
+    ({"aggregate_id": "a\x00b"}, "control characters"),
+    ({"aggregate_type": "Bank Account"}, "aggregate_type must be an identifier"),
+    ({"aggregate_type": "../etc"}, "aggregate_type must be an identifier"),
+    ({"expected_version": -1}, "expected_version must be a non-negative int"),
+    ({"expected_version": 1.0}, "expected_version must be a non-negative int"),
+    ({"expected_version": True}, "expected_version must be a non-negative int"),
+    ({"events": []}, "events is empty"),
+    ({"events": [{"event_type": "X"}]}, "events must hold Event objects"),
+    ({"events": "nope"}, "events must be a list of Event"),
+    ({"events": [deposit(1), deposit(1)]}, "repeat an event_id"),
+]
+
+
+@pytest.mark.parametrize(("change", "message"), BAD_APPENDS)
+def test_bad_appends_raise_typed_errors_and_change_nothing(lake: Lake, change: dict, message: str) -> None:
+    args = {"aggregate_id": "acc-1", "events": [deposit(1)], "expected_version": 0, "aggregate_type": "BankAccount"}
+    args.update(change)
+    with pytest.raises(InvalidArgumentError, match=message):
+        lake.append(args.pop("aggregate_id"), args.pop("events"), **args)
+    assert lake.sql("SELECT count(*) AS n FROM events")["n"].item() == 0
+
+
+BAD_EVENTS = [
+    ({"occurred_at": datetime(2024, 3, 1, 9)}, "occurred_at must be timezone-aware"),
+    ({"data": {"x": float("nan")}}, "cannot represent"),
+    ({"data": {"x": float("inf")}}, "cannot represent"),
+    ({"data": {"x": {1, 2}}}, "holds a set"),
+    ({"data": {"x": b"bytes"}}, "holds a bytes"),
+    ({"data": {1: "a"}}, "non-string key"),
+    ({"data": {"x": "\ud800"}}, "lone surrogate"),
+    ({"data": '{"a": 1, "a": 2}'}, "holds the key 'a' twice"),
+    ({"data": '{"a": NaN}'}, "not valid JSON"),
+    ({"data": "[1, 2]"}, "must be a JSON object"),
+    ({"data": {"x": "y" * 1_100_000}}, "larger than"),
+    ({"metadata": {"x": {2, 3}}}, "metadata holds a set"),
+    ({"event_id": ""}, "event_id must be a non-empty string"),
+    ({"event_type": "has space"}, "event_type must be a name"),
+    ({"schema_version": 0}, "schema_version must be a positive int"),
+    ({"schema_version": True}, "schema_version must be a positive int"),
+]
+
+
+@pytest.mark.parametrize(("change", "message"), BAD_EVENTS)
+def test_bad_events_are_refused_when_made(change: dict, message: str) -> None:
+    args = {"event_type": "MoneyDeposited", "data": {"amount": 1}}
+    args.update(change)
+    with pytest.raises(InvalidArgumentError, match=message):
+        Event(args.pop("event_type"), args.pop("data"), **args)
+
+
+def test_too_deep_json_is_refused() -> None:
+    deep: dict = {}
+    node = deep
+    for _ in range(80):
+        node["x"] = {}
+        node = node["x"]
+    with pytest.raises(InvalidArgumentError, match="nested deeper than 64"):
+        Event("X", deep)
+    with pytest.raises(InvalidArgumentError, match="nested deeper than 64"):
+        Event("X", '{"x":' * 3000 + "1" + "}" * 3000)
+
+
+def test_events_filters(lake: Lake) -> None:
+    lake.append("acc-1", [deposit(1), deposit(2), Event("MoneyWithdrawn", {"amount": 1}, event_id="w-3",
+                occurred_at=T0 + timedelta(hours=3))], expected_version=0, aggregate_type="BankAccount")
+    lake.append("acc-2", [deposit(4)], expected_version=0, aggregate_type="BankAccount")
+    for aggregate_id in ("acc-1", None):
+        assert lake.events(aggregate_id, from_version=1).filter(pl.col("aggregate_id") == "acc-1")[
+            "aggregate_version"].to_list() == [2, 3]
+        assert lake.events(aggregate_id, types=["MoneyWithdrawn"])["event_id"].to_list() == ["w-3"]
+        assert lake.events(aggregate_id, types="MoneyWithdrawn")["event_id"].to_list() == ["w-3"]
+        window = lake.events(aggregate_id, since=T0 + timedelta(hours=2), until=T0 + timedelta(hours=3))
+        assert window["event_id"].to_list() == ["e-2", "w-3"]
+    future = datetime.now(timezone.utc) + timedelta(days=1)
+    assert lake.events(known_at=future).height == 4
+    assert lake.events(known_at=T0).height == 0
+    with pytest.raises(InvalidArgumentError, match="since must be timezone-aware"):
+        lake.events(since=datetime(2024, 1, 1))
+    with pytest.raises(InvalidArgumentError, match="types must be"):
+        lake.events(types=[1])
+    with pytest.raises(InvalidArgumentError, match="from_version"):
+        lake.events("acc-1", from_version=-2)
+
+
+def test_sealed_and_hot_reads_agree(lake: Lake) -> None:
+    for n in range(1, 30):
+        lake.append(f"acc-{n % 4}", [deposit(n)], expected_version=None, aggregate_type="BankAccount")
+    before_all, before_one = lake.events(), lake.events("acc-1")
+    result = lake.seal()
+    assert result["sealed_events"] == 29
+    assert_frame_equal(lake.events(), before_all)
+    assert_frame_equal(lake.events("acc-1"), before_one)
+    lake.append("acc-1", [deposit(100)], expected_version=None, aggregate_type="BankAccount")
+    assert lake.events("acc-1")["event_id"].to_list()[-1] == "e-100"
+    assert lake.events().height == 30
+
+
+def test_recorded_at_is_monotonic_with_position(lake: Lake) -> None:
+    for n in range(20):
+        lake.append(f"a{n % 3}", [deposit(n)], expected_version=None, aggregate_type="BankAccount")
+    frame = lake.events()
+    assert frame["position"].is_sorted() and frame["recorded_at"].is_sorted()
+
+
+def test_sql_binds_parameters_and_refuses_changes(lake: Lake) -> None:
+    lake.append("acc-1", [deposit(1), deposit(2)], expected_version=0, aggregate_type="BankAccount")
+    result = lake.sql("SELECT event_id FROM events WHERE aggregate_version = ? ORDER BY 1", [2])
+    assert result["event_id"].to_list() == ["e-2"]
+    assert lake.sql("SELECT $v AS v", {"v": "'; DROP TABLE x; --"})["v"].item() == "'; DROP TABLE x; --"
+    for statement in ("DROP VIEW events", "CREATE TABLE t AS SELECT 1", "COPY (SELECT 1) TO 'x.csv'",
+                      "ATTACH 'x.db'", "INSTALL httpfs", "SET threads = 1", "PRAGMA version"):
+        with pytest.raises(ReadOnlyQueryError, match="only reads"):
+            lake.sql(statement)
+    with pytest.raises(QueryError, match="exactly one statement"):
+        lake.sql("SELECT 1; SELECT 2")
+    with pytest.raises(QueryError):
+        lake.sql("SELECT nope FROM events")
+    assert lake.sql("SELECT count(*) AS n FROM events")["n"].item() == 2
+
+
+def test_safe_sql_blocks_reading_outside_files(tmp_path: Path) -> None:
+    outside = tmp_path / "secret.csv"
+    outside.write_text("a\n1\n")
+    with Lake.open(tmp_path / "lake", safe_sql=True) as lake:
+        lake.append("acc-1", [deposit(1)], expected_version=0, aggregate_type="BankAccount")
+        lake.seal()
+        lake.append("acc-1", [deposit(2)], expected_version=1, aggregate_type="BankAccount")
+        assert lake.sql("SELECT count(*) AS n FROM events")["n"].item() == 2
+        with pytest.raises(ReadOnlyQueryError, match="outside the lake"):
+            lake.sql("SELECT * FROM read_csv(?)", [str(outside)])
+    with Lake.open(tmp_path / "lake") as lake:
+        assert lake.sql("SELECT * FROM read_csv(?)", [str(outside)])["a"].to_list() == [1]
+
+
+def test_open_refuses_a_folder_that_is_not_a_lake(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(NotALakeError, match="is not an event lake"):
+        Lake.open(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotALakeError, match="is a file"):
+        Lake.open(tmp_path / "file")
+    with pytest.raises(InvalidArgumentError, match="durability"):
+        Lake.open(tmp_path / "new", durability="sometimes")  # type: ignore[arg-type]
+
+
+def test_every_error_is_an_es_analytics_error() -> None:
+    from es_analytics import errors
+
+    for name in errors.__all__:
+        assert issubclass(getattr(errors, name), EsAnalyticsError)
+    assert issubclass(errors.InvalidArgumentError, ValueError)
+    assert issubclass(errors.LakeBusyError, TimeoutError)
+
+
+def test_reopen_keeps_everything_and_positions_never_reused(tmp_path: Path) -> None:
+    with Lake.open(tmp_path / "l") as lake:
+        lake.append("a", [deposit(1), deposit(2)], expected_version=0, aggregate_type="T")
+        lake.seal()
+        lake.append("a", [deposit(3)], expected_version=2, aggregate_type="T")
+    with Lake.open(tmp_path / "l") as lake:
+        lake.seal()
+        lake.append("b", [deposit(4)], expected_version=0, aggregate_type="T")
+        frame = lake.events()
+        assert frame["position"].to_list() == [1, 2, 3, 4]
+        assert lake.current_version("a") == 3
+        assert lake.check()["ok"]
+
+
+def test_auto_seal_moves_events_to_parquet(tmp_path: Path) -> None:
+    with Lake.open(tmp_path / "l", auto_seal_rows=10) as lake:
+        for n in range(25):
+            lake.append(f"s{n % 5}", [deposit(n)], expected_version=None, aggregate_type="T")
+        assert lake._store.manifest().sealed_position >= 20
+        assert lake.events().height == 25
+        assert list((tmp_path / "l" / "events" / "aggregate_type=T").glob("*.parquet"))
+
+
+def test_compaction_keeps_every_event_and_point_reads(tmp_path: Path) -> None:
+    with Lake.open(tmp_path / "l", auto_seal_rows=0) as lake:
+        for n in range(40):
+            lake.append(f"s{n % 7}", [deposit(n)], expected_version=None, aggregate_type="T")
+            if n % 5 == 4:
+                lake.seal()
+        before, one = lake.events(), lake.events("s3")
+        assert lake.compact() == ["T"]
+        assert [f.level for f in lake._store.manifest().files] == [1]
+        assert_frame_equal(lake.events(), before)
+        assert_frame_equal(lake.events("s3"), one)
+        assert lake.check()["ok"]
