@@ -25,12 +25,14 @@ columns) are read.
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import numpy as np
 import polars as pl
 
 from ._time import to_utc, to_utc_or_none
@@ -373,8 +375,9 @@ class TrendResult:
 
     ``daily``: ``date``, ``count``, ``rolling_mean`` (mean of the ``window`` days ending that day; null
     until ``window`` days are known). ``weekly``: ``week`` (local Monday), ``count``, ``days`` (days of that
-    week inside the window), ``change`` and ``change_pct`` against the previous week (null for the first
-    week, and ``change_pct`` null when the previous week had no events).
+    week inside the window), ``complete`` (all 7 days inside), ``change`` and ``change_pct`` against the
+    previous week (null for the first week, and ``change_pct`` null when the previous week had no events).
+    The first and last week are usually partial: compare them with care.
     """
 
     event_type: str | tuple[str, ...] | None
@@ -401,6 +404,7 @@ def trend(lake: Lake, event_type: str | Sequence[str] | None, start: datetime, e
         daily.group_by(pl.col("date").dt.truncate("1w").alias("week"))
         .agg(pl.col("count").sum(), pl.len().cast(pl.Int64).alias("days"))
         .sort("week")
+        .with_columns((pl.col("days") == 7).alias("complete"))
         .with_columns((pl.col("count") - pl.col("count").shift(1)).alias("change"))
         .with_columns(
             pl.when(pl.col("count").shift(1) > 0)
@@ -417,15 +421,19 @@ def trend(lake: Lake, event_type: str | Sequence[str] | None, start: datetime, e
 class AnomalyResult:
     """Days whose count is far from the usual count of their event type (robust z-score).
 
-    ``daily``: ``event_type``, ``date``, ``count``, ``median``, ``mad`` (median absolute deviation),
-    ``robust_z`` and ``anomaly`` (``|robust_z| >= threshold``), every calendar day for every type.
-    ``robust_z = 0.6745 · (count − median) / mad`` (Iglewicz and Hoaglin); when more than half the days
-    share one count (``mad`` = 0) the mean absolute deviation is used, ``(count − median) / (1.2533 · meanAD)``,
-    and a type whose every day is equal has ``robust_z`` 0.
+    ``daily``: ``event_type``, ``date``, ``count``, ``median`` and ``mad`` (median absolute deviation) of
+    the baseline, ``robust_z`` and ``anomaly`` (``|robust_z| >= threshold``), every calendar day for every
+    type. ``robust_z = 0.6745 · (count − median) / mad`` (Iglewicz and Hoaglin); when more than half the
+    baseline days share one count (``mad`` = 0) the mean absolute deviation is used,
+    ``(count − median) / (1.2533 · meanAD)``, and a perfectly flat baseline gives ``robust_z`` 0.
+    The baseline is the ``baseline`` days before each day (so a trend does not look anomalous), or the
+    whole window when ``baseline`` is None; days with fewer than ``min_history`` baseline days have a null
+    ``robust_z`` and are never anomalous.
     """
 
     tz: str
     threshold: float
+    baseline: int | None
     daily: pl.DataFrame
 
     @property
@@ -435,36 +443,61 @@ class AnomalyResult:
 
 
 def anomalies(lake: Lake, start: datetime, end: datetime, *, event_type: str | Sequence[str] | None = None,
-              tz: str = "UTC", threshold: float = 3.5, aggregate_type: str | None = None) -> AnomalyResult:
+              tz: str = "UTC", threshold: float = 3.5, baseline: int | None = 28, min_history: int = 7,
+              aggregate_type: str | None = None) -> AnomalyResult:
     """Anomalous days per event type in ``[start, end)`` by the robust (median/MAD) z-score."""
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not threshold > 0:
         raise InvalidArgumentError(f"threshold must be a positive number, got {threshold!r}")
+    for name, value in (("baseline", baseline), ("min_history", min_history)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 3660):
+            raise InvalidArgumentError(f"{name} must be a number of days from 1 to 3660, got {value!r}")
+    if baseline is not None and min_history > baseline:
+        raise InvalidArgumentError(f"min_history ({min_history}) cannot exceed baseline ({baseline})")
     zone = _zone(tz)
     where = _make_filter(start, end, event_type, aggregate_type=aggregate_type)
     assert where.start is not None and where.end is not None
     slots = _local_slots(lake, where, zone, by_type=True)
     counts = slots.group_by("event_type", pl.col("local").dt.date().alias("date")).agg(pl.col("count").sum())
-    types = pl.DataFrame({"event_type": sorted(set(where.types or ()) | set(counts["event_type"].to_list()))},
-                         schema={"event_type": pl.String})
-    grid = types.join(pl.DataFrame({"date": _calendar(where.start, where.end, zone)}), how="cross")
-    deviation = (pl.col("count") - pl.col("median")).abs()
+    types = sorted(set(where.types or ()) | set(counts["event_type"].to_list()))
+    grid = pl.DataFrame({"event_type": types}, schema={"event_type": pl.String}).join(
+        pl.DataFrame({"date": _calendar(where.start, where.end, zone)}), how="cross")
     daily = (
         grid.join(counts, on=["event_type", "date"], how="left")
         .with_columns(pl.col("count").fill_null(0).cast(pl.Int64))
-        .with_columns(pl.col("count").cast(pl.Float64).median().over("event_type").alias("median"))
-        .with_columns(deviation.median().over("event_type").alias("mad"),
-                      deviation.mean().over("event_type").alias("mean_ad"))
-        .with_columns(
-            pl.when(pl.col("mad") > 0).then(0.6745 * (pl.col("count") - pl.col("median")) / pl.col("mad"))
-            .when(pl.col("mean_ad") > 0).then((pl.col("count") - pl.col("median")) / (1.253314 * pl.col("mean_ad")))
-            .otherwise(0.0)
-            .alias("robust_z")
-        )
-        .with_columns((pl.col("robust_z").abs() >= threshold).alias("anomaly"))
-        .drop("mean_ad")
         .sort("event_type", "date")
     )
-    return AnomalyResult(zone, float(threshold), daily)
+    parts = [_robust_z(daily.filter(pl.col("event_type") == t), baseline, min_history) for t in types]
+    daily = pl.concat(parts) if parts else daily.with_columns(
+        median=pl.lit(None, pl.Float64), mad=pl.lit(None, pl.Float64), robust_z=pl.lit(None, pl.Float64))
+    daily = daily.with_columns((pl.col("robust_z").abs() >= threshold).fill_null(False).alias("anomaly"))
+    return AnomalyResult(zone, float(threshold), baseline, daily)
+
+
+def _robust_z(frame: pl.DataFrame, baseline: int | None, min_history: int) -> pl.DataFrame:
+    """Median, MAD and robust z of one type's daily counts against its baseline days (numpy, small)."""
+    x = frame["count"].to_numpy().astype(np.float64)
+    n = x.size
+    if baseline is None:
+        windows = np.broadcast_to(x, (n, n))
+    else:
+        padded = np.concatenate([np.full(baseline, np.nan), x[:-1]]) if n else x
+        windows = np.lib.stride_tricks.sliding_window_view(padded, baseline)[:n]
+    enough = np.sum(~np.isnan(windows), axis=1) >= (min_history if baseline is not None else 1)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows of days without history
+        median = np.nanmedian(windows, axis=1)
+        deviation = np.abs(windows - median[:, None])
+        mad = np.nanmedian(deviation, axis=1)
+        mean_ad = np.nanmean(deviation, axis=1)
+        diff = x - median
+        z = np.where(mad > 0, 0.6745 * diff / np.where(mad > 0, mad, 1.0),
+                     np.where(mean_ad > 0, diff / (1.253314 * np.where(mean_ad > 0, mean_ad, 1.0)), 0.0))
+    nulls = ~enough
+    return frame.with_columns(
+        pl.Series("median", np.where(nulls, np.nan, median)).fill_nan(None),
+        pl.Series("mad", np.where(nulls, np.nan, mad)).fill_nan(None),
+        pl.Series("robust_z", np.where(nulls, np.nan, z)).fill_nan(None),
+    )
 
 
 # -- latency --------------------------------------------------------------------------------------

@@ -17,13 +17,45 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidArgumentError
 from ._theme import THEME_CONFIG, THEME_NAME, register_theme
+from .patterns import (
+    anomalies,
+    cohorts,
+    daily,
+    format_duration,
+    funnel,
+    heatmap,
+    hourly,
+    latency,
+    mix,
+    overview,
+    top,
+    trend,
+)
 
 if TYPE_CHECKING:
     import os
 
     import altair as alt
 
-__all__ = ["THEME_CONFIG", "THEME_NAME", "register_theme", "save", "to_svg"]
+__all__ = [
+    "THEME_CONFIG",
+    "THEME_NAME",
+    "anomalies",
+    "cohorts",
+    "daily",
+    "format_duration",
+    "funnel",
+    "heatmap",
+    "hourly",
+    "latency",
+    "mix",
+    "overview",
+    "register_theme",
+    "save",
+    "to_svg",
+    "top",
+    "trend",
+]
 
 _FORMATS = ("png", "svg", "pdf", "html", "json")
 
