@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
-from .errors import ConcurrencyError, DomainError, DuplicateEventError
+from .aggregates import Aggregate, DomainEvent, when
+from .errors import ConcurrencyError, DomainError, DuplicateEventError, InvalidArgumentError
 from .events import Event
 from .lake import Lake
+from .upcasting import UpcasterRegistry, upcaster
 
-__all__ = ["ConcurrencyError", "DomainError", "DuplicateEventError", "Event", "Lake"]
+__all__ = [
+    "Aggregate",
+    "ConcurrencyError",
+    "DomainError",
+    "DomainEvent",
+    "DuplicateEventError",
+    "Event",
+    "InvalidArgumentError",
+    "Lake",
+    "UpcasterRegistry",
+    "upcaster",
+    "when",
+]
 __version__ = "0.1.0"

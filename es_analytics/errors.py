@@ -11,7 +11,8 @@ Every error the package raises on bad input or on a broken lake is one of these:
     ├── ConcurrencyError                .aggregate_id .expected .actual
     ├── DuplicateEventError             .event_id (same id, other content)
     ├── EventSchemaError                unknown event_type / schema_version
-    │   └── UpcastError                 .event_type .from_version
+    │   ├── UpcastError                 .event_type .from_version
+    │   └── UnknownEventTypeError       .event_type .aggregate_class (no @when handler)
     ├── InvalidArgumentError(ValueError)  naive datetime, bad identifier, bad JSON, unknown choice
     │   └── QueryError                  SQL that DuckDB rejects
     ├── PrivacyError                    key store unreadable, subject key missing
@@ -36,6 +37,7 @@ __all__ = [
     "QueryError",
     "ReadOnlyQueryError",
     "TamperEvidenceError",
+    "UnknownEventTypeError",
     "UpcastError",
 ]
 
@@ -103,6 +105,18 @@ class UpcastError(EventSchemaError):
         self.event_type = event_type
         self.from_version = from_version
         super().__init__(f"cannot upcast {event_type!r} from schema_version {from_version}: {detail}")
+
+
+class UnknownEventTypeError(EventSchemaError):
+    """Raised when an aggregate replays an event type it has no ``@when`` handler for.
+
+    Set ``unknown_events = "warn"`` on the aggregate class to skip such events with a warning instead.
+    """
+
+    def __init__(self, event_type: str, aggregate_class: str, message: str) -> None:
+        self.event_type = event_type
+        self.aggregate_class = aggregate_class
+        super().__init__(message)
 
 
 class InvalidArgumentError(EsAnalyticsError, ValueError):

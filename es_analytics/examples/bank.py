@@ -1,0 +1,133 @@
+"""The seed's bank account: open, deposit, withdraw, close, with the seed's rules and messages.
+
+Money is ``Decimal`` in the state (exact cents) and a JSON number in the payloads. The balance is derived
+from the amounts (initial deposit plus deposits minus withdrawals), never from the stored ``newBalance``,
+so a back-dated event gives the right past balance.
+
+Examples
+--------
+>>> from decimal import Decimal
+>>> account = BankAccount("acc-1")
+>>> account.open_account(100, "Ada Lovelace")
+>>> account.deposit(Decimal("25.50"), "Salary")
+>>> account.withdraw(500, "Rent")
+Traceback (most recent call last):
+...
+es_analytics.errors.DomainError: Insufficient funds
+>>> account.balance, account.status, account.version
+(Decimal('125.5'), 'active', 2)
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timezone
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from es_analytics import Aggregate, DomainError, DomainEvent, InvalidArgumentError, when
+
+__all__ = ["BankAccount"]
+
+
+def _money(value: Any, name: str) -> Decimal:
+    """A command's amount as a Decimal (int, Decimal, float or numeric text)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, Decimal, str)):
+        raise InvalidArgumentError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidArgumentError(f"{name} must be a finite number, got {value!r}")
+    try:
+        amount = Decimal(str(value)) if not isinstance(value, Decimal) else value
+    except InvalidOperation:
+        raise InvalidArgumentError(f"{name} must be a number, got {value!r}") from None
+    if not amount.is_finite():
+        raise InvalidArgumentError(f"{name} must be a finite number, got {value!r}")
+    return amount
+
+
+def _stored(value: Any) -> Decimal:
+    """An amount read back from a payload (JSON number) as an exact Decimal."""
+    return Decimal(str(value))
+
+
+def _json_number(amount: Decimal) -> int | float:
+    return int(amount) if amount == amount.to_integral_value() else float(amount)
+
+
+class BankAccount(Aggregate):
+    """The seed's bank account. State: ``balance``, ``status``, ``account_holder`` (and ``version``).
+
+    ``status`` is ``'pending'`` before ``open_account``, then ``'active'``, then ``'closed'``.
+    """
+
+    def __init__(self, aggregate_id: str) -> None:
+        super().__init__(aggregate_id)
+        self.balance = Decimal(0)
+        self.status = "pending"
+        self.account_holder: str | None = None
+
+    # -- commands -----------------------------------------------------------------------------
+    def open_account(self, initial_deposit: Any, account_holder: str) -> None:
+        """Open the account with an initial deposit (0 is allowed)."""
+        amount = _money(initial_deposit, "initial_deposit")
+        if self.status != "pending":
+            raise DomainError("Account already opened")
+        if amount < 0:
+            raise DomainError("Initial deposit cannot be negative")
+        if not isinstance(account_holder, str) or not account_holder.strip():
+            raise DomainError("Account holder name is required")
+        self._record("AccountOpened", {"accountId": self.aggregate_id, "initialDeposit": _json_number(amount),
+                                       "accountHolder": account_holder})
+
+    def deposit(self, amount: Any, description: str = "") -> None:
+        """Deposit a positive amount into an active account."""
+        value = _money(amount, "amount")
+        if self.status != "active":
+            raise DomainError("Account is not active")
+        if value <= 0:
+            raise DomainError("Deposit amount must be positive")
+        self._record("MoneyDeposited", {"amount": _json_number(value), "description": description,
+                                        "newBalance": _json_number(self.balance + value)})
+
+    def withdraw(self, amount: Any, description: str = "") -> None:
+        """Withdraw a positive amount, at most the balance, from an active account."""
+        value = _money(amount, "amount")
+        if self.status != "active":
+            raise DomainError("Account is not active")
+        if value <= 0:
+            raise DomainError("Withdrawal amount must be positive")
+        if value > self.balance:
+            raise DomainError("Insufficient funds")
+        self._record("MoneyWithdrawn", {"amount": _json_number(value), "description": description,
+                                        "newBalance": _json_number(self.balance - value)})
+
+    def close_account(self, reason: str) -> None:
+        """Close an active account whose balance is zero."""
+        if self.status == "closed":
+            raise DomainError("Account is already closed")
+        if self.status != "active":
+            raise DomainError("Account is not active")
+        if self.balance != 0:
+            raise DomainError("Cannot close account with non-zero balance")
+        now = datetime.now(timezone.utc)
+        self._record("AccountClosed", {"reason": reason, "closedAt": now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")},
+                     occurred_at=now)
+
+    # -- handlers -----------------------------------------------------------------------------
+    @when("AccountOpened")
+    def _opened(self, event: DomainEvent) -> None:
+        self.balance = _stored(event.data["initialDeposit"])
+        self.account_holder = event.data["accountHolder"]
+        self.status = "active"
+
+    @when("MoneyDeposited")
+    def _deposited(self, event: DomainEvent) -> None:
+        self.balance += _stored(event.data["amount"])
+
+    @when("MoneyWithdrawn")
+    def _withdrawn(self, event: DomainEvent) -> None:
+        self.balance -= _stored(event.data["amount"])
+
+    @when("AccountClosed")
+    def _closed(self, event: DomainEvent) -> None:
+        self.status = "closed"

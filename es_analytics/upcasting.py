@@ -1,0 +1,287 @@
+"""Upcasting on read: functions per ``(event_type, schema_version)`` chained to the newest version.
+
+An upcaster takes the payload (a dict) of one schema version and returns the payload of the next one.
+The newest version of an event type is one past its highest registered step. Stored events never change:
+every read path (``lake.events``, ``lake.aggregate``, the repository, the SQL view ``events_upcast``)
+runs the chain as it reads. :func:`coverage` reports which versions the lake still holds.
+
+Upcasters live in a registry; :data:`default_registry` is the one every lake uses unless told otherwise,
+and :func:`upcaster` registers into it, so importing the module that declares the upcasters (for example
+``es_analytics.examples.users``) is what makes them apply.
+
+Examples
+--------
+>>> registry = UpcasterRegistry()
+>>> @registry.register("PriceSet", 1)
+... def price_set_v1_to_v2(data):
+...     return {"amount": data["price"], "currency": "EUR"}
+>>> registry.upcast("PriceSet", 1, {"price": 5})
+({'amount': 5, 'currency': 'EUR'}, 2)
+>>> registry.upcast("PriceSet", 2, {"amount": 5, "currency": "EUR"})
+({'amount': 5, 'currency': 'EUR'}, 2)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterable
+from typing import Any, Literal
+
+import polars as pl
+import pyarrow as pa
+
+from .errors import InvalidArgumentError, UpcastError
+from .events import Event, encode_json
+
+__all__ = [
+    "UPCAST_VIEW",
+    "Upcaster",
+    "UpcasterRegistry",
+    "coverage",
+    "default_registry",
+    "upcast_frame",
+    "upcaster",
+]
+
+Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
+Status = Literal["newest", "upcast", "broken chain", "ahead", "unversioned"]
+UPCAST_VIEW = "events_upcast"
+COVERAGE_COLUMNS = ("event_type", "schema_version", "events", "first_seen", "last_seen",
+                    "newest_version", "reaches_newest", "status", "path")
+
+
+class UpcasterRegistry:
+    """Upcasters by ``(event_type, from_version)``; each turns version ``n`` into ``n + 1``."""
+
+    def __init__(self) -> None:
+        self._steps: dict[tuple[str, int], Upcaster] = {}
+        self.revision = 0
+
+    def __repr__(self) -> str:
+        return f"UpcasterRegistry({len(self._steps)} steps for {sorted(self.event_types())})"
+
+    def __bool__(self) -> bool:
+        return bool(self._steps)
+
+    def register(self, event_type: str, from_version: int, fn: Upcaster | None = None) -> Any:
+        """Register ``fn`` as the step from ``from_version`` to ``from_version + 1`` (or use as a decorator).
+
+        Registering another function for a step that has one is an error, except a function of the same
+        name (a notebook cell run again), which replaces it.
+        """
+        Event(event_type, {}, schema_version=from_version)  # validates the name and version
+
+        def add(step: Upcaster) -> Upcaster:
+            if not callable(step):
+                raise InvalidArgumentError(f"an upcaster must be callable, got {step!r}")
+            old = self._steps.get((event_type, from_version))
+            if old is not None and _name(old) != _name(step):
+                raise InvalidArgumentError(
+                    f"{event_type!r} v{from_version} already upcasts with {_name(old)}; "
+                    f"unregister it before registering {_name(step)}"
+                )
+            self._steps[(event_type, from_version)] = step
+            self.revision += 1
+            return step
+
+        return add if fn is None else add(fn)
+
+    def unregister(self, event_type: str, from_version: int) -> None:
+        """Remove one step (no error if it is absent)."""
+        if self._steps.pop((event_type, from_version), None) is not None:
+            self.revision += 1
+
+    def event_types(self) -> set[str]:
+        """The event types with at least one step."""
+        return {event_type for event_type, _ in self._steps}
+
+    def newest_version(self, event_type: str) -> int | None:
+        """One past the highest step of ``event_type``; ``None`` if it has no upcasters."""
+        versions = [v for t, v in self._steps if t == event_type]
+        return max(versions) + 1 if versions else None
+
+    def status(self, event_type: str, schema_version: int) -> Status:
+        """Where events of this version stand: newest, upcast, broken chain, ahead or unversioned."""
+        newest = self.newest_version(event_type)
+        if newest is None:
+            return "unversioned"
+        if schema_version == newest:
+            return "newest"
+        if schema_version > newest:
+            return "ahead"
+        steps = range(schema_version, newest)
+        return "upcast" if all((event_type, v) in self._steps for v in steps) else "broken chain"
+
+    def path(self, event_type: str, schema_version: int) -> str:
+        """The versions a payload goes through, e.g. ``"1→2→3"`` (empty if nothing is done)."""
+        newest = self.newest_version(event_type)
+        if newest is None or schema_version >= newest:
+            return ""
+        versions = [schema_version]
+        while (event_type, versions[-1]) in self._steps and versions[-1] < newest:
+            versions.append(versions[-1] + 1)
+        return "→".join(map(str, versions))
+
+    def upcast(self, event_type: str, schema_version: int, data: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        """``(payload, version)`` after running the chain from ``schema_version`` to the newest.
+
+        Raises
+        ------
+        UpcastError
+            A step of the chain is missing or an upcaster failed or returned something that is not a dict.
+        """
+        newest = self.newest_version(event_type)
+        if newest is None or schema_version >= newest:
+            return data, schema_version
+        for version in range(schema_version, newest):
+            step = self._steps.get((event_type, version))
+            if step is None:
+                raise UpcastError(
+                    event_type, schema_version,
+                    f"no upcaster from v{version} to v{version + 1} (newest is v{newest}); register one "
+                    "with es_analytics.upcaster, and see lake.upcasting_coverage() for what the lake holds",
+                )
+            try:
+                data = step(data)
+            except Exception as exc:
+                raise UpcastError(event_type, schema_version, f"{_name(step)} failed: {exc!r}") from exc
+            if not isinstance(data, dict):
+                raise UpcastError(event_type, schema_version,
+                                  f"{_name(step)} returned {type(data).__name__}, not a dict")
+        return data, newest
+
+    def upcast_json(self, event_type: str, schema_version: int, text: str) -> tuple[str, int]:
+        """Like :meth:`upcast` on JSON text; the result is compact JSON text."""
+        data, version = self.upcast(event_type, schema_version, json.loads(text))
+        if version == schema_version:
+            return text, version
+        try:
+            return encode_json(data, f"the {event_type} v{version} payload"), version
+        except InvalidArgumentError as exc:
+            raise UpcastError(event_type, schema_version, str(exc)) from exc
+
+    def fingerprint(self, event_types: Iterable[str]) -> str:
+        """A hash of the steps' code for ``event_types`` (snapshots depend on it)."""
+        digest = hashlib.sha256()
+        for key in sorted(k for k in self._steps if k[0] in set(event_types)):
+            step = self._steps[key]
+            code = getattr(step, "__code__", None)
+            digest.update(repr(key).encode() + _name(step).encode())
+            if code is not None:
+                digest.update(code.co_code + repr(code.co_consts).encode())
+        return digest.hexdigest()[:16]
+
+    def _pending_types(self) -> dict[str, int]:
+        return {t: v for t in self.event_types() if (v := self.newest_version(t)) is not None}
+
+
+def _name(fn: Any) -> str:
+    return str(getattr(fn, "__qualname__", None) or repr(fn))
+
+
+default_registry = UpcasterRegistry()
+
+
+def upcaster(event_type: str, from_version: int) -> Callable[[Upcaster], Upcaster]:
+    """Decorator: register an upcaster from ``from_version`` to the next in :data:`default_registry`.
+
+    Name it after its step, e.g. ``user_registered_v1_to_v2``.
+    """
+    decorate: Callable[[Upcaster], Upcaster] = default_registry.register(event_type, from_version)
+    return decorate
+
+
+# -- frames -------------------------------------------------------------------------------------
+def upcast_frame(frame: pl.DataFrame, registry: UpcasterRegistry) -> pl.DataFrame:
+    """An events frame with ``data`` and ``schema_version`` of older rows brought to the newest version.
+
+    Only the rows that need a step go through Python; the rest of the frame is not touched.
+    """
+    newest = registry._pending_types()
+    if not newest or frame.height == 0:
+        return frame
+    limits = pl.DataFrame({"event_type": list(newest), "_newest": list(newest.values())},
+                          schema={"event_type": pl.String, "_newest": pl.Int32})
+    todo = (
+        frame.select("event_type", "schema_version", "data")
+        .with_row_index("_row")
+        .filter(pl.col("event_type").is_in(list(newest)))
+        .join(limits, on="event_type")
+        .filter(pl.col("schema_version") < pl.col("_newest"))
+    )
+    if todo.height == 0:
+        return frame
+    texts, versions = [], []
+    for event_type, version, text in todo.select("event_type", "schema_version", "data").iter_rows():
+        new_text, new_version = registry.upcast_json(event_type, version, text)
+        texts.append(new_text)
+        versions.append(new_version)
+    rows = todo["_row"]
+    data = frame["data"].clone().scatter(rows, pl.Series(texts, dtype=pl.String))
+    schema_version = frame["schema_version"].clone().scatter(rows, pl.Series(versions, dtype=pl.Int32))
+    return frame.with_columns(data=data, schema_version=schema_version)
+
+
+# -- SQL ----------------------------------------------------------------------------------------
+def install_sql(con: Any, registry: UpcasterRegistry) -> None:
+    """Create the SQL functions ``es_upcast_data`` / ``es_upcast_version`` and the view ``events_upcast``.
+
+    ``con`` is the lake's DuckDB connection. The functions read ``registry`` when they run, so upcasters
+    registered later apply too. The view has the columns of ``events``.
+    """
+    import duckdb
+
+    def upcast_data(event_type: pa.ChunkedArray, version: pa.ChunkedArray, data: pa.ChunkedArray) -> pa.Array:
+        return _upcast_arrow(registry, event_type, version, data)[0]
+
+    def upcast_version(event_type: pa.ChunkedArray, version: pa.ChunkedArray) -> pa.Array:
+        newest = registry._pending_types()
+        types, versions = event_type.to_pylist(), version.to_pylist()
+        return pa.array(
+            [newest[t] if t in newest and v < newest[t] else v for t, v in zip(types, versions)], pa.int32()
+        )
+
+    text, integer = duckdb.sqltype("VARCHAR"), duckdb.sqltype("INTEGER")
+    for name in ("es_upcast_data", "es_upcast_version"):
+        try:
+            con.remove_function(name)
+        except duckdb.InvalidInputException:
+            pass
+    con.create_function("es_upcast_data", upcast_data, [text, integer, text], text, type="arrow",
+                        side_effects=False)
+    con.create_function("es_upcast_version", upcast_version, [text, integer], integer, type="arrow",
+                        side_effects=False)
+    con.execute(
+        f"CREATE OR REPLACE VIEW {UPCAST_VIEW} AS SELECT position, event_id, event_type, "
+        "es_upcast_version(event_type, schema_version) AS schema_version, aggregate_type, aggregate_id, "
+        "aggregate_version, occurred_at, recorded_at, "
+        "es_upcast_data(event_type, schema_version, data) AS data, metadata FROM events"
+    )
+
+
+def _upcast_arrow(
+    registry: UpcasterRegistry, event_type: pa.ChunkedArray, version: pa.ChunkedArray, data: pa.ChunkedArray
+) -> tuple[pa.Array, pa.Array]:
+    frame = pl.DataFrame({"event_type": event_type, "schema_version": version, "data": data},
+                         schema={"event_type": pl.String, "schema_version": pl.Int32, "data": pl.String})
+    out = upcast_frame(frame, registry)
+    return out["data"].to_arrow(), out["schema_version"].to_arrow()
+
+
+# -- coverage ---------------------------------------------------------------------------------
+def coverage(counts: pl.DataFrame, registry: UpcasterRegistry) -> pl.DataFrame:
+    """Add the registry's verdict to per-version counts of the lake.
+
+    ``counts`` has ``event_type, schema_version, events, first_seen, last_seen``; the result adds
+    ``newest_version`` (null for types without upcasters), ``reaches_newest``, ``status`` and ``path``.
+    """
+    keys = counts.select("event_type", "schema_version").rows()
+    newest = [registry.newest_version(t) for t, _ in keys]
+    status = [registry.status(t, v) for t, v in keys]
+    return counts.with_columns(
+        newest_version=pl.Series(newest, dtype=pl.Int32),
+        reaches_newest=pl.Series([s in ("newest", "upcast", "unversioned") for s in status], dtype=pl.Boolean),
+        status=pl.Series(status, dtype=pl.String),
+        path=pl.Series([registry.path(t, v) for t, v in keys], dtype=pl.String),
+    ).select(COVERAGE_COLUMNS).sort("event_type", "schema_version")
