@@ -97,6 +97,12 @@ def _types(value: object, name: str = "event_type", *, allow_none: bool = True) 
     return tuple(items)
 
 
+def _one_type(value: object, name: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise InvalidArgumentError(f"{name} must be one event type such as 'MoneyWithdrawn', got {value!r}")
+    return value
+
+
 def _window(start: object, end: object, *, optional: bool = False) -> tuple[datetime | None, datetime | None]:
     lo = to_utc_or_none(start, "start") if optional else to_utc(start, "start")
     hi = to_utc_or_none(end, "end") if optional else to_utc(end, "end")
@@ -539,10 +545,9 @@ def latency(lake: Lake, from_type: str, to_type: str, *, start: datetime | None 
 
     ``start``/``end`` (optional) select the aggregates whose first ``from_type`` event falls in the window;
     the ``to_type`` event may come any time after it (in stream order). Percentiles are linear
-    interpolations (``quantile_cont``) over the converted aggregates.
+    interpolations over the converted aggregates.
     """
-    (first,) = _types(from_type, "from_type", allow_none=False) or ()
-    (second,) = _types(to_type, "to_type", allow_none=False) or ()
+    first, second = _one_type(from_type, "from_type"), _one_type(to_type, "to_type")
     pcts = _percentiles(percentiles)
     where = _make_filter(start, end, first, aggregate_type=aggregate_type, optional=True)
     clause, params = where.sql()
