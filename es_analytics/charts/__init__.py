@@ -13,7 +13,7 @@ This package imports polars, Altair and the error hierarchy only; nothing from t
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from ..errors import InvalidArgumentError
 from ._theme import THEME_CONFIG, THEME_NAME, register_theme
@@ -78,9 +78,9 @@ def save(chart: alt.TopLevelMixin, path: str | os.PathLike[str], *, scale: float
     if fmt == "html":
         chart.save(str(target), format="html", inline=True)
     elif fmt in ("png", "pdf"):
-        chart.save(str(target), format=fmt, scale_factor=scale)
+        chart.save(str(target), format=cast("Literal['png', 'pdf']", fmt), scale_factor=scale)
     else:
-        chart.save(str(target), format=fmt)
+        chart.save(str(target), format=cast("Literal['svg', 'json']", fmt))
     return target
 
 

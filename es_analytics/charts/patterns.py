@@ -175,8 +175,8 @@ def trend(result: TrendResult) -> Any:
                  alt.Tooltip("rolling_mean:Q", title=f"{result.window}-day mean", format=".1f")])
     top = alt.layer(bars, line).properties(width=WIDTH, height=220,
                                           title=f"Daily events and {result.window}-day rolling mean")
-    shade = pl.when(~pl.col("complete")).then(pl.lit("partial week")).when(pl.col("change").fill_null(0) >= 0)
-    shade = shade.then(pl.lit("up")).otherwise(pl.lit("down"))
+    shade = (pl.when(~pl.col("complete")).then(pl.lit("partial week"))
+             .when(pl.col("change").fill_null(0) >= 0).then(pl.lit("up")).otherwise(pl.lit("down")))
     change = alt.Chart(weeks.with_columns(shade.alias("direction"))).mark_bar().encode(
         x=alt.X("week:T", title=f"Week starting Monday ({result.tz})", axis=alt.Axis(format="%b %d")),
         y=alt.Y("change:Q", title="Change vs previous week"),

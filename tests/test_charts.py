@@ -1,0 +1,234 @@
+"""Every chart function gives a valid Vega-Lite spec with data, tooltips, titles and the one theme."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import altair as alt
+import polars as pl
+import pytest
+
+from es_analytics import Event, Lake, charts, patterns
+from es_analytics.charts import _theme
+from es_analytics.errors import InvalidArgumentError
+
+UTC = timezone.utc
+START, END = datetime(2025, 3, 1, tzinfo=UTC), datetime(2025, 5, 1, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def lake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lake]:
+    """Twenty accounts over two months: opened, a few deposits and withdrawals, some closed."""
+    with Lake.open(tmp_path_factory.mktemp("lake")) as lake:
+        for n in range(20):
+            opened = START + timedelta(days=2 * n, hours=9 + n % 8)
+            kinds = ["AccountOpened"] + ["MoneyDeposited", "MoneyWithdrawn"] * (1 + n % 3)
+            if n % 4 == 0:
+                kinds.append("AccountClosed")
+            events = [Event(kind, {"amount": 10}, occurred_at=opened + timedelta(hours=7 * i),
+                            metadata={"user_id": f"teller-{n % 3}"}) for i, kind in enumerate(kinds)]
+            lake.append(f"acc-{n:02d}", events, expected_version=0, aggregate_type="BankAccount")
+        lake.seal()
+        yield lake
+
+
+def data_rows(spec: dict[str, Any]) -> int:
+    return sum(len(rows) for rows in spec.get("datasets", {}).values())
+
+
+def units(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every unit spec (one with a mark) inside layers, facets and concatenations."""
+    found = []
+    stack = [spec]
+    while stack:
+        node = stack.pop()
+        if "mark" in node:
+            found.append(node)
+        for key in ("layer", "vconcat", "hconcat", "concat"):
+            stack.extend(node.get(key, []))
+        if "spec" in node:
+            stack.append(node["spec"])
+    return found
+
+
+def mark_type(unit: dict[str, Any]) -> str:
+    mark = unit["mark"]
+    return str(mark["type"] if isinstance(mark, dict) else mark)
+
+
+def title_text(spec: dict[str, Any]) -> str:
+    title = spec["title"]
+    return str(title["text"] if isinstance(title, dict) else title)
+
+
+def check_common(chart: Any, *, title: str) -> dict[str, Any]:
+    spec: dict[str, Any] = chart.to_dict()  # validates against the Vega-Lite schema
+    assert spec["$schema"].startswith("https://vega.github.io/schema/vega-lite/v6")
+    assert data_rows(spec) > 0
+    assert title in title_text(spec)
+    assert spec["config"]["font"] == _theme.FONT and spec["config"]["range"]["category"] == _theme.CATEGORY
+    assert all("tooltip" in u["encoding"] for u in units(spec) if mark_type(u) != "text" and
+               "tooltip" not in u.get("mark", {})), "every visible mark has a tooltip"
+    return spec
+
+
+def test_hourly(lake: Lake) -> None:
+    result = patterns.analyze(lake, "MoneyDeposited", START, END, tz="Europe/Berlin")
+    spec = check_common(charts.hourly(result), title="MoneyDeposited by hour of day")
+    assert mark_type(spec) == "bar"
+    assert (spec["encoding"]["x"]["field"], spec["encoding"]["x"]["type"]) == ("hour", "ordinal")
+    assert spec["encoding"]["y"]["field"] == "count"
+    assert "Europe/Berlin" in spec["encoding"]["x"]["title"]
+    rows = next(iter(spec["datasets"].values()))
+    assert len(rows) == 24 and sum(r["count"] for r in rows) == result.total_events
+    assert [r["hour"] for r in rows if r["peak"]] == [result.peak_hour]
+    assert {t["field"] for t in spec["encoding"]["tooltip"]} == {"hours", "count", "share"}
+
+
+def test_daily_shows_every_calendar_day_and_the_average(lake: Lake) -> None:
+    result = patterns.analyze(lake, "MoneyDeposited", START, END)
+    spec = check_common(charts.daily(result), title="MoneyDeposited per day")
+    assert [mark_type(u) for u in spec["layer"]] == ["area", "point", "rule"]
+    assert spec["layer"][0]["encoding"]["x"]["type"] == "temporal"
+    datasets = list(spec["datasets"].values())
+    assert sorted(len(d) for d in datasets) == [1, result.days]
+    assert [d for d in datasets if len(d) == 1][0][0]["average"] == pytest.approx(result.average_per_day)
+    assert f"{result.average_per_active_day:.2f} per active day" in spec["title"]["subtitle"]
+
+
+def test_overview_stacks_both(lake: Lake) -> None:
+    spec = charts.overview(patterns.analyze(lake, "MoneyDeposited", START, END)).to_dict()
+    assert len(spec["vconcat"]) == 2 and spec["config"]["font"] == _theme.FONT
+    assert all("config" not in part for part in spec["vconcat"])
+
+
+def test_heatmap(lake: Lake) -> None:
+    result = patterns.heatmap(lake, None, START, END, tz="America/New_York")
+    spec = check_common(charts.heatmap(result), title="All events: weekday × hour")
+    assert mark_type(spec) == "rect"
+    assert spec["encoding"]["color"]["field"] == "average"
+    assert spec["encoding"]["y"]["sort"] == {"field": "weekday", "order": "ascending"}
+    assert data_rows(spec) == 168
+    assert charts.heatmap(result, value="count").to_dict()["encoding"]["color"]["field"] == "count"
+    with pytest.raises(InvalidArgumentError, match="value must be"):
+        charts.heatmap(result, value="median")
+
+
+def test_trend(lake: Lake) -> None:
+    result = patterns.trend(lake, "MoneyDeposited", START, END, window=7)
+    spec = check_common(charts.trend(result), title="MoneyDeposited: trend")
+    top, change = spec["vconcat"]
+    assert [mark_type(u) for u in top["layer"]] == ["bar", "line"]
+    assert top["layer"][1]["encoding"]["y"]["field"] == "rolling_mean"
+    assert change["encoding"]["y"]["field"] == "change"
+    assert change["encoding"]["color"]["scale"]["domain"] == ["up", "down", "partial week"]
+
+
+def test_anomalies_facets_by_type(lake: Lake) -> None:
+    result = patterns.anomalies(lake, START, END, baseline=14)
+    spec = check_common(charts.anomalies(result), title="Anomalous days")
+    assert spec["facet"]["row"]["field"] == "event_type"
+    assert [mark_type(u) for u in spec["spec"]["layer"]] == ["line", "point"]
+    assert spec["spec"]["layer"][1]["transform"] == [{"filter": "datum.anomaly"}]
+    one = charts.anomalies(result, event_type="MoneyDeposited").to_dict()
+    assert data_rows(one) == result.daily.filter(pl.col("event_type") == "MoneyDeposited").height
+    with pytest.raises(InvalidArgumentError, match="no daily counts"):
+        charts.anomalies(result, event_type="Nope")
+
+
+def test_latency(lake: Lake) -> None:
+    result = patterns.latency(lake, "AccountOpened", "AccountClosed")
+    spec = check_common(charts.latency(result), title="AccountOpened → AccountClosed")
+    assert spec["encoding"]["x"]["sort"] == {"field": "order"}
+    assert sum(r["aggregates"] for r in next(iter(spec["datasets"].values()))) == result.converted == 5
+    assert "p50 " in spec["title"]["subtitle"] and "5 of 20 aggregates (25.0%)" in spec["title"]["subtitle"]
+
+
+def test_funnel(lake: Lake) -> None:
+    result = patterns.funnel(lake, ["AccountOpened", "MoneyWithdrawn", "AccountClosed"])
+    spec = check_common(charts.funnel(result), title="Funnel")
+    assert [mark_type(u) for u in spec["layer"]] == ["bar", "text"]
+    rows = next(iter(spec["datasets"].values()))
+    assert [r["label"] for r in rows] == ["1. AccountOpened", "2. MoneyWithdrawn", "3. AccountClosed"]
+    assert [r["aggregates"] for r in rows] == [20, 20, 5]
+    assert rows[1]["median_time"] == "14.0 h"  # opened, deposited 7 h later, withdrawn 7 h after that
+
+
+def test_cohorts(lake: Lake) -> None:
+    result = patterns.cohorts(lake, aggregate_type="BankAccount")
+    spec = check_common(charts.cohorts(result), title="Monthly cohort retention")
+    rect, text = spec["layer"]
+    assert rect["encoding"]["color"]["scale"]["domain"] == [0, 1]
+    assert text["encoding"]["text"]["format"] == ".0%"
+    assert {r["cohort_month"] for r in next(iter(spec["datasets"].values()))} == {"2025-03", "2025-04"}
+
+
+def test_mix(lake: Lake) -> None:
+    result = patterns.mix(lake, START, END, every="week")
+    spec = check_common(charts.mix(result), title="Event-type mix over time")
+    assert spec["encoding"]["y"]["stack"] == "normalize"
+    assert spec["encoding"]["color"]["field"] == "event_type"
+    assert charts.mix(result, normalize=False).to_dict()["encoding"]["y"]["stack"] == "zero"
+
+
+def test_top(lake: Lake) -> None:
+    result = patterns.top(lake, "user_id", n=2)
+    spec = check_common(charts.top(result), title="Top user_id values")
+    assert spec["encoding"]["y"]["sort"] == "-x" and data_rows(spec) == 2
+
+
+def test_charts_refuse_too_many_rows() -> None:
+    big = pl.DataFrame({"date": pl.date_range(datetime(2000, 1, 1), datetime(2020, 1, 1), "1d", eager=True)})
+    result = patterns.PatternResult("X", START, END, "UTC", None, 0,
+                                    pl.DataFrame({"hour": range(24), "count": [0] * 24}),
+                                    big.with_columns(count=pl.lit(1)), 1.0, 1.0)
+    with pytest.raises(InvalidArgumentError, match="aggregate first"):
+        charts.daily(result)
+    with pytest.raises(InvalidArgumentError, match="needs the columns"):
+        _theme.check_rows(pl.DataFrame({"x": [1]}), "test", required=("hour",))
+    with pytest.raises(InvalidArgumentError, match="needs a polars DataFrame"):
+        _theme.check_rows([1, 2], "test")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("suffix", ["png", "svg", "html", "json"])
+def test_save_offline(lake: Lake, tmp_path: Path, suffix: str) -> None:
+    chart = charts.hourly(patterns.analyze(lake, "MoneyDeposited", START, END))
+    path = charts.save(chart, tmp_path / "out" / f"hourly.{suffix}", scale=1)
+    data = path.read_bytes()
+    if suffix == "png":
+        assert data.startswith(b"\x89PNG")
+    elif suffix == "svg":
+        assert data.lstrip().startswith(b"<svg") and b"by hour of day" in data
+    elif suffix == "html":
+        # Vega is inlined: no script is fetched from a CDN.
+        assert b"cdn.jsdelivr" not in data and b"<script src=" not in data and len(data) > 100_000
+    else:
+        assert json.loads(data)["title"]["text"] == "MoneyDeposited by hour of day"
+
+
+def test_save_rejects_unknown_suffix(tmp_path: Path) -> None:
+    chart = alt.Chart(pl.DataFrame({"a": [1]})).mark_bar().encode(x="a:Q")
+    with pytest.raises(InvalidArgumentError, match="cannot save a chart as 'x.gif'"):
+        charts.save(chart, tmp_path / "x.gif")
+    assert not (tmp_path / "x.gif").exists()
+
+
+def test_to_svg_and_theme_registration() -> None:
+    chart = _theme.finish(alt.Chart(pl.DataFrame({"a": [1, 2]})).mark_bar().encode(x="a:O", y="a:Q"), title="T")
+    assert charts.to_svg(chart).lstrip().startswith("<svg")
+    assert charts.register_theme() == "es_analytics" and "es_analytics" in alt.theme.names()
+    previous = alt.theme.active
+    try:
+        charts.register_theme(enable=True)
+        assert alt.theme.active == "es_analytics"
+    finally:
+        alt.theme.enable(previous)
+
+
+def test_format_duration() -> None:
+    assert [charts.format_duration(s) for s in (0, 59, 60, 3599, 3600, 86399, 86400)] == [
+        "0 s", "59 s", "1.0 min", "60.0 min", "1.0 h", "24.0 h", "1.0 days"]
