@@ -2,25 +2,36 @@
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from ._time import to_utc_or_none
-from .errors import InvalidArgumentError
+from .errors import EsAnalyticsError, InvalidArgumentError
 from .events import EVENT_COLUMNS, Event, check_aggregate_id, check_aggregate_type, check_version
 from .store.engine import LakeStore
 from .store.hot import Durability
 from .store.reader import translate_errors
+from .upcasting import UpcasterRegistry, default_registry, upcast_frame
 
-__all__ = ["Lake"]
+if TYPE_CHECKING:
+    from .aggregates import Aggregate
+    from .repository import SnapshotStore
+
+__all__ = ["Lake", "SubscriberFailure"]
+
+A = TypeVar("A", bound="Aggregate")
+_log = logging.getLogger("es_analytics")
+_MAX_SUBSCRIBER_ERRORS = 100
 
 
 def _check_types(types: object) -> list[str] | None:
@@ -54,6 +65,11 @@ class Lake:
         self._store = store
         self.path = path
         self._closed = False
+        self.upcasters: UpcasterRegistry = default_registry
+        self._snapshots: Any = None
+        self._sql_upcasters: tuple[int, UpcasterRegistry] | None = None
+        self._subscribers: list[Callable[[pl.DataFrame], object]] = []
+        self.subscriber_errors: list[SubscriberFailure] = []
 
     # -- life cycle ---------------------------------------------------------------------------
     @classmethod
@@ -149,10 +165,13 @@ class Lake:
         batch = self._check_events(events)
         encoded = [(e.data_json, e.metadata_json) for e in batch]
         with translate_errors("append"):
-            version, _ = self._store.hot.append(
+            version, last_position = self._store.hot.append(
                 aggregate_id, aggregate_type, batch, expected_version, encoded, self._store.lookup_sealed
             )
-        self._store.maybe_auto_seal(self._store.hot.max_position())
+        if last_position:
+            self._store.maybe_auto_seal(last_position)
+            if self._subscribers:
+                self._publish(aggregate_id, version - len(batch))
         return version
 
     @staticmethod
@@ -245,7 +264,7 @@ class Lake:
 
     def _present(self, frame: pl.DataFrame) -> pl.DataFrame:
         """The public shape of an events frame (hook for upcasting and decryption on read)."""
-        return frame.select(EVENT_COLUMNS)
+        return upcast_frame(frame.select(EVENT_COLUMNS), self.upcasters)
 
     def sql(self, query: str, params: Sequence[Any] | dict[str, Any] | None = None) -> pl.DataFrame:
         """Run one read-only DuckDB query over the view ``events`` and return a polars DataFrame.
@@ -257,6 +276,7 @@ class Lake:
 
     def _query(self, query: str, params: Sequence[Any] | dict[str, Any] | None, *, what: str) -> pl.DataFrame:
         self._store.refresh()
+        self._install_upcast_sql()
         return self._store.reader.query(query, params, what=what)
 
     def check(self, *, repair: bool = False) -> dict[str, Any]:
@@ -265,6 +285,120 @@ class Lake:
 
         with translate_errors("check"):
             return check_lake(self._store, repair=repair)
+
+    # -- aggregates, upcasting, subscribers ------------------------------------------------------
+    def aggregate(
+        self,
+        aggregate_class: type[A],
+        aggregate_id: str,
+        *,
+        as_of: datetime | None = None,
+        known_at: datetime | None = None,
+        version: int | None = None,
+    ) -> A | None:
+        """The aggregate rebuilt as it was as of ``as_of``, known at ``known_at`` (or at ``version``).
+
+        Folds the stream's events with ``occurred_at <= as_of`` and ``recorded_at <= known_at`` in version
+        order, starting from the newest snapshot that lies at or before that point on both clocks.
+        Returns ``None`` if the aggregate did not exist yet.
+
+        Examples
+        --------
+        >>> import tempfile
+        >>> from es_analytics import Lake
+        >>> from es_analytics.examples.bank import BankAccount
+        >>> with Lake.open(tempfile.mkdtemp()) as lake:
+        ...     account = BankAccount("acc-1")
+        ...     account.open_account(100, "Ada Lovelace")
+        ...     lake.append("acc-1", list(account.pending_events), expected_version=0, aggregate_type="BankAccount")
+        ...     lake.aggregate(BankAccount, "acc-1").balance
+        1
+        Decimal('100')
+        """
+        from .repository import load
+
+        return load(self, aggregate_class, aggregate_id, as_of=as_of, known_at=known_at, version=version)
+
+    @property
+    def snapshots(self) -> SnapshotStore:
+        """The aggregate snapshots stored in this lake (``delete(aggregate_id)`` removes one aggregate's)."""
+        if self._snapshots is None:
+            from .repository import SnapshotStore
+
+            self._snapshots = SnapshotStore(self._store.hot)
+        return self._snapshots  # type: ignore[no-any-return]
+
+    def upcasting_coverage(self) -> pl.DataFrame:
+        """Which (event_type, schema_version) the lake holds and whether each reaches the newest version.
+
+        Columns: ``event_type, schema_version, events, first_seen, last_seen`` (``recorded_at`` of the
+        first and last such event), ``newest_version`` (null for types without upcasters),
+        ``reaches_newest``, ``status`` (newest, upcast, broken chain, ahead, unversioned) and ``path``.
+        """
+        from .upcasting import coverage
+
+        counts = self._query(
+            "SELECT event_type, schema_version, count(*) AS events, min(recorded_at) AS first_seen, "
+            "max(recorded_at) AS last_seen FROM events GROUP BY event_type, schema_version",
+            None, what="upcasting_coverage",
+        )
+        return coverage(counts, self.upcasters)
+
+    def _install_upcast_sql(self) -> None:
+        """(Re)create the view ``events_upcast`` and its functions on the DuckDB connection once."""
+        reader = self._store.reader
+        if self._sql_upcasters is not None and self._sql_upcasters == (id(reader.con), self.upcasters):
+            return
+        from .upcasting import install_sql
+
+        with reader.lock, translate_errors("installing events_upcast"):
+            install_sql(reader.con, self.upcasters)
+        self._sql_upcasters = (id(reader.con), self.upcasters)
+
+    def subscribe(self, handler: Callable[[pl.DataFrame], object]) -> Callable[[], None]:
+        """Call ``handler(events)`` after every commit of an append in this process; returns an unsubscribe.
+
+        ``events`` is the frame of the committed events (as ``lake.events`` shows them). A handler that
+        raises does not undo the commit: the error is logged (logger ``es_analytics``) and kept in
+        :attr:`subscriber_errors`, and the other handlers still run.
+        """
+        if not callable(handler):
+            raise InvalidArgumentError(f"handler must be callable, got {handler!r}")
+        self._subscribers.append(handler)
+
+        def unsubscribe() -> None:
+            if handler in self._subscribers:
+                self._subscribers.remove(handler)
+
+        return unsubscribe
+
+    def _publish(self, aggregate_id: str, after_version: int) -> None:
+        try:
+            committed = self.events(aggregate_id, from_version=after_version)
+        except EsAnalyticsError as exc:
+            self._subscriber_failed(None, None, exc)
+            return
+        for handler in list(self._subscribers):
+            try:
+                handler(committed)
+            except Exception as exc:  # a subscriber's bug must not look like a failed append
+                self._subscriber_failed(handler, committed, exc)
+
+    def _subscriber_failed(self, handler: object, events: pl.DataFrame | None, exc: Exception) -> None:
+        positions = () if events is None else tuple(events["position"].to_list())
+        failure = SubscriberFailure(getattr(handler, "__qualname__", repr(handler)), positions, exc)
+        self.subscriber_errors.append(failure)
+        del self.subscriber_errors[:-_MAX_SUBSCRIBER_ERRORS]
+        _log.error("subscriber %s failed on positions %s: %r", failure.handler, positions, exc, exc_info=exc)
+
+
+@dataclass(frozen=True)
+class SubscriberFailure:
+    """A subscriber that raised: its name, the positions it was given, and the exception."""
+
+    handler: str
+    positions: tuple[int, ...]
+    error: Exception
 
 
 def _filter_table(

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -27,7 +28,7 @@ import pyarrow.parquet as pq
 from .._time import now_utc, to_micros
 from ..errors import InvalidArgumentError, LakeBusyError, LakeCorruptError, LakeError, NotALakeError
 from ..events import EVENT_SCHEMA
-from .hot import Durability, SQLiteHotTier, StoredMatch, event_id_hash
+from .hot import EVENT_ID_HASH_SQL, Durability, SQLiteHotTier, StoredMatch, event_id_hash
 from .manifest import FileEntry, Manifest, read_manifest, write_manifest
 from .reader import DuckReader, hot_rows_to_arrow, translate_errors
 from .sealed import ParquetSealedTier, row_group_index
@@ -207,9 +208,12 @@ class LakeStore:
         return pl.concat(frames) if frames else pl.DataFrame(schema={"aggregate_id": pl.String, "row_group": pl.Int64})
 
     def _index_event_ids(self, entry: FileEntry) -> None:
-        table = pq.read_table(self.folder / entry.path, columns=["event_id", "position"])
-        rows = sorted(zip(map(event_id_hash, table["event_id"].to_pylist()), table["position"].to_pylist()))
-        self.hot.con.executemany("INSERT OR IGNORE INTO event_ids (id_hash, position) VALUES (?, ?)", rows)
+        """Add a new sealed file's event ids to the compact hash index (hashed in DuckDB, not Python)."""
+        ids = pq.read_table(self.folder / entry.path, columns=["event_id", "position"])
+        hashed = duckdb.sql(
+            f"SELECT {EVENT_ID_HASH_SQL} AS id_hash, position FROM ids ORDER BY id_hash, position"
+        ).fetchall()
+        self.hot.con.executemany("INSERT OR IGNORE INTO event_ids (id_hash, position) VALUES (?, ?)", hashed)
 
     def _sync_streams(self, entries: Sequence[FileEntry]) -> None:
         """Raise stream versions to what new files hold (a no-op after a normal seal)."""
@@ -251,23 +255,21 @@ class LakeStore:
             total, files = 0, []
             while True:
                 manifest = self.manifest()
-                with self.hot.read():
-                    rows = self.hot.rows_after(manifest.sealed_position, limit=max_rows)
-                if not rows:
+                table = self._read_hot(manifest.sealed_position, max_rows)
+                if not table.num_rows:
                     break
-                table = hot_rows_to_arrow(rows)
                 entries, indexes = self._write_by_type(table)
                 manifest = manifest.next(
-                    sealed_position=rows[-1][0],
-                    last_recorded_at=max(manifest.last_recorded_at, rows[-1][8]),
+                    sealed_position=table["position"][-1].as_py(),
+                    last_recorded_at=max(manifest.last_recorded_at, to_micros(table["recorded_at"][-1].as_py())),
                     files=manifest.files + tuple(entries),
                 )
                 self._publish(manifest)
                 with self.hot.write():
                     self._apply(manifest, indexes)
-                total += len(rows)
+                total += table.num_rows
                 files += [e.path for e in entries]
-                if len(rows) < max_rows:
+                if table.num_rows < max_rows:
                     break
             compacted = self._maybe_compact()
             self._drop_retired(self.manifest())
@@ -278,6 +280,15 @@ class LakeStore:
             "sealed_position": self.manifest().sealed_position,
             "seconds": round(time.perf_counter() - started, 3),
         }
+
+    def _read_hot(self, after: int, limit: int) -> pa.Table:
+        """Committed hot rows above ``after`` as Arrow, from one read snapshot.
+
+        (Reading through a second SQLite library such as an ADBC driver would be faster, but two SQLite
+        copies in one process break each other's POSIX locks: see docs/decisions.md.)
+        """
+        with self.hot.read():
+            return hot_rows_to_arrow(self.hot.rows_after(after, limit=limit))
 
     def _write_by_type(self, table: pa.Table, level: int = 0) -> tuple[list[FileEntry], dict[str, pl.DataFrame]]:
         entries, indexes = [], {}
@@ -475,6 +486,34 @@ class LakeStore:
             if locations:
                 table = table.sort_by("aggregate_version")
             return table
+
+    def read_positions(
+        self, after: int, *, until: int | None = None, limit: int | None = None, types: Sequence[str] | None = None
+    ) -> pa.Table:
+        """Events with ``after < position <= until`` (of ``types``, if given) in position order, at most ``limit``.
+
+        One consistent snapshot across both tiers: a range above the sealed position is read from the
+        hot tier alone (one SQLite read transaction); otherwise the DuckDB view over sealed files and hot
+        rows answers it.
+        """
+        with translate_errors("reading events by position"):
+            with self.hot.read():
+                if after >= int(self.hot.meta("sealed_position", 0)):
+                    return hot_rows_to_arrow(self.hot.rows_between(after, until, limit=limit, types=types))
+            self.refresh()
+            clauses, params = ["position > ?"], [after]
+            if until is not None:
+                clauses.append("position <= ?")
+                params.append(until)
+            if types:
+                clauses.append("list_contains(?, event_type)")
+                params.append(list(types))  # type: ignore[arg-type]
+            sql = f"SELECT * FROM events WHERE {' AND '.join(clauses)} ORDER BY position"
+            if limit is not None:
+                sql += " LIMIT ?"
+                params.append(limit)
+            with self.reader.lock:
+                return self.reader.relation(sql, params).to_arrow_table().cast(EVENT_SCHEMA)
 
     def refresh(self) -> None:
         """Point the DuckDB view at the newest consistent snapshot (cheap when nothing changed)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +27,7 @@ from ..errors import (
 )
 from ..events import Event
 
-__all__ = ["Durability", "HotRow", "SQLiteHotTier", "event_id_hash"]
+__all__ = ["Durability", "HotRow", "NewRow", "SQLiteHotTier", "event_id_hash"]
 
 Durability = Literal["full", "normal"]
 HOT_COLUMNS = (
@@ -35,6 +35,10 @@ HOT_COLUMNS = (
     "aggregate_version, occurred_at, recorded_at, data, metadata"
 )
 HotRow = tuple[int, str, str, int, str, str, int, int, int, str, str]
+# A new event with its stream version, for ``append_rows``: event_id, event_type, schema_version,
+# aggregate_type, aggregate_id, aggregate_version, occurred_at (µs since the epoch), data, metadata.
+NewRow = tuple[str, str, int, str, str, int, int, str, str]
+_CHUNK = 500  # ids per IN (...) list, well under SQLite's bound-parameter limit
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
@@ -76,9 +80,21 @@ CREATE TABLE IF NOT EXISTS stream_index (
 
 
 def event_id_hash(event_id: str) -> int:
-    """A signed 64-bit hash of an event id: the key of the compact sealed-id index."""
-    digest = hashlib.blake2b(event_id.encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
+    """A 63-bit hash of an event id: the key of the compact sealed-id index.
+
+    It equals DuckDB's ``(md5_number_lower(event_id) >> 1)::BIGINT``, so bulk paths hash whole columns
+    in SQL (see ``EVENT_ID_HASH_SQL``) and single appends hash in Python, to the same value.
+
+    Examples
+    --------
+    >>> event_id_hash("abc")
+    4125280303191149419
+    """
+    digest = hashlib.md5(event_id.encode("utf-8"), usedforsecurity=False).digest()
+    return int.from_bytes(digest[8:], "little") >> 1
+
+
+EVENT_ID_HASH_SQL = "(md5_number_lower(event_id) >> 1)::BIGINT"
 
 
 @dataclass(frozen=True)
@@ -94,6 +110,13 @@ class StoredMatch:
     occurred_at: int
     data: str
     metadata: str
+
+
+@dataclass(frozen=True)
+class _Id:
+    """Just an event id, for ``_known`` (which reads ``.event_id``)."""
+
+    event_id: str
 
 
 class SQLiteHotTier:
@@ -168,9 +191,10 @@ class SQLiteHotTier:
         return 0 if row is None else int(row[0])
 
     def last_recorded_at(self) -> int:
-        row = self.con.execute("SELECT recorded_at FROM events ORDER BY position DESC LIMIT 1").fetchone()
-        sealed = int(self.meta("last_recorded_at", 0))
-        return sealed if row is None else max(sealed, int(row[0]))
+        return int(self.con.execute(
+            "SELECT max(coalesce((SELECT recorded_at FROM events ORDER BY position DESC LIMIT 1), 0), "
+            "coalesce((SELECT value FROM meta WHERE key = 'last_recorded_at'), 0))"
+        ).fetchone()[0])
 
     def append(
         self,
@@ -180,8 +204,8 @@ class SQLiteHotTier:
         expected_version: int | None,
         encoded: Sequence[tuple[str, str]],
         lookup_sealed: Any,
-    ) -> tuple[int, bool]:
-        """Append in one transaction. Returns (new version, whether anything was written).
+    ) -> tuple[int, int]:
+        """Append in one transaction. Returns (new version, position of the last new event or 0).
 
         ``encoded`` holds the (data, metadata) JSON text to store for each event (after any field
         encryption). ``lookup_sealed(positions)`` returns ``StoredMatch``es for sealed positions.
@@ -190,7 +214,7 @@ class SQLiteHotTier:
         with self.write():
             known = self._known(events, lookup_sealed)
             if known:
-                return self._retry_version(aggregate_id, aggregate_type, events, encoded, known), False
+                return self._retry_version(aggregate_id, aggregate_type, events, encoded, known), 0
             row = con.execute(
                 "SELECT aggregate_type, version FROM streams WHERE aggregate_id = ?", (aggregate_id,)
             ).fetchone()
@@ -223,7 +247,8 @@ class SQLiteHotTier:
                 )
             else:
                 con.execute("UPDATE streams SET version = ? WHERE aggregate_id = ?", (new_version, aggregate_id))
-            return new_version, True
+            last_position = con.execute("SELECT last_insert_rowid()").fetchone()[0]
+            return new_version, int(last_position)
 
     def _known(self, events: Sequence[Event], lookup_sealed: Any) -> dict[str, StoredMatch]:
         """The stored events, among those given, keyed by event id (hot tier first, then sealed)."""
@@ -285,12 +310,117 @@ class SQLiteHotTier:
             raise DuplicateEventError(events[0].event_id, "the stored events are not one earlier append")  # type: ignore[arg-type]
         return versions[-1]
 
+    # -- appends to several streams at once ---------------------------------------------------
+    def append_rows(
+        self,
+        rows: Sequence[NewRow],
+        lookup_sealed: Any,
+        *,
+        check_event_ids: bool = True,
+        within: Callable[[sqlite3.Connection], None] | None = None,
+    ) -> int | None:
+        """Append events of several streams in ONE transaction, in the order given.
+
+        Each row carries its ``aggregate_version``: a stream's rows must continue the stream's current
+        version without gaps or repeats, else ``ConcurrencyError`` and nothing is written (the same rule
+        as ``append`` with ``expected_version`` = the first row's version - 1). The rows get consecutive
+        positions, so concurrent batches never interleave. ``within(con)`` runs in the same transaction
+        after the rows are written (e.g. to store a consumer's checkpoint); whatever it raises rolls
+        everything back. With ``check_event_ids``, a batch whose events are all stored already with the
+        same content is an acknowledged retry: nothing is written, ``within`` does not run, and the
+        result is ``None``; a known id with other content raises ``DuplicateEventError``.
+
+        Returns the position of the first row (the others follow it), or ``None`` if nothing was written.
+        """
+        with self.write():
+            if rows and check_event_ids and self._is_retry(rows, lookup_sealed):
+                return None
+            first = self._insert_rows(rows) if rows else None
+            if within is not None:
+                within(self.con)
+            return first
+
+    def _is_retry(self, rows: Sequence[NewRow], lookup_sealed: Any) -> bool:
+        """True if every row is stored already with the same content; raises on a conflicting reuse."""
+        known: dict[str, StoredMatch] = {}
+        for start in range(0, len(rows), _CHUNK):
+            known.update(self._known([_Id(r[0]) for r in rows[start:start + _CHUNK]], lookup_sealed))  # type: ignore[list-item]
+        if not known:
+            return False
+        for row in rows:
+            match = known.get(row[0])
+            if match is None:
+                raise DuplicateEventError(
+                    next(iter(known)), "this batch mixes events already stored with new ones; append the new ones alone"
+                )
+            stored = (match.event_id, match.event_type, match.schema_version, match.aggregate_type,
+                      match.aggregate_id, match.aggregate_version, match.occurred_at, match.data, match.metadata)
+            if stored != tuple(row):
+                raise DuplicateEventError(row[0])
+        return True
+
+    def _insert_rows(self, rows: Sequence[NewRow]) -> int:
+        con = self.con
+        ids = list(dict.fromkeys(r[4] for r in rows))
+        heads: dict[str, tuple[str, int]] = {}
+        for start in range(0, len(ids), _CHUNK):
+            chunk = ids[start:start + _CHUNK]
+            for aggregate_id, aggregate_type, version in con.execute(
+                f"SELECT aggregate_id, aggregate_type, version FROM streams WHERE aggregate_id IN ({','.join('?' * len(chunk))})",
+                chunk,
+            ):
+                heads[aggregate_id] = (aggregate_type, int(version))
+        running = {a: v for a, (_, v) in heads.items()}
+        types = {a: t for a, (t, _) in heads.items()}
+        for row in rows:
+            aggregate_type, aggregate_id, version = row[3], row[4], row[5]
+            known_type = types.setdefault(aggregate_id, aggregate_type)
+            if known_type != aggregate_type:
+                raise InvalidArgumentError(
+                    f"stream {aggregate_id!r} is a {known_type!r}, not a {aggregate_type!r}; "
+                    "an aggregate_id belongs to one aggregate_type"
+                )
+            actual = running.get(aggregate_id, 0)
+            if version != actual + 1:
+                raise ConcurrencyError(aggregate_id, version - 1, actual)
+            running[aggregate_id] = version
+        recorded = max(int(time.time() * 1_000_000), self.last_recorded_at())
+        con.executemany(
+            "INSERT INTO events (event_id, event_type, schema_version, aggregate_type, aggregate_id, "
+            "aggregate_version, occurred_at, recorded_at, data, metadata) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            [(*r[:7], recorded, r[7], r[8]) for r in rows],
+        )
+        last = int(con.execute("SELECT last_insert_rowid()").fetchone()[0])
+        con.executemany(
+            "INSERT INTO streams (aggregate_id, aggregate_type, version) VALUES (?, ?, ?) "
+            "ON CONFLICT (aggregate_id) DO UPDATE SET version = excluded.version",
+            [(a, types[a], running[a]) for a in ids],
+        )
+        return last - len(rows) + 1
+
     # -- reads --------------------------------------------------------------------------------
     def rows_after(self, position: int, *, limit: int | None = None) -> list[HotRow]:
         sql = f"SELECT {HOT_COLUMNS} FROM events WHERE position > ? ORDER BY position"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
         return self.con.execute(sql, (position,)).fetchall()
+
+    def rows_between(
+        self, after: int, until: int | None = None, *, limit: int | None = None, types: Sequence[str] | None = None
+    ) -> list[HotRow]:
+        """Hot rows with ``after < position <= until`` (and of ``types``, if given), in position order."""
+        sql, params = f"SELECT {HOT_COLUMNS} FROM events WHERE position > ?", [after]
+        if until is not None:
+            sql += " AND position <= ?"
+            params.append(until)
+        if types:
+            sql += f" AND event_type IN ({','.join('?' * len(types))})"
+            params += list(types)  # type: ignore[arg-type]
+        sql += " ORDER BY position"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        return self.con.execute(sql, params).fetchall()
 
     def stream_rows(self, aggregate_id: str, after_position: int) -> list[HotRow]:
         return self.con.execute(
