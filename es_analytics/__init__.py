@@ -6,6 +6,7 @@ from .aggregates import Aggregate, DomainEvent, when
 from .errors import ConcurrencyError, DomainError, DuplicateEventError, InvalidArgumentError
 from .events import Event
 from .lake import Lake
+from .repository import Repository
 from .upcasting import UpcasterRegistry, upcaster
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "Event",
     "InvalidArgumentError",
     "Lake",
+    "Repository",
     "UpcasterRegistry",
     "upcaster",
     "when",

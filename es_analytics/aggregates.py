@@ -146,6 +146,7 @@ class Aggregate:
         self.version = 0
         self._pending: list[Event] = []
         self._saved_version = 0
+        self._historical = False
 
     # -- replay -------------------------------------------------------------------------------
     @classmethod
@@ -244,6 +245,11 @@ class Aggregate:
             setattr(aggregate, key, copy.deepcopy(value))
         aggregate.version = aggregate._saved_version = version
         return aggregate
+
+    @property
+    def historical(self) -> bool:
+        """True if rebuilt as of a past point (``as_of``, ``known_at`` or ``version``); it cannot be saved."""
+        return self._historical
 
     @classmethod
     def fingerprint(cls) -> str:
