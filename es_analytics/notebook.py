@@ -1,0 +1,219 @@
+"""Jupyter niceties: the sample lake, offline charts and a ``%%sql`` magic bound to a lake.
+
+Every notebook in ``notebooks/`` starts the same way::
+
+    from es_analytics.notebook import sample_lake, setup
+    lake = sample_lake()   # $ES_ANALYTICS_LAKE, else data/sample-lake; generated on first use
+    setup(lake)            # offline charts, %%sql bound to this lake
+
+- :func:`sample_lake` opens the lake named by the environment variable ``ES_ANALYTICS_LAKE`` (what
+  ``es-analytics lab`` and the notebook tests set), else ``data/sample-lake`` of the source checkout, and
+  fills it with :func:`es_analytics.sample.generate` (with a progress bar) when it is empty.
+- :func:`setup` makes Altair render offline (Vega is inlined, so tooltips work without a network; or
+  static SVG with ``renderer="svg"``), enables the es_analytics chart theme for the user's own charts, and
+  registers the ``%sql`` / ``%%sql`` magic.
+- The magic runs read-only DuckDB SQL through ``lake.sql`` (the view ``events`` on the newest snapshot)
+  and returns a polars DataFrame. ``$name`` in the query is bound to the notebook variable ``name``, never
+  pasted into the text. ``%%sql -o result`` also stores the frame in ``result``; ``--lake other`` uses
+  another lake variable. Load it alone with ``%load_ext es_analytics.notebook``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import polars as pl
+
+from .errors import InvalidArgumentError
+from .lake import Lake
+
+if TYPE_CHECKING:
+    from IPython.core.interactiveshell import InteractiveShell
+
+__all__ = [
+    "LAKE_ENV",
+    "SAMPLE_EVENTS_ENV",
+    "default_lake_path",
+    "load_ipython_extension",
+    "run_sql_magic",
+    "sample_lake",
+    "setup",
+]
+
+LAKE_ENV = "ES_ANALYTICS_LAKE"
+SAMPLE_EVENTS_ENV = "ES_ANALYTICS_SAMPLE_EVENTS"
+Renderer = Literal["interactive", "svg", "png"]
+_RENDERERS = ("interactive", "svg", "png")
+_PARAM = re.compile(r"(?<![\w$])\$([A-Za-z_][A-Za-z0-9_]*)")
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_state: dict[str, Lake] = {}
+
+
+def default_lake_path() -> Path:
+    """Where :func:`sample_lake` looks: ``$ES_ANALYTICS_LAKE``, else ``data/sample-lake`` of the checkout.
+
+    Outside a source checkout (an installed package) the default is ``~/.cache/es_analytics/sample-lake``.
+    """
+    configured = os.environ.get(LAKE_ENV)
+    if configured:
+        return Path(configured).expanduser().absolute()
+    checkout = Path(__file__).resolve().parent.parent
+    if (checkout / "pyproject.toml").is_file():
+        return checkout / "data" / "sample-lake"
+    return Path.home() / ".cache" / "es_analytics" / "sample-lake"
+
+
+def sample_lake(path: str | os.PathLike[str] | None = None, *, events: int | None = None, seed: int = 7,
+                progress: bool = True) -> Lake:
+    """Open the sample lake, generating its deterministic history first if the lake is empty.
+
+    Parameters
+    ----------
+    path
+        The lake folder (default: :func:`default_lake_path`).
+    events
+        How many events to generate into an empty lake (default ``$ES_ANALYTICS_SAMPLE_EVENTS`` or 20,000).
+    seed
+        The sample's seed: same seed, same events.
+    progress
+        Show a progress bar while generating.
+    """
+    from .sample import generate
+
+    count = events if events is not None else int(os.environ.get(SAMPLE_EVENTS_ENV) or 20_000)
+    lake = Lake.open(default_lake_path() if path is None else path)
+    try:
+        if lake._store.hot.max_position() == 0:
+            generate(lake, events=count, seed=seed, progress=progress)
+    except BaseException:
+        lake.close()
+        raise
+    return lake
+
+
+def setup(lake: Lake | None = None, *, renderer: Renderer = "interactive", magic: bool = True,
+          theme: bool = True) -> None:
+    """Prepare a notebook: offline charts, the es_analytics chart theme, and ``%%sql`` bound to ``lake``.
+
+    Parameters
+    ----------
+    lake
+        The lake the ``%sql`` magic queries (it can be changed later with ``setup(other)`` or ``--lake``).
+    renderer
+        ``"interactive"`` (Vega inlined in the output: tooltips, no network), ``"svg"`` or ``"png"``
+        (static images rendered by vl-convert).
+    magic
+        Register the ``%sql`` / ``%%sql`` magic (needs a running IPython).
+    theme
+        Enable the es_analytics Altair theme for charts made by hand.
+    """
+    if renderer not in _RENDERERS:
+        raise InvalidArgumentError(f"renderer must be one of {_RENDERERS!r}, got {renderer!r}")
+    import altair as alt
+
+    from .charts import register_theme
+
+    if renderer == "interactive":
+        alt.renderers.enable("html", template="inline", embed_options={"renderer": "svg", "actions": False})
+    else:
+        alt.renderers.enable(renderer)
+    if theme:
+        register_theme(enable=True)
+    pl.Config.set_tbl_rows(20)
+    pl.Config.set_fmt_str_lengths(60)
+    if lake is not None:
+        _state["lake"] = lake
+    if magic:
+        shell = _shell()
+        if shell is not None:
+            load_ipython_extension(shell)
+
+
+def _shell() -> InteractiveShell | None:
+    try:
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover - IPython comes with the notebooks extra
+        return None
+    shell: InteractiveShell | None = get_ipython()
+    return shell
+
+
+def load_ipython_extension(ipython: InteractiveShell) -> None:
+    """Register ``%sql`` / ``%%sql`` (``%load_ext es_analytics.notebook``)."""
+
+    def sql(line: str, cell: str | None = None) -> pl.DataFrame:
+        return run_sql_magic(line, cell, ipython.user_ns)
+
+    ipython.register_magic_function(sql, magic_kind="line_cell", magic_name="sql")  # type: ignore[call-arg, arg-type]
+
+
+def run_sql_magic(line: str, cell: str | None, namespace: dict[str, Any]) -> pl.DataFrame:
+    """What the ``%sql`` magic does: parse options, bind ``$name`` variables, run ``lake.sql``.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from datetime import datetime, timezone
+    >>> from es_analytics import Event, Lake
+    >>> with Lake.open(tempfile.mkdtemp()) as lake:
+    ...     _ = lake.append("acc-1", [Event("AccountOpened", {"initialDeposit": 100})],
+    ...                     expected_version=0, aggregate_type="BankAccount")
+    ...     ns = {"lake": lake, "kind": "AccountOpened"}
+    ...     frame = run_sql_magic("--lake lake -o found",
+    ...                           "SELECT count(*) AS n FROM events WHERE event_type = $kind", ns)
+    >>> frame["n"].item(), ns["found"]["n"].item()
+    (1, 1)
+    """
+    options, inline_query = _parse_options(line, has_cell=cell is not None)
+    query = cell if cell is not None else inline_query
+    if not query.strip():
+        raise InvalidArgumentError("%sql needs a query, e.g. %sql SELECT count(*) FROM events")
+    lake = _magic_lake(options.get("lake"), namespace)
+    names = list(dict.fromkeys(_PARAM.findall(query)))
+    missing = [n for n in names if n not in namespace]
+    if missing:
+        raise InvalidArgumentError(f"%sql binds $name to notebook variables; not defined: {missing!r}")
+    params = {name: namespace[name] for name in names} or None
+    frame = lake.sql(query, params)
+    if "output" in options:
+        namespace[options["output"]] = frame
+    return frame
+
+
+def _parse_options(line: str, *, has_cell: bool) -> tuple[dict[str, str], str]:
+    """Options ``-o NAME``/``--output NAME`` and ``--lake NAME`` at the start of the line; the rest is SQL."""
+    tokens = shlex.split(line, posix=True) if has_cell else line.split()
+    options: dict[str, str] = {}
+    consumed = 0
+    while consumed < len(tokens) and tokens[consumed] in ("-o", "--output", "--lake"):
+        if consumed + 1 >= len(tokens) or not _IDENT.fullmatch(tokens[consumed + 1]):
+            raise InvalidArgumentError(f"%sql option {tokens[consumed]} needs a variable name")
+        key = "lake" if tokens[consumed] == "--lake" else "output"
+        options[key] = tokens[consumed + 1]
+        consumed += 2
+    if has_cell and consumed < len(tokens):
+        raise InvalidArgumentError(f"%%sql takes only -o NAME and --lake NAME on its first line, got {line!r}")
+    rest = line
+    for _ in range(consumed):
+        rest = rest.lstrip().split(None, 1)[1] if len(rest.split(None, 1)) > 1 else ""
+    return options, rest
+
+
+def _magic_lake(name: str | None, namespace: dict[str, Any]) -> Lake:
+    if name is not None:
+        candidate = namespace.get(name)
+        if not isinstance(candidate, Lake):
+            raise InvalidArgumentError(f"--lake {name}: the notebook variable {name!r} is not a Lake")
+        return candidate
+    if "lake" in _state:
+        return _state["lake"]
+    lakes = [v for v in namespace.values() if isinstance(v, Lake)]
+    if len(lakes) == 1:
+        return lakes[0]
+    raise InvalidArgumentError(
+        "%sql does not know which lake to query: call es_analytics.notebook.setup(lake) or pass --lake NAME"
+    )
