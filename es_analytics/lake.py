@@ -123,6 +123,38 @@ class Lake:
     def __repr__(self) -> str:
         return f"Lake({str(self.path)!r})"
 
+    def _repr_html_(self) -> str:
+        """A summary card for Jupyter: streams and events per aggregate type, time range, storage."""
+        from html import escape
+
+        head = f"<b>Event lake</b> <code>{escape(str(self.path))}</code>"
+        if self._closed:
+            return f"<div>{head} (closed)</div>"
+        manifest = self._store.manifest()
+        frame = self._query(
+            "SELECT aggregate_type, count(*) AS events, count(DISTINCT aggregate_id) AS streams, "
+            "count(DISTINCT event_type) AS event_types, min(occurred_at) AS first, max(occurred_at) AS last, "
+            "count(*) FILTER (WHERE position > ?) AS hot FROM events GROUP BY aggregate_type ORDER BY events DESC",
+            [manifest.sealed_position], what="Lake summary",
+        )
+        cell = 'style="padding:2px 10px;text-align:{}"'
+        header = "".join(f"<th {cell.format(a)}>{t}</th>" for t, a in (
+            ("aggregate type", "left"), ("streams", "right"), ("events", "right"), ("event types", "right"),
+            ("first occurred", "left"), ("last occurred", "left")))
+        rows = "".join(
+            f"<tr><td {cell.format('left')}>{escape(r['aggregate_type'])}</td>"
+            f"<td {cell.format('right')}>{r['streams']:,}</td><td {cell.format('right')}>{r['events']:,}</td>"
+            f"<td {cell.format('right')}>{r['event_types']}</td>"
+            f"<td {cell.format('left')}>{r['first']:%Y-%m-%d %H:%M}</td>"
+            f"<td {cell.format('left')}>{r['last']:%Y-%m-%d %H:%M}</td></tr>"
+            for r in frame.iter_rows(named=True))
+        total, hot = int(frame["events"].sum()), int(frame["hot"].sum())
+        size = sum(f.bytes for f in manifest.files)
+        foot = (f"{total:,} events in {int(frame['streams'].sum()):,} streams · {len(manifest.files)} Parquet "
+                f"files ({size / 1e6:,.1f} MB) · {hot:,} events in the hot tier · times in UTC")
+        table = f"<table><thead><tr>{header}</tr></thead><tbody>{rows}</tbody></table>" if total else "<p>empty</p>"
+        return f'<div style="font-size:13px">{head}{table}<div style="color:#52606d">{foot}</div></div>'
+
     # -- writing ------------------------------------------------------------------------------
     def append(
         self,
