@@ -16,6 +16,8 @@ Every error the package raises on bad input or on a broken lake is one of these:
     ├── InvalidArgumentError(ValueError)  naive datetime, bad identifier, bad JSON, unknown choice
     │   └── QueryError                  SQL that DuckDB rejects
     ├── PrivacyError                    key store unreadable, subject key missing
+    │   ├── UnknownSubjectError(LookupError)  .subject_id (no key, no personal data held)
+    │   └── SubjectForgottenError       .subject_id (already forgotten)
     ├── TamperEvidenceError             the hash chain does not verify
     └── DomainError                     a business rule inside an aggregate ('Insufficient funds')
 """
@@ -36,8 +38,10 @@ __all__ = [
     "PrivacyError",
     "QueryError",
     "ReadOnlyQueryError",
+    "SubjectForgottenError",
     "TamperEvidenceError",
     "UnknownEventTypeError",
+    "UnknownSubjectError",
     "UpcastError",
 ]
 
@@ -129,6 +133,24 @@ class QueryError(InvalidArgumentError):
 
 class PrivacyError(EsAnalyticsError):
     """Raised when the key store cannot be read or a data subject's key is missing or already deleted."""
+
+
+class UnknownSubjectError(PrivacyError, LookupError):
+    """Raised by ``forget`` and subject reports when the lake holds no key and no personal data of a subject."""
+
+    def __init__(self, subject_id: str, detail: str = "") -> None:
+        self.subject_id = subject_id
+        extra = f"; {detail}" if detail else ""
+        super().__init__(f"the lake holds no personal data of subject {subject_id!r}{extra}")
+
+
+class SubjectForgottenError(PrivacyError):
+    """Raised when a subject was forgotten: by ``forget`` run again, and by appends of new personal data."""
+
+    def __init__(self, subject_id: str, detail: str = "") -> None:
+        self.subject_id = subject_id
+        extra = f": {detail}" if detail else ""
+        super().__init__(f"subject {subject_id!r} has been forgotten{extra}")
 
 
 class TamperEvidenceError(EsAnalyticsError):
