@@ -26,6 +26,10 @@ from .upcasting import UpcasterRegistry, default_registry, upcast_frame
 if TYPE_CHECKING:
     from .aggregates import Aggregate
     from .repository import SnapshotStore
+    from .temporal.bounds import Watermark
+    from .temporal.checkpoints import Every
+    from .temporal.history import Clock
+    from .temporal.states import Method
 
 __all__ = ["Lake", "SubscriberFailure"]
 
@@ -422,6 +426,123 @@ class Lake:
         self.subscriber_errors.append(failure)
         del self.subscriber_errors[:-_MAX_SUBSCRIBER_ERRORS]
         _log.error("subscriber %s failed on positions %s: %r", failure.handler, positions, exc, exc_info=exc)
+
+
+    # -- temporal queries (es_analytics.temporal) -------------------------------------------------
+    def states(
+        self,
+        aggregate_class: type,
+        *,
+        as_of: datetime | None = None,
+        known_at: datetime | Watermark | None = None,
+        method: Method = "auto",
+    ) -> pl.DataFrame:
+        """Every aggregate of the class at once, as of ``as_of``, as known at ``known_at``.
+
+        Columns: ``aggregate_id``, ``version``, then one per state field, one row per aggregate that had
+        at least one event passing both filters, ordered by ``aggregate_id``. A class that declares
+        ``reducers`` is rebuilt by one DuckDB query (or from a checkpoint plus the newer events);
+        otherwise every stream is folded through the class's handlers.
+
+        Parameters
+        ----------
+        as_of
+            Business time: only events with ``occurred_at <= as_of`` (default: all).
+        known_at
+            System time: only events with ``recorded_at <= known_at``; a :class:`Watermark` pins the lake
+            to one position, so the result stays the same after new events arrive.
+        method
+            ``"auto"`` (default), ``"scan"`` (one query over the events), ``"checkpoint"`` or ``"fold"``.
+
+        Examples
+        --------
+        >>> import tempfile
+        >>> from datetime import datetime, timezone
+        >>> from es_analytics import Event, Lake
+        >>> from es_analytics.examples.bank import BankAccount
+        >>> t = datetime(2025, 3, 1, tzinfo=timezone.utc)
+        >>> with Lake.open(tempfile.mkdtemp()) as lake:
+        ...     _ = lake.append("acc-1", [
+        ...         Event("AccountOpened", {"accountId": "acc-1", "initialDeposit": 100, "accountHolder": "Ada"},
+        ...               occurred_at=t),
+        ...         Event("MoneyDeposited", {"amount": 25.5, "description": "", "newBalance": 125.5},
+        ...               occurred_at=t.replace(day=5))], expected_version=0, aggregate_type="BankAccount")
+        ...     lake.states(BankAccount, as_of=t.replace(day=2))["version"].to_list()
+        [1]
+        """
+        from .temporal.bounds import make_bounds
+        from .temporal.states import states
+
+        return states(self, aggregate_class, make_bounds(as_of, known_at), method)
+
+    def events_between(
+        self,
+        start: datetime,
+        end: datetime,
+        *,
+        types: str | Sequence[str] | None = None,
+        known_at: datetime | Watermark | None = None,
+    ) -> pl.DataFrame:
+        """Events with ``occurred_at`` within ``[start, end]`` (inclusive), ordered by ``occurred_at``."""
+        from .temporal.history import events_between
+
+        return events_between(self, start, end, types=types, known_at=known_at)
+
+    def system_state(
+        self, as_of: datetime, *, known_at: datetime | Watermark | None = None, aggregate_type: str | None = None
+    ) -> pl.DataFrame:
+        """The whole system as of ``as_of``: each aggregate's events, grouped.
+
+        Columns ``aggregate_type, aggregate_id, version, events`` (a list of event records in version
+        order), the seed's ``getSystemStateAtTime``.
+        """
+        from .temporal.history import system_state
+
+        return system_state(self, as_of, known_at=known_at, aggregate_type=aggregate_type)
+
+    def diff(
+        self,
+        aggregate_class: type,
+        t1: datetime,
+        t2: datetime,
+        *,
+        clock: Clock = "as_of",
+        as_of: datetime | None = None,
+        known_at: datetime | Watermark | None = None,
+    ) -> pl.DataFrame:
+        """Which aggregates changed between ``t1`` and ``t2``, which fields, old and new values, and why.
+
+        See :func:`es_analytics.temporal.history.diff`; ``clock="known_at"`` compares what the lake knew
+        at two times about the state valid at ``as_of``.
+        """
+        from .temporal.history import diff
+
+        return diff(self, aggregate_class, t1, t2, clock=clock, as_of=as_of, known_at=known_at)
+
+    def watermark(self, at: datetime | None = None) -> Watermark:
+        """The lake's newest position (or the last one recorded at or before ``at``), to pin analyses to.
+
+        Pass it as ``known_at=`` to ``states``, ``events_between``, ``system_state`` or ``diff``.
+        """
+        from .temporal.bounds import read_watermark
+
+        return read_watermark(self, at)
+
+    def checkpoint(self, aggregate_class: type, *, every: Every = "month") -> dict[str, Any]:
+        """Build, or bring up to date, the state checkpoints of a class that declares reducers.
+
+        ``states`` does this on its own for large types; call it to choose ``every`` or to pay the cost
+        up front (after a bulk import, say).
+        """
+        from .temporal import checkpoints
+        from .temporal.states import aggregate_type_of, reducers_of
+
+        reducers = reducers_of(aggregate_class)
+        if reducers is None:
+            raise InvalidArgumentError(f"{aggregate_class.__name__} declares no reducers, so it has no checkpoints")
+        done = checkpoints.refresh(self, reducers, aggregate_type_of(aggregate_class), every=every)
+        return {"position": done.position, "every": done.every, "checkpoints": len(done.files),
+                "inputs": len(done.inputs), "folder": str(done.folder)}
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,16 @@ from __future__ import annotations
 from typing import Any
 
 from es_analytics import Aggregate, DomainError, DomainEvent, InvalidArgumentError, upcaster, when
+from es_analytics.temporal import Const, Json, Last, Reducers
+from es_analytics.privacy import declare_personal
 
 __all__ = ["User", "user_registered_v1_to_v2", "user_registered_v2_to_v3"]
+
+
+# Personal data: the e-mail address and name, owned by the user (``userId``, the aggregate id). The paths
+# are those of the stored payload, per stored schema version (v1 kept them at the top level).
+declare_personal("UserRegistered", ["email", "name"], subject="userId", schema_version=1)
+declare_personal("UserRegistered", ["profile.email", "profile.name"], subject="userId")
 
 
 @upcaster("UserRegistered", 1)
@@ -49,6 +57,15 @@ class User(Aggregate):
     """
 
     schema_versions = {"UserRegistered": 3}
+
+    # The non-personal fields as reducers for ``lake.states(User)`` (all three payload versions). E-mail
+    # and name stay out on purpose: they are personal data, and checkpoints would cache them.
+    reducers = Reducers(
+        newsletter=Last(Json("preferences.newsletter", "BOOLEAN", default=False), on="UserRegistered",
+                        default=False),
+        status=Last({"UserRegistered": Const("active"), "UserSuspended": Const("suspended")}, default="pending"),
+        suspension_reason=Last(Json("reason"), on="UserSuspended"),
+    )
 
     def __init__(self, aggregate_id: str) -> None:
         super().__init__(aggregate_id)

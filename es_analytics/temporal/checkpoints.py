@@ -1,0 +1,348 @@
+"""Columnar state checkpoints: ``states`` at any time reads one checkpoint plus the events after it.
+
+For one aggregate type and one reducer declaration, a checkpoint set (``<lake>/cache/temporal/<type>/
+<fingerprint>/``) holds, as of lake position ``P``:
+
+- **inputs**: every event of the type up to ``P`` with its reducer values already extracted from the JSON
+  payload (a narrow numeric table sorted by ``occurred_at``, so a time range reads few row groups);
+- **checkpoints**: at each boundary ``B`` (month starts by default), the *partial* reduced state of every
+  aggregate over the events with ``occurred_at < B`` and ``position <= P``.
+
+``states(as_of=T, known_at=K)`` is then ``merge(checkpoint[B], inputs with B <= occurred_at <= T, events
+with position > P)`` where ``B`` is the last boundary at or before ``T``. Reducers are mergeable (sums add,
+"last" keeps the value with the highest version), so the result is exactly the full scan's. A
+back-dated event recorded after ``P`` needs no invalidation: it is in the "position > P" part until the
+next refresh folds it into every checkpoint after its ``occurred_at``. A reader that knows less than
+``P`` (``known_at`` before P was recorded, or an older watermark) is answered from the inputs alone.
+
+Refreshing is lazy: when more than ``REFRESH_AFTER`` positions were added since ``P``, only the new
+events' values are extracted (the JSON is parsed once per event, ever); the checkpoints are rebuilt from
+the narrow inputs.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from .._time import from_micros, to_micros
+from ..errors import InvalidArgumentError
+from ..store.reader import translate_errors
+from .bounds import Bounds, LakeLike
+from .reducers import Reducers
+
+__all__ = ["CheckpointSet", "Every", "clear", "refresh", "states", "worthwhile"]
+
+Every = Literal["hour", "day", "week", "month"]
+CACHE_DIR = Path("cache") / "temporal"
+MIN_EVENTS = 200_000
+REFRESH_AFTER = 100_000
+ROW_GROUP = 65_536
+_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class CheckpointSet:
+    """What one checkpoint folder holds (its ``state.json``)."""
+
+    folder: Path
+    position: int
+    recorded_at: datetime
+    every: str
+    inputs: tuple[str, ...]
+    boundaries: tuple[datetime, ...] = ()
+    files: tuple[str, ...] = field(default=(), repr=False)
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "format": _FORMAT, "position": self.position, "recorded_at": to_micros(self.recorded_at),
+            "every": self.every, "inputs": list(self.inputs),
+            "boundaries": [to_micros(b) for b in self.boundaries], "files": list(self.files),
+        }, indent=1)
+
+    @classmethod
+    def load(cls, folder: Path) -> CheckpointSet | None:
+        try:
+            body = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+        except (FileNotFoundError, ValueError):
+            return None
+        if body.get("format") != _FORMAT:
+            return None
+        return cls(folder, int(body["position"]), from_micros(int(body["recorded_at"])), str(body["every"]),
+                   tuple(body["inputs"]), tuple(from_micros(int(b)) for b in body["boundaries"]),
+                   tuple(body["files"]))
+
+    def checkpoint_before(self, as_of: datetime | None) -> tuple[datetime, str] | None:
+        """The last boundary at or before ``as_of`` (the newest if None) and its file."""
+        best = None
+        for boundary, name in zip(self.boundaries, self.files):
+            if as_of is None or boundary <= as_of:
+                best = (boundary, name)
+        return best
+
+
+def folder_for(lake: LakeLike, aggregate_type: str, reducers: Reducers) -> Path:
+    return lake._store.folder / CACHE_DIR / aggregate_type / reducers.fingerprint()
+
+
+def worthwhile(lake: LakeLike, aggregate_type: str) -> bool:
+    """Whether ``auto`` should use checkpoints: the type has at least ``MIN_EVENTS`` sealed events."""
+    rows = sum(f.rows for f in lake._store.manifest().files if f.aggregate_type == aggregate_type)
+    return rows >= MIN_EVENTS
+
+
+def clear(lake: LakeLike) -> int:
+    """Delete every checkpoint of the lake (they are a cache; returns how many sets were removed)."""
+    root = lake._store.folder / CACHE_DIR
+    removed = len([p for p in root.glob("*/*") if p.is_dir()]) if root.exists() else 0
+    shutil.rmtree(root, ignore_errors=True)
+    return removed
+
+
+# -- reading ----------------------------------------------------------------------------------
+def states(lake: LakeLike, reducers: Reducers, aggregate_type: str, bounds: Bounds) -> pl.DataFrame:
+    """The states of every aggregate of the type: one checkpoint, the inputs after it, the newest events."""
+    store = lake._store
+    store.refresh()
+    folder = folder_for(lake, aggregate_type, reducers)
+    current = CheckpointSet.load(folder)
+    if current is None or _snapshot_position(lake) - current.position > REFRESH_AFTER:
+        current = refresh(lake, reducers, aggregate_type, every=current.every if current else "month")  # type: ignore[arg-type]
+        store.refresh()
+    parts, params, checkpoint = _parts(current, reducers, aggregate_type, bounds)
+    merged = ",\n  ".join(["aggregate_id", "max(version) AS version", *reducers.merge_select()])
+    final = ", ".join(["aggregate_id", "version", *reducers.finish_select()])
+    sql = (f"WITH parts AS ({' UNION ALL BY NAME '.join(parts)}),\n"
+           f"merged AS (SELECT {merged} FROM parts GROUP BY aggregate_id)\n"
+           f"SELECT {final} FROM merged ORDER BY aggregate_id")
+    tag = uuid.uuid4().hex[:8]
+    names = {"inputs": f"_cp_inputs_{tag}", "checkpoint": f"_cp_state_{tag}"}
+    sources = {names["inputs"]: [folder / n for n in current.inputs]}
+    if checkpoint is not None:
+        sources[names["checkpoint"]] = [folder / checkpoint]
+    reader = store.reader
+    with reader.lock, translate_errors(f"states of {aggregate_type} from checkpoints"), _views(lake, sources):
+        return reader.con.sql(sql.format(**names), params=params).pl()
+
+
+def _parts(
+    cs: CheckpointSet, reducers: Reducers, aggregate_type: str, bounds: Bounds
+) -> tuple[list[str], list[Any], str | None]:
+    """The SQL of each part to merge (``{inputs}`` / ``{checkpoint}`` name the views), its params, the checkpoint file."""
+    head = "SELECT aggregate_id, max(aggregate_version) AS version, "
+    from_inputs = head + ", ".join(reducers.partial_select(lambda name, r: f'"{name}"'))
+    knows_all = (bounds.known_at is None or bounds.known_at >= cs.recorded_at) and (
+        bounds.position is None or bounds.position >= cs.position)
+    parts: list[str] = []
+    clauses: list[str] = []
+    params: list[Any] = []
+    found = cs.checkpoint_before(bounds.as_of) if knows_all else None
+    if found is not None:
+        parts.append("SELECT * FROM {checkpoint}")
+        clauses.append("occurred_at >= ?")
+        params.append(found[0])
+    if knows_all:  # every input is known to the reader: only business time bounds them
+        if bounds.as_of is not None:
+            clauses.append("occurred_at <= ?")
+            params.append(bounds.as_of)
+    else:  # the reader knows less than the checkpoint holds: the inputs alone, filtered on both clocks
+        more, more_params = bounds.where()
+        clauses += more
+        params += more_params
+    where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+    parts.append(f"{from_inputs} FROM {{inputs}}{where} GROUP BY aggregate_id")
+    live, live_params = bounds.where()
+    raw = head + ", ".join(reducers.partial_select(lambda name, r: r.value_sql()))
+    parts.append(f"{raw} FROM events WHERE {' AND '.join(['aggregate_type = ?', 'position > ?', *live])} "
+                 "GROUP BY aggregate_id")
+    return parts, [*params, aggregate_type, cs.position, *live_params], found[1] if found else None
+
+
+@contextmanager
+def _views(lake: LakeLike, sources: dict[str, list[Path]]) -> Iterator[None]:
+    """Expose checkpoint files to DuckDB under the given (unique) names; the caller holds the lock."""
+    reader = lake._store.reader
+    con = reader.con
+    try:
+        for name, paths in sources.items():
+            if reader.safe:  # no file access from SQL in safe mode: hand DuckDB an Arrow dataset
+                con.register(name, ds.dataset([str(p) for p in paths], format="parquet"))
+            else:
+                con.read_parquet([str(p) for p in paths]).create_view(name, replace=True)
+        yield
+    finally:
+        for name in sources:
+            if reader.safe:
+                con.unregister(name)
+            else:
+                con.execute(f"DROP VIEW IF EXISTS {name}")
+
+
+def _snapshot_position(lake: LakeLike) -> int:
+    reader = lake._store.reader
+    hot = reader.hot["position"]
+    newest = max(hot.to_pylist()[-1:] or [0]) if reader.hot.num_rows else 0
+    return max(reader.sealed_position, newest)
+
+
+# -- building ---------------------------------------------------------------------------------
+def refresh(lake: LakeLike, reducers: Reducers, aggregate_type: str, *, every: Every = "month") -> CheckpointSet:
+    """Bring the type's checkpoints up to the lake's newest position (extracting only the new events).
+
+    Parameters
+    ----------
+    every
+        Where the checkpoints lie: at every ``"hour"``, ``"day"``, ``"week"`` (Mondays) or ``"month"``
+        start (UTC) between the first and the last event. Closer checkpoints mean less to add per query.
+    """
+    if every not in _STEPS:
+        raise InvalidArgumentError(f"every must be one of {', '.join(map(repr, _STEPS))}, got {every!r}")
+    folder = folder_for(lake, aggregate_type, reducers)
+    folder.mkdir(parents=True, exist_ok=True)
+    store = lake._store
+    with _lock(folder):
+        old = CheckpointSet.load(folder)
+        store.refresh()
+        reader = store.reader
+        with reader.lock, translate_errors(f"building checkpoints of {aggregate_type}"):
+            target = _snapshot_position(lake)
+            if old is not None and old.position == target and old.every == every:
+                return old
+            start = old.position if old is not None else 0
+            inputs = list(old.inputs) if old is not None else []
+            name = _write_inputs(lake, reducers, aggregate_type, folder, start, target, empty_ok=not inputs)
+            inputs += [name] if name else []
+            row = reader.con.sql("SELECT max(recorded_at) FROM events WHERE position <= ?", params=[target]).fetchall()
+            recorded = row[0][0] or from_micros(0)
+            boundaries, files = _write_checkpoints(lake, reducers, folder, inputs, every)
+        current = CheckpointSet(folder, target, recorded, every, tuple(inputs), boundaries, files)
+        tmp = folder / f".state.{uuid.uuid4().hex}.tmp"
+        tmp.write_text(current.to_json(), encoding="utf-8")
+        os.replace(tmp, folder / "state.json")
+        keep = {*current.inputs, *current.files, "state.json", "lock"}
+        for path in folder.iterdir():
+            if path.name not in keep:
+                path.unlink(missing_ok=True)
+    return current
+
+
+@contextmanager
+def _lock(folder: Path) -> Iterator[None]:
+    """One builder per checkpoint folder at a time, across processes."""
+    with open(folder / "lock", "a+b") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _write_inputs(lake: LakeLike, reducers: Reducers, aggregate_type: str, folder: Path,
+                  start: int, target: int, *, empty_ok: bool) -> str | None:
+    """Extract the reducer values of the type's events in ``(start, target]`` into one sorted file."""
+    columns = ["aggregate_id", "aggregate_version", "position", "occurred_at", "recorded_at", "event_type",
+               *reducers.input_columns()]
+    sql = (f"SELECT {', '.join(columns)} FROM events WHERE aggregate_type = ? AND position > ? AND position <= ? "
+           "ORDER BY occurred_at, position")
+    stream = lake._store.reader.con.sql(sql, params=[aggregate_type, start, target]).to_arrow_reader()
+    name = f"inputs-{target:012d}-{uuid.uuid4().hex[:8]}.parquet"
+    rows = 0
+    with pq.ParquetWriter(folder / name, stream.schema, compression="zstd") as writer:
+        for batch in stream:
+            rows += batch.num_rows
+            writer.write_batch(batch, row_group_size=ROW_GROUP)
+    if rows == 0 and not empty_ok:
+        (folder / name).unlink()
+        return None
+    return name
+
+
+def _write_checkpoints(lake: LakeLike, reducers: Reducers, folder: Path, inputs: list[str],
+                       every: str) -> tuple[tuple[datetime, ...], tuple[str, ...]]:
+    """Partial states at every boundary, built cumulatively from the narrow inputs."""
+    con = lake._store.reader.con
+    tag = uuid.uuid4().hex[:8]
+    view, prev, cur = f"_cp_build_{tag}", f"_cp_prev_{tag}", f"_cp_cur_{tag}"
+    partial = ("SELECT aggregate_id, max(aggregate_version) AS version, "
+               + ", ".join(reducers.partial_select(lambda name, r: f'"{name}"'))
+               + f" FROM {view} WHERE occurred_at >= ? AND occurred_at < ? GROUP BY aggregate_id")
+    merge = ", ".join(["aggregate_id", "max(version) AS version", *reducers.merge_select()])
+    boundaries: list[datetime] = []
+    files: list[str] = []
+    with _views(lake, {view: [folder / n for n in inputs]}):
+        lo, hi = con.sql(f"SELECT min(occurred_at), max(occurred_at) FROM {view}").fetchall()[0]
+        if lo is None:
+            return (), ()
+        boundaries = _boundaries(lo, hi, every)
+        low = lo
+        try:
+            for i, boundary in enumerate(boundaries):
+                if i == 0:
+                    con.execute(f"CREATE OR REPLACE TEMP TABLE {cur} AS {partial}", [low, boundary])
+                else:
+                    con.execute(f"CREATE OR REPLACE TEMP TABLE {cur} AS SELECT {merge} FROM "
+                                f"(SELECT * FROM {prev} UNION ALL BY NAME {partial}) GROUP BY aggregate_id",
+                                [low, boundary])
+                name = f"cp-{tag}-{boundary.strftime('%Y%m%d%H')}.parquet"
+                table = con.sql(f"SELECT * FROM {cur} ORDER BY aggregate_id").to_arrow_table()
+                pq.write_table(table, folder / name, compression="zstd", row_group_size=ROW_GROUP * 2)
+                files.append(name)
+                con.execute(f"DROP TABLE IF EXISTS {prev}")
+                con.execute(f"ALTER TABLE {cur} RENAME TO {prev}")
+                low = boundary
+        finally:
+            con.execute(f"DROP TABLE IF EXISTS {prev}")
+            con.execute(f"DROP TABLE IF EXISTS {cur}")
+    return tuple(boundaries), tuple(files)
+
+
+def _next_month(t: datetime) -> datetime:
+    return t.replace(year=t.year + t.month // 12, month=t.month % 12 + 1)
+
+
+_STEPS = ("hour", "day", "week", "month")
+_MAX_BOUNDARIES = 2_000
+
+
+def _boundaries(lo: datetime, hi: datetime, every: str) -> list[datetime]:
+    """Boundaries ``b`` with ``lo < b <= hi`` at the starts of each ``every`` (UTC)."""
+    lo, hi = lo.astimezone(timezone.utc), hi.astimezone(timezone.utc)
+    if every == "month":
+        t = _next_month(lo.replace(day=1, hour=0, minute=0, second=0, microsecond=0))
+        step = _next_month
+    else:
+        size = {"hour": timedelta(hours=1), "day": timedelta(days=1), "week": timedelta(weeks=1)}[every]
+        t = lo.replace(minute=0, second=0, microsecond=0)
+        if every != "hour":
+            t = t.replace(hour=0)
+        if every == "week":
+            t -= timedelta(days=t.weekday())
+        t += size
+
+        def step(x: datetime) -> datetime:
+            return x + size
+
+    out = []
+    while t <= hi:
+        out.append(t)
+        if len(out) > _MAX_BOUNDARIES:
+            raise InvalidArgumentError(
+                f"every={every!r} gives more than {_MAX_BOUNDARIES} checkpoints between {lo} and {hi}; "
+                "pick a coarser step"
+            )
+        t = step(t)
+    return out
