@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 from ._time import to_utc_or_none
 from .errors import EsAnalyticsError, InvalidArgumentError
 from .events import EVENT_COLUMNS, Event, check_aggregate_id, check_aggregate_type, check_version
+from .privacy import KEY_FILE, FileKeyStore, KeyStore, Privacy
 from .store.engine import LakeStore
 from .store.hot import Durability
 from .store.reader import translate_errors
@@ -65,10 +66,15 @@ class Lake:
     1
     """
 
-    def __init__(self, store: LakeStore, path: Path) -> None:
+    def __init__(self, store: LakeStore, path: Path, key_store: KeyStore | None = None) -> None:
         self._store = store
         self.path = path
         self._closed = False
+        # Personal fields: encrypted on append and bulk import, decrypted in _present (privacy.py).
+        self.key_store: KeyStore = FileKeyStore(path / KEY_FILE) if key_store is None else key_store
+        self._privacy = Privacy(self.key_store)
+        store.encrypt_table = self._privacy.encrypt_table
+        store.hot.same_data = self._privacy.same_content
         self.upcasters: UpcasterRegistry = default_registry
         self._snapshots: Any = None
         self._sql_upcasters: tuple[int, UpcasterRegistry] | None = None
@@ -84,6 +90,7 @@ class Lake:
         durability: Durability = "full",
         safe_sql: bool = False,
         auto_seal_rows: int = 50_000,
+        key_store: KeyStore | None = None,
     ) -> Lake:
         """Open the lake in folder ``path``, creating an empty one if the folder is missing or empty.
 
@@ -98,6 +105,9 @@ class Lake:
             Forbid ``lake.sql`` from reading any file outside the lake (the command line turns it on).
         auto_seal_rows
             Seal on its own once this many events wait in the hot tier (0 turns it off).
+        key_store
+            Where data subjects' keys live (see ``es_analytics.privacy``); default a
+            :class:`~es_analytics.privacy.FileKeyStore` in the lake folder.
 
         Raises
         ------
@@ -110,13 +120,16 @@ class Lake:
             raise InvalidArgumentError(f"auto_seal_rows must be a non-negative int, got {auto_seal_rows!r}")
         folder = Path(path).expanduser().absolute()
         store = LakeStore(folder, durability=durability, safe_sql=safe_sql, auto_seal_rows=auto_seal_rows)
-        return cls(store, folder)
+        return cls(store, folder, key_store)
 
     def close(self) -> None:
         """Release the lake's files and connections. Closing twice is harmless."""
         if not self._closed:
             self._closed = True
             self._store.close()
+            close_keys = getattr(self.key_store, "close", None)
+            if close_keys is not None:
+                close_keys()
 
     def __enter__(self) -> Lake:
         return self
@@ -199,7 +212,7 @@ class Lake:
         aggregate_type = check_aggregate_type(aggregate_type)
         check_version(expected_version, "expected_version", allow_none=True)
         batch = self._check_events(events)
-        encoded = [(e.data_json, e.metadata_json) for e in batch]
+        encoded = self._privacy.encode(batch)
         with translate_errors("append"):
             version, last_position = self._store.hot.append(
                 aggregate_id, aggregate_type, batch, expected_version, encoded, self._store.lookup_sealed
@@ -300,7 +313,7 @@ class Lake:
 
     def _present(self, frame: pl.DataFrame) -> pl.DataFrame:
         """The public shape of an events frame (hook for upcasting and decryption on read)."""
-        return upcast_frame(frame.select(EVENT_COLUMNS), self.upcasters)
+        return upcast_frame(self._privacy.decrypt_frame(frame.select(EVENT_COLUMNS)), self.upcasters)
 
     def sql(self, query: str, params: Sequence[Any] | dict[str, Any] | None = None) -> pl.DataFrame:
         """Run one read-only DuckDB query over the view ``events`` and return a polars DataFrame.
@@ -321,6 +334,41 @@ class Lake:
 
         with translate_errors("check"):
             return check_lake(self._store, repair=repair)
+
+    # -- privacy and tamper evidence (privacy.py, forgetting.py, integrity.py) ----------------------
+    def forget(self, subject_id: str, *, reason: str | None = None, actor: str | None = None) -> dict[str, Any]:
+        """Crypto-shred everything personal about ``subject_id`` and verify no lake file holds it.
+
+        Deletes the subject's key, appends a ``SubjectForgotten`` tombstone, deletes snapshots of the
+        aggregates that held the subject's data, and scans every file under the lake folder for the
+        subject's plaintext values. Afterwards readers show :data:`es_analytics.privacy.ERASED`.
+
+        Returns
+        -------
+        dict
+            The erasure certificate: ``subject_id, key_deleted_at, tombstone_position, events_affected,
+            aggregates, snapshots_deleted, plaintext_values_checked, scan, verified`` and more.
+
+        Raises
+        ------
+        UnknownSubjectError
+            The lake never held personal data of this subject.
+        SubjectForgottenError
+            The subject was forgotten already (a run interrupted by a crash is completed instead).
+        """
+        from .forgetting import forget
+
+        return forget(self, subject_id, reason=reason, actor=actor)
+
+    def verify(self, *, checkpoint: bool = True) -> dict[str, Any]:
+        """Check the hash chain over all events against its checkpoint; see ``es_analytics.integrity``.
+
+        Reports the first event whose stored content no longer matches and every file checked. With
+        ``checkpoint`` (default) a clean result extends the checkpoint to the newest event.
+        """
+        from .integrity import verify
+
+        return verify(self, checkpoint=checkpoint)
 
     # -- aggregates, upcasting, subscribers ------------------------------------------------------
     def aggregate(

@@ -13,7 +13,7 @@ import fcntl
 import json
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -68,6 +68,8 @@ class LakeStore:
         self.reader = DuckReader(folder, safe=safe_sql)
         self._manifest_key: tuple[int, int, int] | None = None
         self._manifest = Manifest()
+        # Set by the privacy layer: encrypts declared personal fields of bulk-imported events.
+        self.encrypt_table: Callable[[pa.Table], pa.Table] | None = None
         self.recover()
 
     # -- folder -------------------------------------------------------------------------------
@@ -372,6 +374,8 @@ class LakeStore:
         n = table.num_rows
         if n == 0:
             return {"imported_events": 0}
+        if self.encrypt_table is not None:
+            table = self.encrypt_table(table)
         with self.seal_lock():
             with self.hot.write():
                 if not trusted:

@@ -125,6 +125,7 @@ class SQLiteHotTier:
     def __init__(self, path: Path, *, durability: Durability = "full", busy_timeout: float = 30.0) -> None:
         self.path = path
         self.busy_timeout = busy_timeout
+        self.same_data: Callable[[str, Event, str], bool] | None = None  # set by the privacy layer
         try:
             self.con = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
             self.con.execute("PRAGMA journal_mode=WAL")
@@ -214,7 +215,7 @@ class SQLiteHotTier:
         with self.write():
             known = self._known(events, lookup_sealed)
             if known:
-                return self._retry_version(aggregate_id, aggregate_type, events, encoded, known), 0
+                return self._retry_version(aggregate_id, aggregate_type, events, encoded, known, self.same_data), 0
             row = con.execute(
                 "SELECT aggregate_type, version FROM streams WHERE aggregate_id = ?", (aggregate_id,)
             ).fetchone()
@@ -284,8 +285,13 @@ class SQLiteHotTier:
         events: Sequence[Event],
         encoded: Sequence[tuple[str, str]],
         known: dict[str, StoredMatch],
+        same_data: Callable[[str, Event, str], bool] | None = None,
     ) -> int:
-        """Accept a retry of an acknowledged append (same ids, same content) or raise."""
+        """Accept a retry of an acknowledged append (same ids, same content) or raise.
+
+        ``same_data(stored, event, encoded)`` compares payloads when the stored text can differ for the
+        same content (encrypted personal fields get a fresh nonce on every append).
+        """
         versions = []
         for event, (data, metadata) in zip(events, encoded):
             match = known.get(event.event_id)  # type: ignore[arg-type]
@@ -300,7 +306,7 @@ class SQLiteHotTier:
                 and match.aggregate_id == aggregate_id
                 and match.aggregate_type == aggregate_type
                 and match.occurred_at == to_micros(event.occurred_at)  # type: ignore[arg-type]
-                and match.data == data
+                and (match.data == data or (same_data is not None and same_data(match.data, event, data)))
                 and match.metadata == metadata
             )
             if not same:
