@@ -309,11 +309,19 @@ def _hash_code(digest: Any, code: types.CodeType) -> None:
 
 
 # -- state as JSON (snapshots) ------------------------------------------------------------------
-def _tag(value: Any) -> Any:
+def _to_json(value: Any) -> Any:
+    """A JSON-ready copy: Decimal, datetime and one-key ``$``-dicts tagged so they come back as they were."""
+    if isinstance(value, dict):
+        out = {str(k): _to_json(v) for k, v in value.items()}
+        return {"$dict": [list(item) for item in out.items()]} if len(out) == 1 and next(iter(out)).startswith("$") else out
+    if isinstance(value, (list, tuple)):
+        return [_to_json(v) for v in value]
     if isinstance(value, Decimal):
         return {"$decimal": str(value)}
     if isinstance(value, datetime):
         return {"$datetime": value.isoformat()}
+    if value is None or isinstance(value, (str, int, float)):
+        return value
     raise InvalidArgumentError(
         f"state value {value!r:.60} of type {type(value).__name__} cannot be stored in a snapshot; "
         "use JSON values, Decimal or datetime"
@@ -322,10 +330,13 @@ def _tag(value: Any) -> Any:
 
 def _untag(obj: dict[str, Any]) -> Any:
     if len(obj) == 1:
-        if "$decimal" in obj:
-            return Decimal(obj["$decimal"])
-        if "$datetime" in obj:
-            return datetime.fromisoformat(obj["$datetime"])
+        key, value = next(iter(obj.items()))
+        if key == "$decimal":
+            return Decimal(value)
+        if key == "$datetime":
+            return datetime.fromisoformat(value)
+        if key == "$dict":
+            return dict(value)
     return obj
 
 
@@ -338,7 +349,7 @@ def encode_state(state: Mapping[str, Any]) -> str:
     >>> decode_state(text)
     {'balance': Decimal('10.50'), 'status': 'active'}
     """
-    return json.dumps(state, default=_tag, allow_nan=False, sort_keys=True, separators=(",", ":"))
+    return json.dumps(_to_json(dict(state)), allow_nan=False, sort_keys=True, separators=(",", ":"))
 
 
 def decode_state(text: str) -> dict[str, Any]:

@@ -6,14 +6,11 @@ Add fixtures here additively; keep them small and named after what they hold.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
 from es_analytics import Lake
-
-T0 = datetime(2024, 3, 1, 9, 0, tzinfo=timezone.utc)
 
 
 @pytest.fixture(autouse=True)
@@ -74,8 +71,3 @@ def bank_lake(empty_lake: Lake) -> Lake:
     c.open_account(500, "Chen Costa")
     save(c)
     return empty_lake
-
-
-def at(minutes: float) -> datetime:
-    """``T0`` plus some minutes (a readable way to place events in tests)."""
-    return T0 + timedelta(minutes=minutes)
