@@ -137,6 +137,8 @@ def generate(
     """
     import time
 
+    from .examples import users  # noqa: F401  declares the users' personal fields, encrypted on import
+
     spec = plan(events, seed=seed, start=start, days=days)
     store = lake._store
     if store.hot.max_position() != 0:
