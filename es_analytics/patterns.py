@@ -428,8 +428,9 @@ class AnomalyResult:
     """Days whose count is far from the usual count of their event type (robust z-score).
 
     ``daily``: ``event_type``, ``date``, ``count``, ``median`` and ``mad`` (median absolute deviation) of
-    the baseline, ``robust_z`` and ``anomaly`` (``|robust_z| >= threshold``), every calendar day for every
-    type. ``robust_z = 0.6745 · (count − median) / mad`` (Iglewicz and Hoaglin); when more than half the
+    the baseline, ``robust_z`` and ``anomaly`` (``|robust_z| >= threshold`` and the count differs from the
+    median by at least ``min_deviation`` events, so that one event more on a quiet day is not news), every
+    calendar day for every type. ``robust_z = 0.6745 · (count − median) / mad`` (Iglewicz and Hoaglin); when more than half the
     baseline days share one count (``mad`` = 0) the mean absolute deviation is used,
     ``(count − median) / (1.2533 · meanAD)``, and a perfectly flat baseline gives ``robust_z`` 0.
     The baseline is the ``baseline`` days before each day (so a trend does not look anomalous), or the
@@ -440,6 +441,7 @@ class AnomalyResult:
     tz: str
     threshold: float
     baseline: int | None
+    min_deviation: int
     daily: pl.DataFrame
 
     @property
@@ -450,13 +452,15 @@ class AnomalyResult:
 
 def anomalies(lake: Lake, start: datetime, end: datetime, *, event_type: str | Sequence[str] | None = None,
               tz: str = "UTC", threshold: float = 3.5, baseline: int | None = 28, min_history: int = 7,
-              aggregate_type: str | None = None) -> AnomalyResult:
+              min_deviation: int = 3, aggregate_type: str | None = None) -> AnomalyResult:
     """Anomalous days per event type in ``[start, end)`` by the robust (median/MAD) z-score."""
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not threshold > 0:
         raise InvalidArgumentError(f"threshold must be a positive number, got {threshold!r}")
     for name, value in (("baseline", baseline), ("min_history", min_history)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 3660):
             raise InvalidArgumentError(f"{name} must be a number of days from 1 to 3660, got {value!r}")
+    if isinstance(min_deviation, bool) or not isinstance(min_deviation, int) or min_deviation < 0:
+        raise InvalidArgumentError(f"min_deviation must be a non-negative number of events, got {min_deviation!r}")
     if baseline is not None and min_history > baseline:
         raise InvalidArgumentError(f"min_history ({min_history}) cannot exceed baseline ({baseline})")
     zone = _zone(tz)
@@ -475,8 +479,9 @@ def anomalies(lake: Lake, start: datetime, end: datetime, *, event_type: str | S
     parts = [_robust_z(daily.filter(pl.col("event_type") == t), baseline, min_history) for t in types]
     daily = pl.concat(parts) if parts else daily.with_columns(
         median=pl.lit(None, pl.Float64), mad=pl.lit(None, pl.Float64), robust_z=pl.lit(None, pl.Float64))
-    daily = daily.with_columns((pl.col("robust_z").abs() >= threshold).fill_null(False).alias("anomaly"))
-    return AnomalyResult(zone, float(threshold), baseline, daily)
+    flagged = (pl.col("robust_z").abs() >= threshold) & ((pl.col("count") - pl.col("median")).abs() >= min_deviation)
+    daily = daily.with_columns(flagged.fill_null(False).alias("anomaly"))
+    return AnomalyResult(zone, float(threshold), baseline, min_deviation, daily)
 
 
 def _robust_z(frame: pl.DataFrame, baseline: int | None, min_history: int) -> pl.DataFrame:

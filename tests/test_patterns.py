@@ -276,10 +276,26 @@ def test_anomalies_against_a_trailing_baseline(make_lake: object) -> None:
     assert result.daily.height == 20
 
 
+def test_anomalies_ignore_tiny_deviations(make_lake: object) -> None:
+    # Quiet days (median 0, MAD 0): two events is a huge z-score but only two events.
+    lake = make_lake(daily_rows(date(2025, 6, 1), [0, 0, 0, 1, 0, 0, 0, 2, 0, 9]))  # type: ignore[operator]
+    window = (utc(2025, 6, 1), utc(2025, 6, 11))
+    result = patterns.anomalies(lake, *window, baseline=7, min_history=7)
+    z = result.daily["robust_z"].to_list()
+    # Day 8: baseline 0,0,0,1,0,0,0 -> median 0, MAD 0, mean absolute deviation 1/7.
+    assert z[7] == pytest.approx(2 / (1.253314 / 7))
+    # Day 10: baseline 0,1,0,0,0,2,0 -> mean absolute deviation 3/7.
+    assert z[9] == pytest.approx(9 / (1.253314 * 3 / 7))
+    assert result.anomalies["count"].to_list() == [9]
+    loose = patterns.anomalies(lake, *window, baseline=7, min_history=7, min_deviation=0)
+    assert loose.anomalies["count"].to_list() == [9, 2]
+
+
 def test_anomalies_reject_bad_settings(tmp_path: object) -> None:
     with Lake.open(str(tmp_path)) as lake:
         for kwargs, message in [({"threshold": 0}, "threshold"), ({"baseline": 0}, "baseline"),
-                                ({"baseline": 3, "min_history": 5}, "min_history")]:
+                                ({"baseline": 3, "min_history": 5}, "min_history"),
+                                ({"min_deviation": -1}, "min_deviation")]:
             with pytest.raises(InvalidArgumentError, match=message):
                 patterns.anomalies(lake, utc(2025, 1, 1), utc(2025, 2, 1), **kwargs)  # type: ignore[arg-type]
 
