@@ -436,7 +436,7 @@ class Lake:
         from .upcasting import install_sql
 
         with reader.lock, translate_errors("installing events_upcast"):
-            install_sql(reader.con, self.upcasters)
+            install_sql(reader.con, self.upcasters, self._privacy.decrypt_frame)
         self._sql_upcasters = (id(reader.con), self.upcasters)
 
     def subscribe(self, handler: Callable[[pl.DataFrame], object]) -> Callable[[], None]:

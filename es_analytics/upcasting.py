@@ -224,16 +224,27 @@ def upcast_frame(frame: pl.DataFrame, registry: UpcasterRegistry) -> pl.DataFram
 
 
 # -- SQL ----------------------------------------------------------------------------------------
-def install_sql(con: Any, registry: UpcasterRegistry) -> None:
+def install_sql(
+    con: Any, registry: UpcasterRegistry, prepare: Callable[[pl.DataFrame], pl.DataFrame] | None = None
+) -> None:
     """Create the SQL functions ``es_upcast_data`` / ``es_upcast_version`` and the view ``events_upcast``.
 
     ``con`` is the lake's DuckDB connection. The functions read ``registry`` when they run, so upcasters
-    registered later apply too. The view has the columns of ``events``.
+    registered later apply too. ``prepare`` runs on the stored payloads first (the lake passes its
+    decryption), so the view shows events as ``lake.events`` does. The view has the columns of ``events``.
     """
     import duckdb
 
-    def upcast_data(event_type: pa.ChunkedArray, version: pa.ChunkedArray, data: pa.ChunkedArray) -> pa.Array:
-        return _upcast_arrow(registry, event_type, version, data)[0]
+    def upcast_data(
+        event_id: pa.ChunkedArray, event_type: pa.ChunkedArray, version: pa.ChunkedArray, data: pa.ChunkedArray
+    ) -> pa.Array:
+        frame = pl.DataFrame(
+            {"event_id": event_id, "event_type": event_type, "schema_version": version, "data": data},
+            schema={"event_id": pl.String, "event_type": pl.String, "schema_version": pl.Int32, "data": pl.String},
+        )
+        if prepare is not None:
+            frame = prepare(frame)
+        return upcast_frame(frame, registry)["data"].to_arrow()
 
     def upcast_version(event_type: pa.ChunkedArray, version: pa.ChunkedArray) -> pa.Array:
         newest = registry._pending_types()
@@ -248,7 +259,7 @@ def install_sql(con: Any, registry: UpcasterRegistry) -> None:
             con.remove_function(name)
         except duckdb.InvalidInputException:
             pass
-    con.create_function("es_upcast_data", upcast_data, [text, integer, text], text, type="arrow",
+    con.create_function("es_upcast_data", upcast_data, [text, text, integer, text], text, type="arrow",
                         side_effects=False)
     con.create_function("es_upcast_version", upcast_version, [text, integer], integer, type="arrow",
                         side_effects=False)
@@ -256,17 +267,8 @@ def install_sql(con: Any, registry: UpcasterRegistry) -> None:
         f"CREATE OR REPLACE VIEW {UPCAST_VIEW} AS SELECT position, event_id, event_type, "
         "es_upcast_version(event_type, schema_version) AS schema_version, aggregate_type, aggregate_id, "
         "aggregate_version, occurred_at, recorded_at, "
-        "es_upcast_data(event_type, schema_version, data) AS data, metadata FROM events"
+        "es_upcast_data(event_id, event_type, schema_version, data) AS data, metadata FROM events"
     )
-
-
-def _upcast_arrow(
-    registry: UpcasterRegistry, event_type: pa.ChunkedArray, version: pa.ChunkedArray, data: pa.ChunkedArray
-) -> tuple[pa.Array, pa.Array]:
-    frame = pl.DataFrame({"event_type": event_type, "schema_version": version, "data": data},
-                         schema={"event_type": pl.String, "schema_version": pl.Int32, "data": pl.String})
-    out = upcast_frame(frame, registry)
-    return out["data"].to_arrow(), out["schema_version"].to_arrow()
 
 
 # -- coverage ---------------------------------------------------------------------------------
@@ -280,6 +282,7 @@ def coverage(counts: pl.DataFrame, registry: UpcasterRegistry) -> pl.DataFrame:
     newest = [registry.newest_version(t) for t, _ in keys]
     status = [registry.status(t, v) for t, v in keys]
     return counts.with_columns(
+        pl.col("first_seen", "last_seen").dt.convert_time_zone("UTC"),
         newest_version=pl.Series(newest, dtype=pl.Int32),
         reaches_newest=pl.Series([s in ("newest", "upcast", "unversioned") for s in status], dtype=pl.Boolean),
         status=pl.Series(status, dtype=pl.String),
