@@ -26,6 +26,7 @@ json_values = st.recursive(
 payloads = st.dictionaries(st.text(max_size=8), json_values, max_size=5)
 
 
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(payloads, payloads)
 def test_payloads_round_trip_through_the_lake(data: dict, metadata: dict) -> None:
     event = Event("Happened", data, metadata=metadata, occurred_at=T0)

@@ -79,6 +79,26 @@ CREATE TABLE IF NOT EXISTS stream_index (
 """
 
 
+_KNOWN_CHUNK = 400  # ids per lookup statement (two bound parameters each), well under SQLite's limit
+_INSERT_SQL = (
+    "INSERT INTO events (event_id, event_type, schema_version, aggregate_type, aggregate_id, "
+    "aggregate_version, occurred_at, recorded_at, data, metadata) VALUES (?,?,?,?,?,?,?,?,?,?)"
+)
+_FAST_PATH_EVENTS = 5_000
+# One statement: the stream's type and version (NULLs for a new stream), the newest recorded_at, and
+# ({probe}) how many sealed event-id hashes match the batch (bound parameters, never pasted values).
+_HEAD_SQL = (
+    "SELECT s.aggregate_type, s.version, max("
+    "coalesce((SELECT recorded_at FROM events ORDER BY position DESC LIMIT 1), 0), "
+    "coalesce((SELECT value FROM meta WHERE key = 'last_recorded_at'), 0)), {probe} "
+    "FROM (SELECT 1) LEFT JOIN streams s ON s.aggregate_id = ?"
+)
+
+
+class _MaybeRetry(Exception):
+    """Internal: the fast append path saw something that may be a retry; take the slow path."""
+
+
 def event_id_hash(event_id: str) -> int:
     """A 63-bit hash of an event id: the key of the compact sealed-id index.
 
@@ -211,71 +231,109 @@ class SQLiteHotTier:
         ``encoded`` holds the (data, metadata) JSON text to store for each event (after any field
         encryption). ``lookup_sealed(positions)`` returns ``StoredMatch``es for sealed positions.
         """
-        con = self.con
+        if len(events) <= _FAST_PATH_EVENTS:
+            try:
+                return self._append_fast(aggregate_id, aggregate_type, events, expected_version, encoded, lookup_sealed)
+            except _MaybeRetry:
+                pass  # rolled back; the slow path below tells a retry from a conflict
         with self.write():
             known = self._known(events, lookup_sealed)
             if known:
                 return self._retry_version(aggregate_id, aggregate_type, events, encoded, known, self.same_data), 0
-            row = con.execute(
-                "SELECT aggregate_type, version FROM streams WHERE aggregate_id = ?", (aggregate_id,)
-            ).fetchone()
-            actual = 0 if row is None else int(row[1])
-            if row is not None and row[0] != aggregate_type:
-                raise InvalidArgumentError(
-                    f"stream {aggregate_id!r} is a {row[0]!r}, not a {aggregate_type!r}; "
-                    "an aggregate_id belongs to one aggregate_type"
-                )
-            if expected_version is not None and expected_version != actual:
-                raise ConcurrencyError(aggregate_id, expected_version, actual)
-            recorded = max(int(time.time() * 1_000_000), self.last_recorded_at())
-            rows = [
-                (
-                    e.event_id, e.event_type, e.schema_version, aggregate_type, aggregate_id,
-                    actual + i, to_micros(e.occurred_at), recorded, data, metadata,  # type: ignore[arg-type]
-                )
-                for i, (e, (data, metadata)) in enumerate(zip(events, encoded), start=1)
-            ]
-            con.executemany(
-                "INSERT INTO events (event_id, event_type, schema_version, aggregate_type, aggregate_id, "
-                "aggregate_version, occurred_at, recorded_at, data, metadata) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                rows,
+            head = self.con.execute(_HEAD_SQL.format(probe="0"), (aggregate_id,)).fetchone()
+            return self._insert(aggregate_id, aggregate_type, events, expected_version, encoded, head)
+
+    def _append_fast(
+        self,
+        aggregate_id: str,
+        aggregate_type: str,
+        events: Sequence[Event],
+        expected_version: int | None,
+        encoded: Sequence[tuple[str, str]],
+        lookup_sealed: Any,
+    ) -> tuple[int, int]:
+        """The common case in four statements: head and sealed-id probe, insert, stream version, commit.
+
+        Anything that might be a retry (a sealed id hash matches, the version differs, or an id is
+        already in the hot tier) raises ``_MaybeRetry`` after rolling back, for the slow path.
+        """
+        hashes = [event_id_hash(e.event_id) for e in events]  # type: ignore[arg-type]
+        probe = f"(SELECT count(*) FROM event_ids WHERE id_hash IN ({','.join('?' * len(hashes))}))"
+        with self.write():
+            head = self.con.execute(_HEAD_SQL.format(probe=probe), (*hashes, aggregate_id)).fetchone()
+            if head[3] or (expected_version is not None and head[1] is not None and expected_version != head[1]):
+                raise _MaybeRetry
+            try:
+                return self._insert(aggregate_id, aggregate_type, events, expected_version, encoded, head)
+            except sqlite3.IntegrityError:
+                raise _MaybeRetry from None
+
+    def _insert(
+        self,
+        aggregate_id: str,
+        aggregate_type: str,
+        events: Sequence[Event],
+        expected_version: int | None,
+        encoded: Sequence[tuple[str, str]],
+        head: tuple[Any, ...],
+    ) -> tuple[int, int]:
+        """Inside a write transaction: check type and version, insert, bump the stream's version."""
+        con = self.con
+        actual = 0 if head[1] is None else int(head[1])
+        if head[1] is not None and head[0] != aggregate_type:
+            raise InvalidArgumentError(
+                f"stream {aggregate_id!r} is a {head[0]!r}, not a {aggregate_type!r}; "
+                "an aggregate_id belongs to one aggregate_type"
             )
-            new_version = actual + len(events)
-            if row is None:
-                con.execute(
-                    "INSERT INTO streams (aggregate_id, aggregate_type, version) VALUES (?, ?, ?)",
-                    (aggregate_id, aggregate_type, new_version),
-                )
-            else:
-                con.execute("UPDATE streams SET version = ? WHERE aggregate_id = ?", (new_version, aggregate_id))
+        if expected_version is not None and expected_version != actual:
+            raise ConcurrencyError(aggregate_id, expected_version, actual)
+        recorded = max(int(time.time() * 1_000_000), int(head[2]))
+        rows = [
+            (
+                e.event_id, e.event_type, e.schema_version, aggregate_type, aggregate_id,
+                actual + i, to_micros(e.occurred_at), recorded, data, metadata,  # type: ignore[arg-type]
+            )
+            for i, (e, (data, metadata)) in enumerate(zip(events, encoded), start=1)
+        ]
+        if len(rows) == 1:
+            last_position = con.execute(_INSERT_SQL + " RETURNING position", rows[0]).fetchone()[0]
+        else:
+            con.executemany(_INSERT_SQL, rows)
             last_position = con.execute("SELECT last_insert_rowid()").fetchone()[0]
-            return new_version, int(last_position)
+        new_version = actual + len(events)
+        con.execute(
+            "INSERT INTO streams (aggregate_id, aggregate_type, version) VALUES (?, ?, ?) "
+            "ON CONFLICT (aggregate_id) DO UPDATE SET version = excluded.version",
+            (aggregate_id, aggregate_type, new_version),
+        )
+        return new_version, int(last_position)
 
     def _known(self, events: Sequence[Event], lookup_sealed: Any) -> dict[str, StoredMatch]:
-        """The stored events, among those given, keyed by event id (hot tier first, then sealed)."""
+        """The stored events, among those given, keyed by event id: hot rows and sealed positions are
+        looked up in one statement per chunk of ids; sealed hits are confirmed by reading them."""
         ids = [e.event_id for e in events]
-        marks = ",".join("?" * len(ids))
-        found = {
-            r[0]: StoredMatch(*r)
-            for r in self.con.execute(
+        found: dict[str, StoredMatch] = {}
+        positions: list[int] = []
+        for start in range(0, len(ids), _KNOWN_CHUNK):
+            chunk = ids[start:start + _KNOWN_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            rows = self.con.execute(
                 "SELECT event_id, event_type, schema_version, aggregate_type, aggregate_id, aggregate_version, "
-                f"occurred_at, data, metadata FROM events WHERE event_id IN ({marks})",
-                ids,
-            )
-        }
-        missing = [i for i in ids if i not in found]
-        if missing:
-            hashes = [event_id_hash(i) for i in missing]
-            positions = [
-                int(r[0])
-                for r in self.con.execute(
-                    f"SELECT position FROM event_ids WHERE id_hash IN ({','.join('?' * len(hashes))})", hashes
-                )
-            ]
-            if positions:
-                for match in lookup_sealed(positions):
-                    if match.event_id in missing:
-                        found[match.event_id] = match
+                f"occurred_at, data, metadata, NULL FROM events WHERE event_id IN ({marks}) UNION ALL "
+                "SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, position FROM event_ids "
+                f"WHERE id_hash IN ({marks})",
+                chunk + [event_id_hash(i) for i in chunk],  # type: ignore[operator]
+            ).fetchall()
+            for r in rows:
+                if r[9] is None:
+                    found[r[0]] = StoredMatch(*r[:9])
+                else:
+                    positions.append(int(r[9]))
+        if positions:
+            wanted = set(ids) - set(found)
+            for match in lookup_sealed(positions):
+                if match.event_id in wanted:
+                    found[match.event_id] = match
         return found
 
     @staticmethod
