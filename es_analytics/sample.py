@@ -78,7 +78,7 @@ def plan(events: int = 20_000, *, seed: int = 7, start: datetime | None = None, 
     --------
     >>> spec = plan(20_000)
     >>> (spec.accounts, spec.users)
-    (990, 615)
+    (1052, 615)
     """
     if isinstance(events, bool) or not isinstance(events, int) or events < 100:
         raise InvalidArgumentError(f"events must be an int of at least 100, got {events!r}")
@@ -133,7 +133,7 @@ def generate(
     >>> from es_analytics import Lake
     >>> with Lake.open(tempfile.mkdtemp()) as lake:
     ...     generate(lake, events=2_000)["accounts"]
-    99
+    105
     """
     import time
 
