@@ -281,3 +281,33 @@ def test_compaction_keeps_every_event_and_point_reads(tmp_path: Path) -> None:
         assert_frame_equal(lake.events(), before)
         assert_frame_equal(lake.events("s3"), one)
         assert lake.check()["ok"]
+
+
+def test_files_replaced_by_compaction_stay_for_a_grace_period(tmp_path: Path) -> None:
+    with Lake.open(tmp_path / "l", auto_seal_rows=0) as lake:
+        for n in range(6):
+            lake.append("s", [deposit(n)], expected_version=None, aggregate_type="T")
+            lake.seal()
+        old = [tmp_path / "l" / f.path for f in lake._store.manifest().files]
+        lake.compact()
+        assert all(p.exists() for p in old)  # a reader that started before may still use them
+        assert {str(p.relative_to(tmp_path / "l")) for p in old} == {p for p, _ in lake._store.manifest().retired}
+        lake._store.retire_grace_seconds = 0
+        lake.seal()
+        assert not any(p.exists() for p in old)
+        assert lake._store.manifest().retired == ()
+        assert lake.events("s").height == 6
+
+
+def test_check_reports_damage_it_cannot_repair(tmp_path: Path) -> None:
+    with Lake.open(tmp_path / "l") as lake:
+        lake.append("s", [deposit(1), deposit(2)], expected_version=0, aggregate_type="T")
+        lake.seal()
+        entry = lake._store.manifest().files[0]
+        data = (tmp_path / "l" / entry.path).read_bytes()
+        (tmp_path / "l" / entry.path).write_bytes(data[: len(data) // 2])
+        report = lake.check(repair=True)
+        assert not report["ok"]
+        details = " ".join(p["detail"] for p in report["problems"])
+        assert "no readable Parquet footer" in details and "bytes, the manifest says" in details
+        assert (tmp_path / "l" / entry.path).exists()  # never deleted: that would lose history

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..events import EVENT_SCHEMA
@@ -43,7 +44,7 @@ def _check_files(store: LakeStore) -> tuple[list[dict[str, Any]], int]:
             problems.append(_problem("file", f"{entry.path} has {size} bytes, the manifest says {entry.bytes}"))
         try:
             meta = pq.read_metadata(path)
-        except Exception as exc:  # any footer error means the file is unusable
+        except (pa.ArrowException, OSError) as exc:  # any footer error means the file is unusable
             problems.append(_problem("file", f"{entry.path} has no readable Parquet footer: {exc}"))
             continue
         if meta.num_rows != entry.rows:
@@ -161,8 +162,13 @@ def check_lake(store: LakeStore, *, repair: bool = False) -> dict[str, Any]:
     """Check every invariant of the lake; see the module docstring for what is checked and repaired."""
     problems, files = _check_files(store)
     problems += _check_hot(store)
-    event_problems, stats = _check_events(store)
-    problems += event_problems
+    damaged = any(p["check"] == "file" for p in problems)
+    if damaged:  # the event checks would read the damaged files; report those first
+        stats = {"events": None, "first_position": None, "last_position": None, "streams": None}
+        problems.append(_problem("events", "not checked: some sealed files are missing or damaged"))
+    else:
+        event_problems, stats = _check_events(store)
+        problems += event_problems
     repaired: list[str] = []
     if repair and any(p["repairable"] for p in problems):
         repaired = _repair(store)

@@ -19,7 +19,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.dataset as ds
 
-from ..errors import LakeBusyError, LakeError, QueryError, ReadOnlyQueryError
+from ..errors import LakeBusyError, LakeCorruptError, LakeError, QueryError, ReadOnlyQueryError
 from ..events import EVENT_SCHEMA
 from .hot import HotRow
 
@@ -37,6 +37,12 @@ def translate_errors(what: str) -> Iterator[None]:
         raise ReadOnlyQueryError(
             f"{what}: the query reads files outside the lake, which safe mode forbids ({exc})"
         ) from exc
+    except duckdb.IOException as exc:
+        raise LakeError(f"{what}: cannot read a lake file: {exc}") from exc
+    except duckdb.InvalidInputException as exc:
+        if "magic bytes" in str(exc) or "Parquet" in str(exc):
+            raise LakeCorruptError(f"{what}: a sealed file is damaged ({exc}); run lake.check()") from exc
+        raise QueryError(f"{what}: {exc}") from exc
     except (duckdb.ParserException, duckdb.BinderException, duckdb.CatalogException,
             duckdb.InvalidInputException, duckdb.ConversionException) as exc:
         raise QueryError(f"{what}: {exc}") from exc
