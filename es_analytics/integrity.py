@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import LakeError, TamperEvidenceError
+from .events import EVENT_COLUMNS
 
 __all__ = ["CANONICAL_SQL", "GENESIS", "chain_head", "checkpoint", "content_digests", "verify"]
 
@@ -89,21 +90,42 @@ def _file_sha256(path: Path) -> str:
 
 
 # -- reading what the lake holds now ------------------------------------------------------------
-def _all_digests(lake: Any) -> tuple[pa.Table | None, list[dict[str, Any]]]:
-    """Digests of every event, or ``None`` and per-file problems when a sealed file cannot be read."""
+def _open_events(lake: Any) -> Any:
+    """A private DuckDB connection whose view ``_verify_events`` is the sealed files plus the hot rows,
+    both read from disk now (the lake's reader caches hot rows, which must not be trusted here)."""
+    import duckdb
+
     store = lake._store
-    store.refresh()
-    reader = store.reader
+    with store.hot.read():
+        manifest = store.manifest()
+    hot = store._read_hot(manifest.sealed_position, 1 << 62)
+    con = duckdb.connect()
+    con.register("_verify_hot", hot)
+    columns = ", ".join(EVENT_COLUMNS)
+    paths = [str(lake.path / f.path) for f in manifest.files]
     try:
-        with reader.lock:
-            return content_digests(reader.con, "events"), []
-    except Exception:  # noqa: BLE001 - any engine error here means a file no longer reads; find which
-        pass
-    problems = []
-    for entry in store.manifest().files:
+        if not paths:
+            raise FileNotFoundError("no sealed files")
+        con.read_parquet(paths, hive_partitioning=False).create_view("_verify_sealed")
+        con.execute(f"CREATE VIEW _verify_events AS SELECT {columns} FROM _verify_sealed "
+                    f"UNION ALL SELECT {columns} FROM _verify_hot")
+    except Exception:  # noqa: BLE001 - no files, or one no longer reads: _all_digests finds which
+        con.execute(f"CREATE OR REPLACE VIEW _verify_events AS SELECT {columns} FROM _verify_hot")
+    return con
+
+
+def _all_digests(lake: Any, con: Any) -> tuple[pa.Table | None, list[dict[str, Any]]]:
+    """Digests of every event, or ``None`` and per-file problems when a sealed file cannot be read."""
+    views = {r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
+    if "_verify_sealed" in views or not lake._store.manifest().files:
         try:
-            with reader.lock:
-                content_digests(reader.con, "read_parquet(?)", [str(lake.path / entry.path)])
+            return content_digests(con, "_verify_events"), []
+        except Exception:  # noqa: BLE001 - any engine error here means a file no longer reads; find which
+            pass
+    problems = []
+    for entry in lake._store.manifest().files:
+        try:
+            content_digests(con, "read_parquet(?)", [str(lake.path / entry.path)])
         except Exception as exc:  # noqa: BLE001 - reported, not raised: this is the evidence
             problems.append({"path": entry.path, "status": "unreadable", "min_position": entry.min_position,
                              "detail": str(exc).splitlines()[0][:300]})
@@ -145,9 +167,9 @@ def _first_mismatch(current: pl.DataFrame, stored: pl.DataFrame, upto: int) -> i
     return None if bad.height == 0 else int(bad["position"].min())  # type: ignore[arg-type]
 
 
-def _describe_event(lake: Any, position: int, files: list[dict[str, Any]]) -> dict[str, Any]:
-    row = lake._query("SELECT position, event_id, event_type, aggregate_type, aggregate_id, aggregate_version, "
-                      "recorded_at FROM events WHERE position = ?", [position], what="verify")
+def _describe_event(con: Any, position: int, files: list[dict[str, Any]]) -> dict[str, Any]:
+    row = con.sql("SELECT position, event_id, event_type, aggregate_type, aggregate_id, aggregate_version, "
+                  "recorded_at FROM _verify_events WHERE position = ?", params=[position]).pl()
     where = next((f["path"] for f in files if f["min_position"] <= position <= f["max_position"]), "hot tier")
     out: dict[str, Any] = {"position": position, "file": where}
     if row.height:
@@ -177,7 +199,8 @@ def verify(lake: Any, *, checkpoint: bool = True, raise_on_failure: bool = False
     with store.seal_lock():
         recorded = store.manifest().extra.get(EXTRA_KEY) or {}
         files = _file_checks(lake, recorded.get("files", {}))
-        digests, unreadable = _all_digests(lake)
+        con = _open_events(lake)
+        digests, unreadable = _all_digests(lake, con)
         stored, digest_problems = _stored_shorts(lake, recorded.get("digests", []))
         problems = [f for f in files if f["status"] in ("bytes changed", "missing")] + unreadable + digest_problems
         upto = int(recorded.get("position", 0))
@@ -194,7 +217,7 @@ def verify(lake: Any, *, checkpoint: bool = True, raise_on_failure: bool = False
             head_now = chain_head(digests["digest"].slice(covered.num_rows), head_at_checkpoint).hex()
             if recorded and (head_at_checkpoint.hex() != recorded["head"] or covered.num_rows != recorded["events"]):
                 bad = _first_mismatch(current, stored, upto)
-                first_bad = _describe_event(lake, bad, files) if bad is not None else {
+                first_bad = _describe_event(con, bad, files) if bad is not None else {
                     "position": None, "note": "the chain head differs but every stored digest matches"}
         ok = first_bad is None and not problems
         result = {
@@ -209,6 +232,7 @@ def verify(lake: Any, *, checkpoint: bool = True, raise_on_failure: bool = False
         }
         if ok and checkpoint and digests is not None:
             result["checkpoint_extended_to"] = _extend(lake, recorded, digests, head_now)  # type: ignore[arg-type]
+        con.close()
     result["seconds"] = round(time.perf_counter() - started, 3)
     if raise_on_failure and not ok:
         raise TamperEvidenceError(f"the lake's hash chain does not verify: first bad event {first_bad}, "

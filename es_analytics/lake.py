@@ -360,15 +360,16 @@ class Lake:
 
         return forget(self, subject_id, reason=reason, actor=actor)
 
-    def verify(self, *, checkpoint: bool = True) -> dict[str, Any]:
+    def verify(self, *, checkpoint: bool = True, raise_on_failure: bool = False) -> dict[str, Any]:
         """Check the hash chain over all events against its checkpoint; see ``es_analytics.integrity``.
 
         Reports the first event whose stored content no longer matches and every file checked. With
-        ``checkpoint`` (default) a clean result extends the checkpoint to the newest event.
+        ``checkpoint`` (default) a clean result extends the checkpoint to the newest event; with
+        ``raise_on_failure`` a failed check raises ``TamperEvidenceError``.
         """
         from .integrity import verify
 
-        return verify(self, checkpoint=checkpoint)
+        return verify(self, checkpoint=checkpoint, raise_on_failure=raise_on_failure)
 
     # -- aggregates, upcasting, subscribers ------------------------------------------------------
     def aggregate(
