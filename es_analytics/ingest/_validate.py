@@ -1,0 +1,230 @@
+"""Turn raw batches into event records, or into rejects with a reason, in one DuckDB query per batch.
+
+Every check of ``Event`` and ``Lake.append`` is applied column-wise: identifiers, versions, timezone-aware
+ISO 8601 times, payloads that are JSON objects. The SQL below is fixed text; everything that comes from
+the source (JSON keys, time zone) is a bound parameter, and source column names never reach SQL (readers
+rename columns to the event record's names first).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from ..events import MAX_ID_LENGTH, MAX_JSON_BYTES, parse_json
+from ..errors import InvalidArgumentError
+from ._sources import FIELDS, RawBatch
+
+__all__ = ["Validator", "VALID_COLUMNS"]
+
+VALID_COLUMNS = (
+    "event_id", "event_type", "schema_version", "aggregate_type", "aggregate_id", "aggregate_version",
+    "occurred_at", "data", "metadata", "_line",
+)
+_IDENT = r"[A-Za-z_][A-Za-z0-9_]{0,127}"
+_EVENT_TYPE = r"[A-Za-z_][A-Za-z0-9_.:$<>-]{0,254}"
+_CONTROL = r"[\x00-\x1f\x7f]"
+_ISO_WITH_ZONE = r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d.*([Zz]|[+-]\d\d(:?\d\d)?)"
+_ISO = r"\d{4}-\d\d-\d\d([T ]\d\d:\d\d.*)?"
+
+
+def _text_expr(name: str, kind: str, json_index: int | None) -> str:
+    """SQL giving the field as text (or NULL), whatever the source's encoding."""
+    if json_index is not None:
+        cell = f"_j[{json_index}]"
+        return f"CASE json_type({cell}) WHEN 'VARCHAR' THEN {cell}->>'$' WHEN 'NULL' THEN NULL ELSE {cell}::VARCHAR END"
+    if kind == "nested":
+        return f"to_json({name})::VARCHAR"
+    if kind in ("timestamp", "naive"):
+        return f"{name}::VARCHAR"
+    return f"{name}::VARCHAR"
+
+
+def _json_expr(name: str, json_index: int | None, kind: str) -> str:
+    """SQL giving a payload field as JSON text: an object stays JSON; a string is taken as JSON text."""
+    if json_index is not None:
+        cell = f"_j[{json_index}]"
+        return f"CASE json_type({cell}) WHEN 'VARCHAR' THEN {cell}->>'$' WHEN 'NULL' THEN NULL ELSE {cell}::VARCHAR END"
+    if kind == "nested":
+        return f"to_json({name})::VARCHAR"
+    return f"{name}::VARCHAR"
+
+
+def _occurred_expr(kind: str) -> str:
+    if kind == "timestamp":
+        return "occurred_at_src::TIMESTAMPTZ"
+    if kind == "naive":
+        return "CASE WHEN $tz IS NOT NULL THEN timezone($tz, occurred_at_src::TIMESTAMP) END"
+    return (
+        f"CASE WHEN regexp_full_match(occurred_at, '{_ISO_WITH_ZONE}') THEN TRY_CAST(occurred_at AS TIMESTAMPTZ) "
+        f"WHEN $tz IS NOT NULL AND regexp_full_match(occurred_at, '{_ISO}') "
+        "THEN timezone($tz, TRY_CAST(occurred_at AS TIMESTAMP)) END"
+    )
+
+
+def _reason_sql(kind: str) -> str:
+    """The first thing wrong with a row, or NULL: one CASE, checked in the order a person would fix them."""
+    def quoted(col: str) -> str:
+        return f"'''' || left({col}, 80) || ''''"
+
+    zone_hint = (
+        "'occurred_at ' || " + quoted("occurred_at") + " || ' has no time zone; pass timezone= (--timezone) "
+        "to say which zone naive times are in'"
+    )
+    naive = (
+        f"WHEN occurred_at_ts IS NULL AND NOT regexp_full_match(occurred_at, '{_ISO_WITH_ZONE}') "
+        f"AND $tz IS NULL AND regexp_full_match(occurred_at, '{_ISO}') THEN {zone_hint} "
+    )
+    if kind == "naive":
+        naive = "WHEN occurred_at_ts IS NULL AND $tz IS NULL THEN 'occurred_at is a timestamp without time zone; pass timezone= (--timezone)' "
+    elif kind == "timestamp":
+        naive = ""
+    return (
+        "CASE WHEN NOT _parsed THEN 'line is not a JSON object' "
+        "WHEN event_id IS NULL OR event_id = '' THEN 'event_id is missing' "
+        f"WHEN length(event_id) > {MAX_ID_LENGTH} THEN 'event_id is longer than {MAX_ID_LENGTH} characters' "
+        f"WHEN regexp_matches(event_id, '{_CONTROL}') THEN 'event_id holds control characters' "
+        "WHEN event_type IS NULL OR event_type = '' THEN 'event_type is missing' "
+        f"WHEN NOT regexp_full_match(event_type, '{_EVENT_TYPE}') THEN 'event_type ' || {quoted('event_type')} "
+        "|| ' is not a name such as ''MoneyDeposited''' "
+        "WHEN aggregate_type IS NULL OR aggregate_type = '' THEN 'aggregate_type is missing' "
+        f"WHEN NOT regexp_full_match(aggregate_type, '{_IDENT}') THEN 'aggregate_type ' || {quoted('aggregate_type')} "
+        "|| ' is not an identifier (letters, digits, _)' "
+        "WHEN aggregate_id IS NULL OR aggregate_id = '' THEN 'aggregate_id is missing' "
+        f"WHEN length(aggregate_id) > {MAX_ID_LENGTH} THEN 'aggregate_id is longer than {MAX_ID_LENGTH} characters' "
+        f"WHEN regexp_matches(aggregate_id, '{_CONTROL}') THEN 'aggregate_id holds control characters' "
+        "WHEN aggregate_version IS NULL OR aggregate_version = '' THEN 'aggregate_version is missing' "
+        "WHEN aggregate_version_n IS NULL OR aggregate_version_n < 1 THEN 'aggregate_version ' || "
+        f"{quoted('aggregate_version')} || ' is not a positive integer' "
+        "WHEN schema_version_n IS NULL OR schema_version_n < 1 OR schema_version_n > 2147483647 THEN "
+        f"'schema_version ' || {quoted('schema_version')} || ' is not a positive integer' "
+        "WHEN occurred_at IS NULL OR occurred_at = '' THEN 'occurred_at is missing' "
+        f"{naive}"
+        "WHEN occurred_at_ts IS NULL THEN 'occurred_at ' || " + quoted("occurred_at") + " || ' is not an ISO 8601 time' "
+        "WHEN data IS NULL OR data = '' THEN 'data is missing' "
+        "WHEN coalesce(CASE WHEN json_valid(data) THEN json_type(data) END, '') != 'OBJECT' THEN 'data is not a JSON object' "
+        f"WHEN strlen(data) > {MAX_JSON_BYTES} THEN 'data is larger than {MAX_JSON_BYTES} bytes' "
+        "WHEN coalesce(CASE WHEN json_valid(metadata) THEN json_type(metadata) END, '') != 'OBJECT' THEN 'metadata is not a JSON object' "
+        f"WHEN strlen(metadata) > {MAX_JSON_BYTES} THEN 'metadata is larger than {MAX_JSON_BYTES} bytes' "
+        "END"
+    )
+
+
+class Validator:
+    """Validates raw batches of one source (its columns and encodings are fixed when it is made)."""
+
+    def __init__(self, columns: Mapping[str, str], *, json_lines: bool, kinds: Mapping[str, str], timezone: str | None) -> None:
+        self.columns = dict(columns)
+        self.json_lines = json_lines
+        self.kinds = dict(kinds)
+        self.timezone = timezone
+        self.con = duckdb.connect(config={"threads": 2})
+        self.con.execute("SET TimeZone = 'UTC'")
+        self._sql = self._build()
+
+    def close(self) -> None:
+        self.con.close()
+
+    def _build(self) -> str:
+        present = [f for f in FIELDS if f in self.columns]
+        index = {f: i + 1 for i, f in enumerate(present)} if self.json_lines else {}
+        text = {}
+        for name in FIELDS:
+            if name not in self.columns:
+                text[name] = {"schema_version": "'1'", "metadata": "'{}'"}[name]
+            elif name in ("data", "metadata"):
+                text[name] = _json_expr(name, index.get(name), self.kinds.get(name, ""))
+            else:
+                text[name] = _text_expr(name, self.kinds.get(name, ""), index.get(name))
+        occurred_kind = "" if self.json_lines else self.kinds.get("occurred_at", "")
+        if self.json_lines:
+            parsed = "coalesce(CASE WHEN json_valid(_record) THEN json_type(_record) = 'OBJECT' END, false)"
+            base = f"SELECT _line, _record, {parsed} AS _parsed, CASE WHEN {parsed} THEN json_extract(_record, $paths) END AS _j FROM raw"
+            occurred_src = "NULL"
+        else:
+            base = "SELECT *, true AS _parsed FROM raw"
+            occurred_src = "occurred_at" if "occurred_at" in self.columns else "NULL"
+        fields = ", ".join(f"{expr} AS {name}" for name, expr in text.items() if name != "metadata")
+        metadata = f"coalesce(nullif({text['metadata']}, ''), '{{}}')"
+        record = "_record" if self.json_lines else "to_json(struct_pack(" + ", ".join(
+            f"{name} := {name}" for name in FIELDS if name in self.columns) + "))::VARCHAR"
+        return (
+            f"WITH b AS ({base}), "
+            f"t AS (SELECT _line, _parsed, {record} AS _raw, {occurred_src} AS occurred_at_src, {fields}, "
+            f"{metadata} AS metadata FROM b), "
+            "n AS (SELECT *, "
+            "CASE WHEN regexp_full_match(aggregate_version, '\\s*[0-9]{1,18}\\s*') THEN CAST(aggregate_version AS BIGINT) END AS aggregate_version_n, "
+            "CASE WHEN regexp_full_match(schema_version, '\\s*[0-9]{1,10}\\s*') THEN CAST(schema_version AS BIGINT) END AS schema_version_n, "
+            f"{_occurred_expr(occurred_kind)} AS occurred_at_ts FROM t), "
+            f"r AS (SELECT *, {_reason_sql(occurred_kind)} AS _reason FROM n) "
+            "SELECT _line, _reason, CASE WHEN _reason IS NOT NULL THEN left(rtrim(_raw, chr(13) || chr(10)), 500) END AS _raw, "
+            "event_id, event_type, schema_version_n::INTEGER AS schema_version, aggregate_type, aggregate_id, "
+            "aggregate_version_n AS aggregate_version, occurred_at_ts AS occurred_at, "
+            "CASE WHEN _reason IS NULL THEN json(data)::VARCHAR END AS data, "
+            "CASE WHEN _reason IS NULL THEN json(metadata)::VARCHAR END AS metadata FROM r"
+        )
+
+    def params(self) -> dict[str, Any]:
+        params: dict[str, Any] = {"tz": self.timezone}
+        if self.json_lines:
+            params["paths"] = ["/" + self.columns[f].replace("~", "~0").replace("/", "~1")
+                               for f in FIELDS if f in self.columns]
+        if "$tz" not in self._sql:
+            params.pop("tz")
+        return params
+
+    def run(self, batch: RawBatch) -> tuple[pa.Table, list[tuple[int, str, str]]]:
+        """Valid rows (the columns of ``VALID_COLUMNS``) and rejects ``(line, reason, record)``."""
+        raw = batch.table
+        if not self.json_lines and "occurred_at" in self.columns:
+            raw = raw.append_column("occurred_at_src", raw["occurred_at"])
+        result = self.con.sql(self._sql, params=self.params()).to_arrow_table() if raw.num_rows else None
+        rejects = list(batch.rejects)
+        if result is None:
+            return pa.table({c: [] for c in VALID_COLUMNS}), rejects
+        blank = self._blank_lines(result) if self.json_lines else None
+        bad = result.filter(pa.compute.invert(pa.compute.is_null(result["_reason"])))
+        for line, reason, record in zip(bad["_line"].to_pylist(), bad["_reason"].to_pylist(), bad["_raw"].to_pylist()):
+            if blank is not None and line in blank:
+                continue
+            rejects.append((line, reason, record or ""))
+        good = result.filter(pa.compute.is_null(result["_reason"]))
+        good, strict = _strict_json(good)
+        rejects += strict
+        rejects.sort(key=lambda r: r[0])
+        return good.select(list(VALID_COLUMNS)), rejects
+
+    def _blank_lines(self, result: pa.Table) -> set[int]:
+        """Empty lines of a JSON Lines file are skipped, not rejected."""
+        raw = result.filter(pa.compute.invert(pa.compute.is_null(result["_reason"])))
+        lines = raw["_line"].to_pylist()
+        texts = raw["_raw"].to_pylist()
+        return {line for line, text in zip(lines, texts) if text is None or not text.strip()}
+
+
+def _strict_json(good: pa.Table) -> tuple[pa.Table, list[tuple[int, str, str]]]:
+    """DuckDB accepts NaN and Infinity in JSON; re-check the few payloads that hold those words strictly."""
+    if not good.num_rows:
+        return good, []
+    suspect = pa.compute.or_(
+        pa.compute.match_substring_regex(good["data"], r"NaN|Infinity"),
+        pa.compute.match_substring_regex(good["metadata"], r"NaN|Infinity"),
+    )
+    if not pa.compute.any(suspect).as_py():
+        return good, []
+    rejects, keep = [], []
+    for i, flag in enumerate(suspect.to_pylist()):
+        ok = True
+        if flag:
+            for name in ("data", "metadata"):
+                try:
+                    parse_json(good[name][i].as_py(), name)
+                except InvalidArgumentError as exc:
+                    rejects.append((good["_line"][i].as_py(), str(exc), good[name][i].as_py()[:500]))
+                    ok = False
+                    break
+        keep.append(ok)
+    return good.filter(pa.array(keep)), rejects

@@ -1,0 +1,215 @@
+"""The lake side of an ingest: idempotency by event id, stream continuity, and bulk import in chunks.
+
+Per chunk of valid rows (polars, in source order):
+
+1. an ``event_id`` repeated in the input is skipped when it is the same event, rejected when it is not;
+2. ids the lake already holds (found through an in-memory set of id hashes built once from the lake and
+   grown with every chunk) are skipped when they sit in the same stream slot (a re-run), rejected otherwise;
+3. each stream's rows must continue its stored version without gaps: rows ahead of a gap wait in a bounded
+   pending buffer for later chunks (sources need not be ordered by version), and are rejected at the end;
+4. importable rows keep their source order, except that within a stream versions are put in ascending
+   order, and go to ``LakeStore.import_table`` (straight into Parquet, continuity re-checked under the lock).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import duckdb
+import polars as pl
+import pyarrow as pa
+
+from ..errors import InvalidArgumentError
+
+if TYPE_CHECKING:
+    from ..lake import Lake
+
+__all__ = ["LakeWriter", "Reject"]
+
+Reject = tuple[int, int, str, str]  # (file number, line, reason, record)
+_IMPORT_COLUMNS = ("event_id", "event_type", "schema_version", "aggregate_type", "aggregate_id",
+                   "aggregate_version", "occurred_at", "data", "metadata")
+_LINE_SPAN = 10**12
+
+
+class LakeWriter:
+    """Writes validated rows of one ingest run into a lake; see the module docstring."""
+
+    def __init__(self, lake: Lake, *, max_pending: int = 1_000_000) -> None:
+        self.lake = lake
+        self.store = lake._store
+        self.max_pending = max_pending
+        self.pending: pl.DataFrame | None = None
+        self.counts = {"imported": 0, "already_present": 0, "repeated_in_input": 0}
+        self.rejects: list[Reject] = []
+        self._seen = duckdb.connect(config={"threads": 2})
+        self._seen.execute("CREATE TABLE seen (h UBIGINT)")
+        self._load_seen()
+
+    def close(self) -> None:
+        self._seen.close()
+
+    def _load_seen(self) -> None:
+        """Hash every event id the lake holds (8 bytes each) so later checks are one join per chunk."""
+        store = self.store
+        store.refresh()
+        with store.reader.lock:
+            hashes = store.reader.con.sql("SELECT hash(event_id) AS h FROM events").to_arrow_table()
+        if hashes.num_rows:
+            self._seen.execute("INSERT INTO seen SELECT h FROM hashes")
+
+    # -- one chunk ----------------------------------------------------------------------------
+    def write(self, valid: pa.Table, file_no: int) -> None:
+        """Take a chunk of validated rows (from ``Validator.run``) of source file ``file_no``."""
+        frame = pl.from_arrow(valid)
+        assert isinstance(frame, pl.DataFrame)
+        frame = frame.with_columns(
+            (pl.lit(file_no, pl.Int64) * _LINE_SPAN + pl.col("_line")).alias("_ord"),
+            pl.col("schema_version").cast(pl.Int32),
+            pl.col("aggregate_version").cast(pl.Int64),
+        )
+        if self.pending is not None:
+            frame = pl.concat([self.pending, frame], how="vertical_relaxed")
+            self.pending = None
+        if frame.height:
+            self._write(frame.sort("_ord"), attempts=3)
+
+    def finish(self) -> None:
+        """Reject what still waits behind a version gap."""
+        if self.pending is not None and self.pending.height:
+            self._reject_gaps(self.pending)
+        self.pending = None
+
+    def _write(self, frame: pl.DataFrame, attempts: int) -> None:
+        frame = self._drop_repeats(frame)
+        frame = self._drop_known(frame)
+        frame = self._drop_slot_repeats(frame)
+        frame = self._check_heads(frame)
+        ready, waiting = self._split_contiguous(frame)
+        if waiting.height:
+            self._park(waiting)
+        if not ready.height:
+            return
+        table = _commit_order(ready)
+        try:
+            self.store.import_table(table.to_arrow(), check_event_ids=False)
+        except InvalidArgumentError:
+            # Another writer moved a stream between our check and the import: check again.
+            if attempts <= 1:
+                raise
+            self._write(ready.drop("head", "head_type"), attempts - 1)
+            return
+        self.counts["imported"] += table.height
+        ids = table.select("event_id").to_arrow()
+        self._seen.execute("INSERT INTO seen SELECT hash(event_id) FROM ids")
+
+    # -- the steps ------------------------------------------------------------------------------
+    def _reject(self, frame: pl.DataFrame, reason: pl.Expr) -> None:
+        rows = frame.select((pl.col("_ord") // _LINE_SPAN).alias("f"), (pl.col("_ord") % _LINE_SPAN).alias("l"),
+                            reason.alias("r"), pl.col("event_id"))
+        self.rejects += [(f, l, r, f"event_id={e}") for f, l, r, e in rows.iter_rows()]
+
+    def _drop_repeats(self, frame: pl.DataFrame) -> pl.DataFrame:
+        repeat = ~pl.col("event_id").is_first_distinct()
+        if not frame.select(repeat.any()).item():
+            return frame
+        first = frame.filter(~repeat).select("event_id", "aggregate_id", "aggregate_version", "event_type", "data",
+                                             (pl.col("_ord") % _LINE_SPAN).alias("first_line"))
+        repeats = frame.filter(repeat).join(first, on="event_id", suffix="_first")
+        same = (
+            (pl.col("aggregate_id") == pl.col("aggregate_id_first"))
+            & (pl.col("aggregate_version") == pl.col("aggregate_version_first"))
+            & (pl.col("event_type") == pl.col("event_type_first"))
+            & (pl.col("data") == pl.col("data_first"))
+        )
+        self.counts["repeated_in_input"] += repeats.filter(same).height
+        self._reject(repeats.filter(~same), pl.format(
+            "event_id {} was already read at line {} with other content", pl.col("event_id"), pl.col("first_line")))
+        return frame.filter(~repeat)
+
+    def _drop_known(self, frame: pl.DataFrame) -> pl.DataFrame:
+        ids = frame.select("event_id").to_arrow()
+        hits = self._seen.sql(
+            "SELECT DISTINCT i.event_id FROM ids i JOIN seen s ON s.h = hash(i.event_id)"
+        ).to_arrow_table()
+        if not hits.num_rows:
+            return frame
+        stored = self.lake._query(
+            "SELECT event_id, aggregate_id AS stored_id, aggregate_version AS stored_version FROM events "
+            "WHERE event_id IN (SELECT unnest(?))", [hits["event_id"].to_pylist()], what="ingest",
+        )
+        known = frame.join(stored, on="event_id", how="inner")
+        same = (pl.col("aggregate_id") == pl.col("stored_id")) & (pl.col("aggregate_version") == pl.col("stored_version"))
+        self.counts["already_present"] += known.filter(same).height
+        self._reject(known.filter(~same), pl.format(
+            "event_id {} is already in the lake as version {} of stream {}", pl.col("event_id"),
+            pl.col("stored_version"), pl.col("stored_id")))
+        return frame.join(stored.select("event_id"), on="event_id", how="anti")
+
+    def _drop_slot_repeats(self, frame: pl.DataFrame) -> pl.DataFrame:
+        repeat = ~pl.struct("aggregate_id", "aggregate_version").is_first_distinct()
+        if not frame.select(repeat.any()).item():
+            return frame
+        self._reject(frame.filter(repeat), pl.format(
+            "stream {} has version {} twice in the input (another event_id came first)",
+            pl.col("aggregate_id"), pl.col("aggregate_version")))
+        return frame.filter(~repeat)
+
+    def _check_heads(self, frame: pl.DataFrame) -> pl.DataFrame:
+        heads = self._heads(frame["aggregate_id"].unique().to_list())
+        frame = frame.join(heads, on="aggregate_id", how="left").with_columns(pl.col("head").fill_null(0))
+        first_type = pl.col("aggregate_type").first().over("aggregate_id", order_by="_ord")
+        stream_type = pl.coalesce("head_type", first_type)
+        wrong = pl.col("aggregate_type") != stream_type
+        self._reject(frame.filter(wrong), pl.format(
+            "stream {} is a {}, not a {}", pl.col("aggregate_id"), stream_type, pl.col("aggregate_type")))
+        frame = frame.filter(~wrong)
+        stale = pl.col("aggregate_version") <= pl.col("head")
+        self._reject(frame.filter(stale), pl.format(
+            "stream {} is already at version {} and holds another event at version {}",
+            pl.col("aggregate_id"), pl.col("head"), pl.col("aggregate_version")))
+        return frame.filter(~stale)
+
+    def _heads(self, aggregate_ids: Sequence[str]) -> pl.DataFrame:
+        """Stored (type, version) of the given streams, read from the hot tier's stream table."""
+        import json
+
+        rows: list[tuple[Any, ...]] = []
+        with self.store.hot.read() as con:
+            for start in range(0, len(aggregate_ids), 100_000):
+                ids = json.dumps(list(aggregate_ids[start:start + 100_000]))
+                rows += con.execute(
+                    "SELECT s.aggregate_id, s.aggregate_type, s.version FROM json_each(?) AS j "
+                    "JOIN streams AS s ON s.aggregate_id = j.value", (ids,)
+                ).fetchall()
+        return pl.DataFrame(rows, schema={"aggregate_id": pl.String, "head_type": pl.String, "head": pl.Int64},
+                            orient="row")
+
+    def _split_contiguous(self, frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+        frame = frame.sort("aggregate_id", "aggregate_version").with_columns(
+            pl.int_range(1, pl.len() + 1, dtype=pl.Int64).over("aggregate_id").alias("rank"))
+        ok = pl.col("aggregate_version") == pl.col("head") + pl.col("rank")
+        return frame.filter(ok).drop("rank"), frame.filter(~ok).drop("rank", "head", "head_type")
+
+    def _park(self, waiting: pl.DataFrame) -> None:
+        """Keep rows ahead of a gap for later chunks, within ``max_pending``."""
+        waiting = waiting.sort("_ord")
+        if waiting.height > self.max_pending:
+            self._reject_gaps(waiting.head(waiting.height - self.max_pending))
+            waiting = waiting.tail(self.max_pending)
+        self.pending = waiting
+
+    def _reject_gaps(self, frame: pl.DataFrame) -> None:
+        heads = self._heads(frame["aggregate_id"].unique().to_list())
+        frame = frame.join(heads, on="aggregate_id", how="left").with_columns(pl.col("head").fill_null(0))
+        self._reject(frame, pl.format(
+            "version gap: stream {} is at version {}, this event has version {} (the versions between are "
+            "missing or were rejected)", pl.col("aggregate_id"), pl.col("head"), pl.col("aggregate_version")))
+
+
+def _commit_order(ready: pl.DataFrame) -> pl.DataFrame:
+    """Source order, except that each stream's rows take its slots in ascending version order."""
+    ordered = ready.sort("aggregate_id", "aggregate_version").with_columns(
+        pl.col("_ord").sort().over("aggregate_id").alias("_slot"))
+    return ordered.sort("_slot").select(_IMPORT_COLUMNS)
