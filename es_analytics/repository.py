@@ -99,12 +99,20 @@ class SnapshotStore:
 
     def __init__(self, hot: SQLiteHotTier) -> None:
         self.hot = hot
-        with translate_errors("creating the snapshots table"), hot.write() as con:
-            con.execute(_SCHEMA)
+        self._ready = False
+
+    def _exists(self) -> bool:
+        """Whether the table exists (reads never create it, so a lake nobody snapshots stays unchanged)."""
+        if not self._ready:
+            self._ready = self.hot.con.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'snapshots'").fetchone() is not None
+        return self._ready
 
     def save(self, snapshot: Snapshot, *, keep: int) -> None:
         """Store ``snapshot`` and keep only the newest ``keep`` of its aggregate and fingerprint."""
         with translate_errors("saving a snapshot"), self.hot.write() as con:
+            con.execute(_SCHEMA)
+            self._ready = True
             con.execute(
                 "INSERT OR REPLACE INTO snapshots VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (snapshot.aggregate_id, snapshot.fingerprint, snapshot.aggregate_version, snapshot.aggregate_type,
@@ -122,6 +130,8 @@ class SnapshotStore:
     ) -> Snapshot | None:
         """The newest snapshot at or before the point on both clocks (and at or before ``version``)."""
         with translate_errors("reading snapshots"):
+            if not self._exists():
+                return None
             row = self._best(aggregate_id, fingerprint, as_of, known_at, version)
         return None if row is None else Snapshot(*row[:7])
 
@@ -137,7 +147,7 @@ class SnapshotStore:
     def versions(self, aggregate_id: str) -> pl.DataFrame:
         """The snapshots of one aggregate: ``fingerprint, aggregate_version, max_occurred_at, max_recorded_at``."""
         with translate_errors("reading snapshots"):
-            rows = self.hot.con.execute(
+            rows = [] if not self._exists() else self.hot.con.execute(
                 "SELECT fingerprint, aggregate_version, max_occurred_at, max_recorded_at FROM snapshots "
                 "WHERE aggregate_id = ? ORDER BY fingerprint, aggregate_version", (check_aggregate_id(aggregate_id),)
             ).fetchall()
@@ -156,6 +166,8 @@ class SnapshotStore:
         aggregate_id = check_aggregate_id(aggregate_id)
         con = self.hot.con
         with translate_errors("deleting snapshots"):
+            if not self._exists():
+                return 0
             con.execute("PRAGMA secure_delete = ON")
             try:
                 with self.hot.write():

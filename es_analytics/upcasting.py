@@ -32,7 +32,7 @@ import polars as pl
 import pyarrow as pa
 
 from .errors import InvalidArgumentError, UpcastError
-from .events import Event, encode_json
+from .events import Event
 
 __all__ = [
     "UPCAST_VIEW",
@@ -131,9 +131,21 @@ class UpcasterRegistry:
         UpcastError
             A step of the chain is missing or an upcaster failed or returned something that is not a dict.
         """
+        steps, newest = self.chain(event_type, schema_version)
+        return _run(steps, data, event_type, schema_version), newest
+
+    def chain(self, event_type: str, schema_version: int) -> tuple[list[Upcaster], int]:
+        """The steps from ``schema_version`` to the newest version, and that version.
+
+        Raises
+        ------
+        UpcastError
+            A step is missing.
+        """
         newest = self.newest_version(event_type)
         if newest is None or schema_version >= newest:
-            return data, schema_version
+            return [], schema_version
+        steps = []
         for version in range(schema_version, newest):
             step = self._steps.get((event_type, version))
             if step is None:
@@ -142,24 +154,15 @@ class UpcasterRegistry:
                     f"no upcaster from v{version} to v{version + 1} (newest is v{newest}); register one "
                     "with es_analytics.upcaster, and see lake.upcasting_coverage() for what the lake holds",
                 )
-            try:
-                data = step(data)
-            except Exception as exc:
-                raise UpcastError(event_type, schema_version, f"{_name(step)} failed: {exc!r}") from exc
-            if not isinstance(data, dict):
-                raise UpcastError(event_type, schema_version,
-                                  f"{_name(step)} returned {type(data).__name__}, not a dict")
-        return data, newest
+            steps.append(step)
+        return steps, newest
 
     def upcast_json(self, event_type: str, schema_version: int, text: str) -> tuple[str, int]:
         """Like :meth:`upcast` on JSON text; the result is compact JSON text."""
-        data, version = self.upcast(event_type, schema_version, json.loads(text))
-        if version == schema_version:
-            return text, version
-        try:
-            return encode_json(data, f"the {event_type} v{version} payload"), version
-        except InvalidArgumentError as exc:
-            raise UpcastError(event_type, schema_version, str(exc)) from exc
+        steps, newest = self.chain(event_type, schema_version)
+        if not steps:
+            return text, newest
+        return _dumps(_run(steps, json.loads(text), event_type, schema_version), event_type, schema_version), newest
 
     def fingerprint(self, event_types: Iterable[str]) -> str:
         """A hash of the steps' code for ``event_types`` (snapshots depend on it)."""
@@ -174,6 +177,25 @@ class UpcasterRegistry:
 
     def _pending_types(self) -> dict[str, int]:
         return {t: v for t in self.event_types() if (v := self.newest_version(t)) is not None}
+
+
+def _run(steps: list[Upcaster], data: dict[str, Any], event_type: str, schema_version: int) -> dict[str, Any]:
+    for step in steps:
+        try:
+            data = step(data)
+        except Exception as exc:
+            raise UpcastError(event_type, schema_version, f"{_name(step)} failed: {exc!r}") from exc
+        if not isinstance(data, dict):
+            raise UpcastError(event_type, schema_version, f"{_name(step)} returned {type(data).__name__}, not a dict")
+    return data
+
+
+def _dumps(data: dict[str, Any], event_type: str, schema_version: int) -> str:
+    """Compact JSON text of an upcast payload (the C encoder; no second validation walk)."""
+    try:
+        return json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise UpcastError(event_type, schema_version, f"the upcast payload is not JSON: {exc}") from exc
 
 
 def _name(fn: Any) -> str:
@@ -212,11 +234,16 @@ def upcast_frame(frame: pl.DataFrame, registry: UpcasterRegistry) -> pl.DataFram
     )
     if todo.height == 0:
         return frame
+    chains: dict[tuple[str, int], tuple[list[Upcaster], int]] = {}
     texts, versions = [], []
+    loads = json.loads
     for event_type, version, text in todo.select("event_type", "schema_version", "data").iter_rows():
-        new_text, new_version = registry.upcast_json(event_type, version, text)
-        texts.append(new_text)
-        versions.append(new_version)
+        key = (event_type, version)
+        chain = chains.get(key)
+        if chain is None:
+            chain = chains[key] = registry.chain(event_type, version)
+        texts.append(_dumps(_run(chain[0], loads(text), event_type, version), event_type, version))
+        versions.append(chain[1])
     rows = todo["_row"]
     data = frame["data"].clone().scatter(rows, pl.Series(texts, dtype=pl.String))
     schema_version = frame["schema_version"].clone().scatter(rows, pl.Series(versions, dtype=pl.Int32))
