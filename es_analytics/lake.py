@@ -26,6 +26,7 @@ from .upcasting import UpcasterRegistry, default_registry, upcast_frame
 
 if TYPE_CHECKING:
     from .aggregates import Aggregate
+    from .projections import Projection
     from .repository import SnapshotStore
     from .temporal.bounds import Watermark
     from .temporal.checkpoints import Every
@@ -80,6 +81,7 @@ class Lake:
         self._sql_upcasters: tuple[int, UpcasterRegistry] | None = None
         self._subscribers: list[Callable[[pl.DataFrame], object]] = []
         self.subscriber_errors: list[SubscriberFailure] = []
+        self._projection_views: dict[str, Any] = {}
 
     # -- life cycle ---------------------------------------------------------------------------
     @classmethod
@@ -326,6 +328,7 @@ class Lake:
     def _query(self, query: str, params: Sequence[Any] | dict[str, Any] | None, *, what: str) -> pl.DataFrame:
         self._store.refresh()
         self._install_upcast_sql()
+        self._install_projection_views()
         return self._store.reader.query(query, params, what=what)
 
     def check(self, *, repair: bool = False) -> dict[str, Any]:
@@ -592,6 +595,88 @@ class Lake:
         done = checkpoints.refresh(self, reducers, aggregate_type_of(aggregate_class), every=every)
         return {"position": done.position, "every": done.every, "checkpoints": len(done.files),
                 "inputs": len(done.inputs), "folder": str(done.folder)}
+
+
+    # -- projections (es_analytics.projections) ------------------------------------------------------
+    def project(
+        self, projection: Projection, *, as_of: datetime | None = None, known_at: datetime | Watermark | None = None
+    ) -> pl.DataFrame:
+        """The projection (read model) as a polars DataFrame, built from the events by one DuckDB query.
+
+        With ``as_of`` only events that occurred by then count, with ``known_at`` only those recorded by
+        then. A projection materialised in this lake and asked for now is read from its stored table,
+        brought up to date first.
+
+        Examples
+        --------
+        >>> import tempfile
+        >>> from es_analytics import Event, Lake
+        >>> from es_analytics.examples.bank import account_summary
+        >>> with Lake.open(tempfile.mkdtemp()) as lake:
+        ...     _ = lake.append("acc-1", [Event("AccountOpened", {"accountId": "acc-1", "initialDeposit": 100,
+        ...                                "accountHolder": "Ada"})], expected_version=0, aggregate_type="BankAccount")
+        ...     lake.project(account_summary)["status"].to_list()
+        ['active']
+        """
+        from . import projections
+        from .temporal.bounds import make_bounds
+
+        bounds = make_bounds(as_of, known_at)
+        if bounds == make_bounds() and self._is_materialized(projection):
+            return projections.read(self, projection)
+        return projections.build(self, projection, bounds)
+
+    def _is_materialized(self, projection: object) -> bool:
+        from .projections import Projection, folder_of
+
+        return isinstance(projection, Projection) and (folder_of(self, projection.name) / "state.json").exists()
+
+    def materialize(self, projection: Projection) -> dict[str, Any]:
+        """Build the projection in full and store it in the lake (Parquet with a checkpoint position).
+
+        It then is a DuckDB view of the projection's name in :meth:`sql`, and :meth:`refresh` keeps it
+        current by applying only newer events. Returns ``name, position, rows, mode``.
+        """
+        from .projections import materialize
+
+        return materialize(self, projection)
+
+    def refresh(self, projection: Projection | str | None = None) -> list[dict[str, Any]]:
+        """Apply the events after each materialised projection's checkpoint; returns what each did.
+
+        ``projection`` is a projection, the name of one defined in this process, or ``None`` for every
+        materialised projection of the lake defined in this process.
+        """
+        from . import projections
+
+        if projection is None:
+            known = projections.registered()
+            names = [n for n in self.projections()["name"].to_list() if n in known]
+            return [projections.refresh(self, known[n]) for n in names]
+        if isinstance(projection, str):
+            found = projections.registered().get(projection)
+            if found is None:
+                raise InvalidArgumentError(
+                    f"no projection named {projection!r} is defined in this process; pass the projection itself")
+            projection = found
+        return [projections.refresh(self, projection)]
+
+    def rebuild(self, projection: Projection) -> dict[str, Any]:
+        """Throw a materialised projection's stored table away and build it again from every event."""
+        from .projections import rebuild
+
+        return rebuild(self, projection)
+
+    def projections(self) -> pl.DataFrame:
+        """The projections materialised in this lake: ``name, kind, position, rows, behind, files``."""
+        from .projections import materialized
+
+        return materialized(self)
+
+    def _install_projection_views(self) -> None:
+        from .projections import install_views
+
+        install_views(self, self._projection_views)
 
 
 @dataclass(frozen=True)

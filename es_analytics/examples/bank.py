@@ -142,3 +142,4 @@ class BankAccount(Aggregate):
     @when("AccountClosed")
     def _closed(self, event: DomainEvent) -> None:
         self.status = "closed"
+from es_analytics.examples.bank_projections import account_summary, account_transactions  # noqa: E402,F401

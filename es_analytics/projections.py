@@ -1,0 +1,700 @@
+"""Projections (read models) defined once, built as polars DataFrames, and kept current incrementally.
+
+Two kinds cover the read models of an event-sourced application:
+
+- :class:`StateProjection` — one row per aggregate, each column a reducer over the aggregate's events
+  (``Sum``, ``Count``, ``Last``, ``First``, ``Min``, ``Max`` from :mod:`es_analytics.temporal`), e.g. an
+  account summary;
+- :class:`EventProjection` — one row per (selected) event, with columns taken from the event and
+  :class:`Running` totals per aggregate in stream order, e.g. an account's transactions with the balance
+  after each one.
+
+A full build is one DuckDB query over the ``events`` view (columnar, never a Python loop per event).
+:func:`materialize` stores the result as Parquet in ``<lake>/projections/<name>/`` with a checkpoint, the
+last ``position`` it applied; :func:`refresh` then reads only the events after it. Reducers are mergeable
+(sums add, "last" keeps the value with the highest version), so a refreshed table equals a full rebuild
+exactly. Files are written under a temporary name, fsynced and renamed, then ``state.json`` is replaced
+the same way, so a crash leaves the old or the new table, never a mix. A materialised projection is also
+a DuckDB view of the same name, usable from ``lake.sql``.
+
+Personal fields (see :mod:`es_analytics.privacy`) are stored as they are in the events, encrypted, and
+opened on read, so a materialised projection never holds plaintext personal data and a forgotten subject
+reads as ``[erased]``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from .errors import InvalidArgumentError
+from .events import check_identifier
+from .privacy import ENVELOPE_KEY, Privacy, SubjectCipher
+from .store.manifest import fsync_dir
+from .store.reader import translate_errors
+from .temporal.bounds import Bounds, LakeLike
+from .temporal.reducers import Column, Const, Json, Reducer, Reducers, Value, _check_dtype
+
+__all__ = [
+    "EventProjection",
+    "Projection",
+    "Running",
+    "StateProjection",
+    "build",
+    "drop",
+    "install_views",
+    "materialize",
+    "materialized",
+    "read",
+    "rebuild",
+    "refresh",
+    "registered",
+]
+
+FOLDER = "projections"
+_FORMAT = 1
+_RESERVED = {"events", "events_upcast"}
+_REGISTRY: dict[str, Projection] = {}
+ValueSpec = Value | Mapping[str, Value]
+
+
+def _value_sql(spec: ValueSpec, what: str) -> tuple[str, list[str] | None]:
+    """SQL of a value (or a CASE over event types) and the event types a mapping names."""
+    if isinstance(spec, Value):
+        return spec.sql(), None
+    if isinstance(spec, Mapping) and spec and all(isinstance(v, Value) for v in spec.values()):
+        for event_type in spec:
+            Const(event_type)  # rejects non-text and control characters
+        cases = " ".join(f"WHEN {Const(t).sql()} THEN {v.sql()}" for t, v in spec.items())
+        return f"CASE event_type {cases} END", list(spec)
+    raise InvalidArgumentError(f"{what} must be Json(...), Const(...), Column(...) or a mapping of event type to one")
+
+
+def _types_sql(types: Sequence[str]) -> str:
+    return ", ".join(Const(t).sql() for t in types)
+
+
+def _q(name: str) -> str:
+    return f'"{name}"'
+
+
+@dataclass(frozen=True)
+class Running:
+    """A running total per aggregate in stream (version) order, e.g. the balance after each transaction.
+
+    ``value`` is the per-event amount (a value or a mapping of event type to value, such as
+    ``-Json("amount")`` for withdrawals); ``dtype`` the SQL type of the total (DECIMAL stays exact).
+    """
+
+    value: ValueSpec
+    dtype: str = "DECIMAL(38,4)"
+
+    def __post_init__(self) -> None:
+        _value_sql(self.value, "Running value")
+        object.__setattr__(self, "dtype", _check_dtype(self.dtype, "Running dtype"))
+
+
+class Projection:
+    """What every projection has: a ``name`` (an identifier: folder and SQL view name) and its columns."""
+
+    kind: Literal["state", "events"]
+    name: str
+    aggregate_type: str
+    key: str
+    columns: list[str]
+    personal: dict[str, str]
+
+    def _check_common(self, name: str, aggregate_type: str, key: str) -> None:
+        check_identifier(name, "a projection name")
+        if name.lower() in _RESERVED:
+            raise InvalidArgumentError(f"{name!r} is the name of a lake view; pick another projection name")
+        check_identifier(aggregate_type, "aggregate_type")
+        check_identifier(key, "the key column name")
+        self.name, self.aggregate_type, self.key = name, aggregate_type, key
+
+    def fingerprint(self) -> str:  # pragma: no cover - every subclass overrides it
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, columns={self.columns!r})"
+
+
+class StateProjection(Projection):
+    """One row per aggregate of ``aggregate_type``; each column a reducer over its events.
+
+    Parameters
+    ----------
+    name
+        The projection's name: its folder under ``projections/`` and its SQL view.
+    aggregate_type
+        The stream type it reads.
+    fields
+        The reducers, by column name.
+    columns
+        The public columns in order: ``key``, ``"version"`` (the aggregate's last version) and field names.
+        Fields left out are hidden helpers.
+    key
+        The name under which ``aggregate_id`` is shown (e.g. ``"account_id"``).
+    personal
+        Columns that hold a personal payload field, mapped to its JSON path: they are stored encrypted
+        and opened on read (the column's reducer must be ``Last`` or ``First``).
+    """
+
+    kind: Literal["state", "events"] = "state"
+
+    def __init__(self, name: str, *, aggregate_type: str, fields: Reducers, columns: Sequence[str],
+                 key: str = "aggregate_id", personal: Mapping[str, str] | None = None) -> None:
+        self._check_common(name, aggregate_type, key)
+        if not isinstance(fields, Reducers):
+            raise InvalidArgumentError(f"fields must be a Reducers(...) declaration, got {type(fields).__name__}")
+        extra: dict[str, Reducer] = {}
+        self.personal = dict(personal or {})
+        for column, path in self.personal.items():
+            reducer = fields.fields.get(column)
+            if reducer is None or reducer.kind not in ("last", "first"):
+                raise InvalidArgumentError(f"personal column {column!r} must be a Last or First field")
+            _check_path(path)
+            extra[f"{column}__e"] = Reducer(reducer.kind, tuple((t, Column("event_id")) for t in reducer.event_types),
+                                            "VARCHAR")
+        self.reducers = Reducers(**fields.fields, **extra)
+        allowed = {key, "version", *fields.names}
+        self.columns = list(columns)
+        unknown = [c for c in self.columns if c not in allowed]
+        if unknown or key not in self.columns or len(set(self.columns)) != len(self.columns):
+            raise InvalidArgumentError(
+                f"columns must name {key!r}, 'version' and fields {fields.names!r} once each, got {list(columns)!r}")
+        _REGISTRY[name] = self
+
+    def fingerprint(self) -> str:
+        return f"state:{self.aggregate_type}:{self.reducers.fingerprint()}"
+
+    def _keys(self) -> list[str]:
+        return [f"{n}__k" for n, r in self.reducers.fields.items() if r.kind in ("last", "first")]
+
+    def stored_columns(self) -> list[str]:
+        return ["aggregate_id", "version", *self.reducers.names, *self._keys()]
+
+    def full_sql(self, source: str, where: list[str]) -> str:
+        """Every aggregate's stored row (finished values plus the merge keys) from ``source``."""
+        partial = ", ".join(["aggregate_id", "max(aggregate_version) AS version",
+                             *self.reducers.partial_select(lambda n, r: r.value_sql())])
+        finish = ", ".join(["aggregate_id", "version", *self.reducers.finish_select(), *map(_q, self._keys())])
+        return (f"WITH p AS (SELECT {partial} FROM {source} WHERE {' AND '.join(['aggregate_type = ?', *where])} "
+                f"GROUP BY aggregate_id) SELECT {finish} FROM p ORDER BY aggregate_id")
+
+    def refresh_sql(self, source: str, old: str) -> str:
+        """The new stored table: old rows of untouched aggregates plus old and new events merged."""
+        partial = ", ".join(["aggregate_id", "max(aggregate_version) AS version",
+                             *self.reducers.partial_select(lambda n, r: r.value_sql())])
+        merged = ", ".join(["aggregate_id", "max(version) AS version", *self.reducers.merge_select()])
+        finish = ", ".join(["aggregate_id", "version", *self.reducers.finish_select(), *map(_q, self._keys())])
+        return (f"WITH d AS (SELECT {partial} FROM {source} WHERE aggregate_type = ? GROUP BY aggregate_id), "
+                f"o AS (SELECT * FROM {old} WHERE aggregate_id IN (SELECT aggregate_id FROM d)), "
+                f"m AS (SELECT {merged} FROM (SELECT * FROM o UNION ALL BY NAME SELECT * FROM d) GROUP BY aggregate_id), "
+                f"f AS (SELECT {finish} FROM m) "
+                f"SELECT * FROM {old} WHERE aggregate_id NOT IN (SELECT aggregate_id FROM f) "
+                "UNION ALL BY NAME SELECT * FROM f ORDER BY aggregate_id")
+
+
+def _check_path(path: object) -> str:
+    """A personal column's JSON path, validated like a :class:`Json` path."""
+    if not isinstance(path, str):
+        raise InvalidArgumentError(f"a personal field's path must be text, got {path!r}")
+    return Json(path).path
+
+
+class EventProjection(Projection):
+    """One row per event of ``event_types`` in ``aggregate_type``, ordered by ``position``.
+
+    Parameters
+    ----------
+    columns
+        The columns after ``key`` and ``position``, in order: a value (``Json``, ``Const``, ``Column``),
+        a mapping of event type to value, or a :class:`Running` total.
+    personal
+        Columns that hold a personal payload field (a ``Json`` value), mapped to its JSON path: stored
+        encrypted, opened on read with the row's ``event_id`` (which must be one of the columns).
+    """
+
+    kind: Literal["state", "events"] = "events"
+
+    def __init__(self, name: str, *, aggregate_type: str, event_types: Sequence[str],
+                 columns: Mapping[str, ValueSpec | Running], key: str = "aggregate_id",
+                 personal: Mapping[str, str] | None = None) -> None:
+        self._check_common(name, aggregate_type, key)
+        self.event_types = [check_event_type(t) for t in event_types]
+        if not self.event_types:
+            raise InvalidArgumentError("event_types must name at least one event type")
+        self.values: dict[str, str] = {}
+        self.running: dict[str, tuple[str, str]] = {}
+        for column, spec in columns.items():
+            check_identifier(column, "a projection column name")
+            if column in (key, "position", "aggregate_id") or column.endswith("__v"):
+                raise InvalidArgumentError(f"{column!r} is a reserved column name in an event projection")
+            if isinstance(spec, Running):
+                self.running[column] = (_value_sql(spec.value, column)[0], spec.dtype)
+            else:
+                self.values[column] = _value_sql(spec, column)[0]
+        self.personal = {c: _check_path(p) for c, p in (personal or {}).items()}
+        if self.personal and "event_id" not in self.values:
+            raise InvalidArgumentError("an event projection with personal columns needs an 'event_id' column")
+        self.columns = [key, "position", *columns]
+        self._order = list(columns)
+        _REGISTRY[name] = self
+
+    def fingerprint(self) -> str:
+        import hashlib
+
+        text = repr((self.aggregate_type, self.event_types, self.values, self.running, self._order))
+        return "events:" + hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def stored_columns(self) -> list[str]:
+        return ["aggregate_id", "position", *self._order]
+
+    def _select(self, running: Mapping[str, str]) -> str:
+        items = ["aggregate_id", "position"]
+        for column in self._order:
+            if column in self.values:
+                items.append(f"{self.values[column]} AS {_q(column)}")
+            else:
+                items.append(f"CAST({running[column]} AS {self.running[column][1]}) AS {_q(column)}")
+        return ", ".join(items)
+
+    def full_sql(self, source: str, where: list[str]) -> str:
+        window = "OVER (PARTITION BY aggregate_id ORDER BY aggregate_version ROWS UNBOUNDED PRECEDING)"
+        running = {c: f"sum({v}) {window}" for c, (v, _) in self.running.items()}
+        conditions = ["aggregate_type = ?", f"event_type IN ({_types_sql(self.event_types)})", *where]
+        return f"SELECT {self._select(running)} FROM {source} WHERE {' AND '.join(conditions)} ORDER BY position"
+
+    def refresh_sql(self, source: str, carry: str | None) -> str:
+        window = "OVER (PARTITION BY aggregate_id ORDER BY aggregate_version ROWS UNBOUNDED PRECEDING)"
+        running = {c: f"coalesce(c.{_q(c)}, 0) + sum({v}) {window}" for c, (v, _) in self.running.items()}
+        conditions = f"aggregate_type = ? AND event_type IN ({_types_sql(self.event_types)})"
+        joined = f"{source} LEFT JOIN {carry} AS c USING (aggregate_id)" if carry and self.running else source
+        if not (carry and self.running):
+            running = {c: f"sum({v}) {window}" for c, (v, _) in self.running.items()}
+        return f"SELECT {self._select(running)} FROM {joined} WHERE {conditions} ORDER BY position"
+
+    def carry_sql(self, rows: str, old: str | None) -> str:
+        """Each aggregate's latest running totals (what the next refresh continues from)."""
+        cols = ", ".join(f"arg_max({_q(c)}, position) AS {_q(c)}" for c in self.running)
+        new = f"SELECT aggregate_id, {cols} FROM {rows} GROUP BY aggregate_id"
+        if old is None:
+            return new
+        return (f"WITH n AS ({new}) SELECT * FROM {old} WHERE aggregate_id NOT IN (SELECT aggregate_id FROM n) "
+                "UNION ALL BY NAME SELECT * FROM n")
+
+
+def check_event_type(value: object) -> str:
+    if not isinstance(value, str) or not value or any(ord(c) < 32 for c in value) or len(value) > 255:
+        raise InvalidArgumentError(f"an event type must be non-empty text without control characters, got {value!r}")
+    return value
+
+
+def registered() -> dict[str, Projection]:
+    """Projections defined in this process, by name (``lake.refresh`` finds them here)."""
+    return dict(_REGISTRY)
+
+
+# -- opening personal fields -----------------------------------------------------------------------
+def open_personal(frame: pl.DataFrame, privacy: Privacy, column: str, id_column: str, path: str) -> pl.DataFrame:
+    """Replace encrypted values of ``column`` by their plaintext (or ``[erased]``)."""
+    if frame.height == 0 or column not in frame.columns:
+        return frame
+    values = frame[column]
+    hits = values.str.starts_with('{"' + ENVELOPE_KEY + '"').fill_null(False).arg_true()
+    if hits.len() == 0:
+        return frame
+    opened = _open_values(privacy, values.gather(hits).to_list(), frame[id_column].gather(hits).to_list(), path)
+    out = values.to_list()
+    for row, value in zip(hits.to_list(), opened):
+        out[row] = value
+    return frame.with_columns(pl.Series(column, out, pl.String))
+
+
+def _open_values(privacy: Privacy, texts: list[str], event_ids: list[str], path: str) -> list[str | None]:
+    envelopes = [json.loads(t) for t in texts]
+    keys = privacy.key_store.keys_for(sorted({e["sub"] for e in envelopes}))
+    out: list[str | None] = []
+    for envelope, event_id in zip(envelopes, event_ids):
+        value = SubjectCipher.open_value(envelope, event_id, path, keys)
+        out.append(value if isinstance(value, str) or value is None else json.dumps(value))
+    return out
+
+
+def _present(lake: LakeLike, projection: Projection, frame: pl.DataFrame) -> pl.DataFrame:
+    privacy: Privacy = lake._privacy  # type: ignore[attr-defined]
+    for column, path in projection.personal.items():
+        id_column = f"{column}__e" if projection.kind == "state" else "event_id"
+        frame = open_personal(frame, privacy, column, id_column, path)
+    return frame.rename({"aggregate_id": projection.key}).select(projection.columns)
+
+
+# -- full builds -------------------------------------------------------------------------------
+def _check(projection: object) -> Projection:
+    if not isinstance(projection, Projection):
+        raise InvalidArgumentError(
+            f"expected a projection (StateProjection or EventProjection), got {type(projection).__name__} "
+            f"{projection!r:.60}")
+    return projection
+
+
+def _stored(lake: LakeLike, projection: Projection, bounds: Bounds) -> pl.DataFrame:
+    clauses, params = bounds.where()
+    sql = projection.full_sql("events", clauses)  # type: ignore[attr-defined]
+    return lake._query(sql, [projection.aggregate_type, *params], what=f"projection {projection.name}")
+
+
+def build(lake: LakeLike, projection: Projection, bounds: Bounds) -> pl.DataFrame:
+    """The projection built from the events within ``bounds`` (one DuckDB query)."""
+    _check(projection)
+    return _present(lake, projection, _stored(lake, projection, bounds))
+
+
+# -- materialised projections ------------------------------------------------------------------
+@dataclass(frozen=True)
+class _State:
+    """What ``projections/<name>/state.json`` says: the files of the table and the checkpoint."""
+
+    name: str
+    kind: str
+    fingerprint: str
+    position: int
+    key: str
+    columns: tuple[str, ...]
+    personal: dict[str, str]
+    files: tuple[str, ...]
+    carry: str | None = None
+    rows: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        body = {"format": _FORMAT, **{k: getattr(self, k) for k in self.__dataclass_fields__}}
+        body["columns"], body["files"] = list(self.columns), list(self.files)
+        return json.dumps(body, indent=1)
+
+    @classmethod
+    def load(cls, folder: Path) -> _State | None:
+        try:
+            body = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+        except (FileNotFoundError, ValueError):
+            return None
+        if body.pop("format", None) != _FORMAT:
+            return None
+        body["columns"], body["files"] = tuple(body["columns"]), tuple(body["files"])
+        return cls(**body)
+
+
+def folder_of(lake: LakeLike, name: str) -> Path:
+    return lake._store.folder / FOLDER / check_identifier(name, "a projection name")
+
+
+@contextmanager
+def _lock(folder: Path) -> Iterator[None]:
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "lock", "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _write_parquet(folder: Path, prefix: str, table: pa.Table) -> str:
+    """Write ``table`` under a temporary name, fsync it, rename it into place; return the file name."""
+    name = f"{prefix}-{uuid.uuid4().hex[:12]}.parquet"
+    tmp = folder / f".{name}.tmp"
+    pq.write_table(table, tmp, compression="zstd", row_group_size=65_536)
+    with open(tmp, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, folder / name)
+    return name
+
+
+def _publish(folder: Path, state: _State, keep_old: Sequence[str] = ()) -> None:
+    """Replace ``state.json`` atomically, then delete files no longer listed (keeping ``keep_old``)."""
+    tmp = folder / f".state.{uuid.uuid4().hex}.tmp"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(state.to_json())
+        handle.flush()
+        os.fsync(handle.fileno())
+    fsync_dir(folder)
+    os.replace(tmp, folder / "state.json")
+    fsync_dir(folder)
+    keep = {*state.files, *(state.carry and [state.carry] or []), *keep_old, "state.json", "lock"}
+    for path in folder.iterdir():
+        if path.name not in keep:
+            path.unlink(missing_ok=True)
+
+
+def _snapshot_position(lake: LakeLike) -> int:
+    store = lake._store
+    store.refresh()
+    reader = store.reader
+    hot = reader.hot
+    newest = int(hot["position"][hot.num_rows - 1].as_py()) if hot.num_rows else 0
+    return max(reader.sealed_position, newest)
+
+
+def materialize(lake: LakeLike, projection: Projection) -> dict[str, Any]:
+    """Build the projection in full and store it with its checkpoint (replacing any stored version)."""
+    _check(projection)
+    folder = folder_of(lake, projection.name)
+    with _lock(folder):
+        return _materialize(lake, projection, folder)
+
+
+def _materialize(lake: LakeLike, projection: Projection, folder: Path) -> dict[str, Any]:
+    old = _State.load(folder)
+    position = _snapshot_position(lake)
+    bounds = Bounds(position=position)
+    frame = _stored(lake, projection, bounds)
+    files = (_write_parquet(folder, f"data-{position}", frame.to_arrow()),)
+    carry = None
+    if isinstance(projection, EventProjection) and projection.running:
+        with _scratch(lake, {"_rows": [folder / files[0]]}) as con:
+            carry = _write_parquet(folder, f"carry-{position}", con.sql(projection.carry_sql("_rows", None))
+                                   .to_arrow_table())
+    state = _State(projection.name, projection.kind, projection.fingerprint(), position, projection.key,
+                   tuple(projection.columns), projection.personal, files, carry, frame.height)
+    _publish(folder, state, old.files if old else ())
+    return {"name": projection.name, "position": position, "rows": frame.height, "mode": "full"}
+
+
+def refresh(lake: LakeLike, projection: Projection) -> dict[str, Any]:
+    """Apply the events after the stored checkpoint (a full build if none is stored or its definition changed).
+
+    Returns ``name, position, rows, mode`` (``"full"``, ``"incremental"`` or ``"current"``) and ``events``,
+    how many new events of the projection's aggregate type were applied.
+    """
+    _check(projection)
+    folder = folder_of(lake, projection.name)
+    with _lock(folder):
+        old = _State.load(folder)
+        if old is None or old.fingerprint != projection.fingerprint() or old.columns != tuple(projection.columns):
+            return _materialize(lake, projection, folder)
+        position = _snapshot_position(lake)
+        if position == old.position:
+            return {"name": projection.name, "position": position, "rows": old.rows, "mode": "current", "events": 0}
+        return _refresh(lake, projection, folder, old, position)
+
+
+def _refresh(lake: LakeLike, projection: Projection, folder: Path, old: _State, position: int) -> dict[str, Any]:
+    sources = {"_old": [folder / f for f in old.files]}
+    if old.carry:
+        sources["_carry"] = [folder / old.carry]
+    with _scratch(lake, sources) as con, _delta(lake, old.position, position, projection.aggregate_type) as delta:
+        new_events = int(con.sql(f"SELECT count(*) FROM {delta} WHERE aggregate_type = ?",
+                                 params=[projection.aggregate_type]).fetchall()[0][0])
+        if new_events == 0:
+            state = _State(**{**old.__dict__, "position": position})
+            _publish(folder, state)
+            return {"name": projection.name, "position": position, "rows": old.rows, "mode": "incremental",
+                    "events": 0}
+        if isinstance(projection, StateProjection):
+            table = con.sql(projection.refresh_sql(delta, "_old"), params=[projection.aggregate_type]).to_arrow_table()
+            files, rows, carry = (_write_parquet(folder, f"data-{position}", table),), table.num_rows, None
+        else:
+            assert isinstance(projection, EventProjection)
+            carry_view = "_carry" if old.carry else None
+            added = con.sql(projection.refresh_sql(delta, carry_view), params=[projection.aggregate_type])
+            table = added.to_arrow_table()
+            files, rows, carry = old.files, old.rows, old.carry
+            if table.num_rows:
+                files = (*old.files, _write_parquet(folder, f"part-{position}", table))
+                rows += table.num_rows
+                if projection.running:
+                    con.register("_added", table)
+                    carry = _write_parquet(folder, f"carry-{position}",
+                                           con.sql(projection.carry_sql("_added", carry_view)).to_arrow_table())
+                    con.unregister("_added")
+    state = _State(projection.name, projection.kind, projection.fingerprint(), position, projection.key,
+                   tuple(projection.columns), projection.personal, files, carry, rows)
+    _publish(folder, state)
+    if len(files) > _MAX_PARTS:
+        _compact(lake, projection, folder, state)
+    return {"name": projection.name, "position": position, "rows": rows, "mode": "incremental",
+            "events": new_events}
+
+
+_MAX_PARTS = 64
+
+
+def _compact(lake: LakeLike, projection: Projection, folder: Path, state: _State) -> None:
+    """Rewrite an event projection's many parts into one file (the rows and their order stay the same)."""
+    table = ds.dataset([str(folder / f) for f in state.files], format="parquet").to_table()
+    name = _write_parquet(folder, f"data-{state.position}", table)
+    _publish(folder, _State(**{**state.__dict__, "files": (name,)}), state.files)
+
+
+def rebuild(lake: LakeLike, projection: Projection) -> dict[str, Any]:
+    """Throw the stored table away and build it again from every event."""
+    _check(projection)
+    folder = folder_of(lake, projection.name)
+    with _lock(folder):
+        for path in folder.iterdir():
+            if path.name != "lock":
+                path.unlink()
+        return _materialize(lake, projection, folder)
+
+
+def drop(lake: LakeLike, name: str) -> bool:
+    """Delete a materialised projection (its view disappears with the next query). True if it existed."""
+    folder = folder_of(lake, name)
+    if not folder.exists():
+        return False
+    shutil.rmtree(folder)
+    return True
+
+
+def read(lake: LakeLike, projection: Projection) -> pl.DataFrame:
+    """The stored table of a materialised projection (after bringing it up to date)."""
+    refresh(lake, projection)
+    folder = folder_of(lake, projection.name)
+    state = _State.load(folder)
+    assert state is not None
+    with translate_errors(f"reading projection {projection.name}"):
+        table = ds.dataset([str(folder / f) for f in state.files], format="parquet").to_table()
+    frame = pl.from_arrow(table)
+    assert isinstance(frame, pl.DataFrame)
+    return _present(lake, projection, frame)
+
+
+def materialized(lake: LakeLike) -> pl.DataFrame:
+    """The materialised projections of the lake: ``name, kind, position, rows, behind, files``.
+
+    ``behind`` counts the positions committed after the projection's checkpoint.
+    """
+    root = lake._store.folder / FOLDER
+    states = [s for s in (_State.load(p) for p in sorted(root.iterdir()) if p.is_dir()) if s] if root.exists() else []
+    newest = _snapshot_position(lake)
+    return pl.DataFrame(
+        {"name": [s.name for s in states], "kind": [s.kind for s in states],
+         "position": [s.position for s in states], "rows": [s.rows for s in states],
+         "behind": [newest - s.position for s in states], "files": [len(s.files) for s in states]},
+        schema={"name": pl.String, "kind": pl.String, "position": pl.Int64, "rows": pl.Int64,
+                "behind": pl.Int64, "files": pl.Int64},
+    )
+
+
+# -- DuckDB plumbing ---------------------------------------------------------------------------
+@contextmanager
+def _scratch(lake: LakeLike, sources: Mapping[str, Sequence[Path]]) -> Iterator[Any]:
+    """The lake's DuckDB connection (locked) with Parquet files exposed under temporary names."""
+    reader = lake._store.reader
+    with reader.lock, translate_errors("projection"):
+        con = reader.con
+        try:
+            for name, paths in sources.items():
+                con.register(name, ds.dataset([str(p) for p in paths], format="parquet"))
+            yield con
+        finally:
+            for name in sources:
+                con.unregister(name)
+
+
+@contextmanager
+def _delta(lake: LakeLike, after: int, upto: int, aggregate_type: str) -> Iterator[str]:
+    """A view of the events with ``after < position <= upto``, reading only the files that can hold them."""
+    store = lake._store
+    reader = store.reader
+    con = reader.con
+    paths = [str(store.folder / f.path) for f in store.manifest().files
+             if f.max_position > after and f.min_position <= upto and f.aggregate_type == aggregate_type]
+    view = f"_delta_{uuid.uuid4().hex[:8]}"
+    con.register(f"{view}_hot", reader.hot)
+    parts = [f"SELECT * FROM {view}_hot"]
+    if paths:
+        con.register(f"{view}_files", ds.dataset(paths, format="parquet", schema=reader.hot.schema))
+        parts.append(f"SELECT * FROM {view}_files")
+    con.execute(f"CREATE OR REPLACE TEMP VIEW {view} AS SELECT * FROM ({' UNION ALL '.join(parts)}) "
+                f"WHERE position > {int(after)} AND position <= {int(upto)}")
+    try:
+        yield view
+    finally:
+        con.execute(f"DROP VIEW IF EXISTS {view}")
+        con.unregister(f"{view}_hot")
+        if paths:
+            con.unregister(f"{view}_files")
+
+
+def install_views(lake: LakeLike, cache: dict[str, Any]) -> None:
+    """(Re)create a DuckDB view per materialised projection whose ``state.json`` changed since the last call.
+
+    ``cache`` is the lake's memo of what is installed; views of dropped projections are removed.
+    """
+    root = lake._store.folder / FOLDER
+    stamps: dict[str, int] = {}
+    if root.exists():
+        for entry in os.scandir(root):
+            try:
+                stamps[entry.name] = os.stat(os.path.join(entry.path, "state.json")).st_mtime_ns
+            except FileNotFoundError:
+                continue
+    con_id = id(lake._store.reader.con)
+    if cache.get("con") == con_id and cache.get("stamps") == stamps:
+        return
+    reader = lake._store.reader
+    with reader.lock, translate_errors("installing projection views"):
+        _install_udf(reader.con, lake, cache, con_id)
+        for name in set(cache.get("stamps", {})) - set(stamps):
+            reader.con.execute(f"DROP VIEW IF EXISTS {_q(check_identifier(name, 'a projection name'))}")
+            reader.con.unregister(f"_projection_{name}")
+        for name in stamps:
+            state = _State.load(root / name)
+            if state is not None and state.name == name:
+                _install_view(reader.con, root / name, state)
+    cache.update(con=con_id, stamps=stamps)
+
+
+def _install_view(con: Any, folder: Path, state: _State) -> None:
+    name = check_identifier(state.name, "a projection name")
+    key = check_identifier(state.key, "the key column name")
+    con.register(f"_projection_{name}", ds.dataset([str(folder / f) for f in state.files], format="parquet"))
+    items = []
+    for column in state.columns:
+        check_identifier(column, "a projection column")
+        source = "aggregate_id" if column == key else column
+        if column in state.personal:
+            path = _check_path(state.personal[column])
+            id_column = f"{column}__e" if state.kind == "state" else "event_id"
+            items.append(f"es_open_personal({_q(column)}, {_q(id_column)}, '{path}') AS {_q(column)}")
+        else:
+            items.append(f"{_q(source)} AS {_q(column)}")
+    con.execute(f"CREATE OR REPLACE VIEW {_q(name)} AS SELECT {', '.join(items)} FROM _projection_{name}")
+
+
+def _install_udf(con: Any, lake: LakeLike, cache: dict[str, Any], con_id: int) -> None:
+    if cache.get("udf") == con_id:
+        return
+    import duckdb
+
+    privacy: Privacy = lake._privacy  # type: ignore[attr-defined]
+
+    def open_column(values: pa.ChunkedArray, ids: pa.ChunkedArray, paths: pa.ChunkedArray) -> pa.Array:
+        frame = pl.DataFrame({"v": values, "e": ids, "p": paths},
+                             schema={"v": pl.String, "e": pl.String, "p": pl.String})
+        path = frame["p"][0] if frame.height else ""
+        return open_personal(frame, privacy, "v", "e", path)["v"].to_arrow()
+
+    text = duckdb.sqltype("VARCHAR")
+    try:
+        con.remove_function("es_open_personal")
+    except duckdb.InvalidInputException:
+        pass
+    con.create_function("es_open_personal", open_column, [text, text, text], text, type="arrow",
+                        side_effects=False)
+    cache["udf"] = con_id
