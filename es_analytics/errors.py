@@ -19,6 +19,7 @@ Every error the package raises on bad input or on a broken lake is one of these:
     │   ├── UnknownSubjectError(LookupError)  .subject_id (no key, no personal data held)
     │   └── SubjectForgottenError       .subject_id (already forgotten)
     ├── TamperEvidenceError             the hash chain does not verify
+    ├── ReportError                     a report cannot be rendered or saved (PDF without Chromium)
     └── DomainError                     a business rule inside an aggregate ('Insufficient funds')
 """
 
@@ -38,6 +39,7 @@ __all__ = [
     "PrivacyError",
     "QueryError",
     "ReadOnlyQueryError",
+    "ReportError",
     "SubjectForgottenError",
     "TamperEvidenceError",
     "UnknownEventTypeError",
@@ -151,6 +153,10 @@ class SubjectForgottenError(PrivacyError):
         self.subject_id = subject_id
         extra = f": {detail}" if detail else ""
         super().__init__(f"subject {subject_id!r} has been forgotten{extra}")
+
+
+class ReportError(EsAnalyticsError):
+    """Raised when a report cannot be rendered or saved, e.g. a PDF without Chromium installed."""
 
 
 class TamperEvidenceError(EsAnalyticsError):
