@@ -509,7 +509,7 @@ class LakeStore:
         """
         with translate_errors("reading events by position"):
             with self.hot.read():
-                if True:
+                if after >= int(self.hot.meta("sealed_position", 0)):
                     return hot_rows_to_arrow(self.hot.rows_between(after, until, limit=limit, types=types))
             self.refresh()
             clauses, params = ["position > ?"], [after]
