@@ -24,6 +24,7 @@ import hashlib
 import json
 import mmap
 import os
+import shutil
 import time
 from collections.abc import Iterable
 from datetime import datetime, timezone
@@ -59,7 +60,7 @@ def _tombstone_id(subject_id: str) -> str:
 def subject_events(lake: Any, subject_id: str) -> pl.DataFrame:
     """Stored events holding an envelope of ``subject_id`` (data still encrypted), in position order."""
     marker = '"sub":' + json.dumps(subject_id, ensure_ascii=False)
-    frame = lake._query(
+    frame: pl.DataFrame = lake._query(
         "SELECT position, event_id, event_type, schema_version, aggregate_type, aggregate_id, aggregate_version, "
         "occurred_at, recorded_at, data, metadata FROM events WHERE contains(data, ?) AND contains(data, ?) "
         "ORDER BY position",
@@ -193,8 +194,13 @@ def _remediate(lake: Any, found: list[dict[str, Any]]) -> list[str]:
     done: list[str] = []
     folder: Path = lake.path
     for rel in sorted({f["path"] for f in found}):
-        top = rel.split(os.sep, 1)[0]
-        if top in DERIVED_DIRS:
+        parts = rel.split(os.sep)
+        if parts[0] == "projections" and len(parts) > 2:
+            # a materialised projection is one folder (files + state.json): drop it whole; it rebuilds
+            shutil.rmtree(folder / parts[0] / parts[1], ignore_errors=True)
+            note = f"dropped materialised projection {parts[1]!r} (materialise it again to rebuild)"
+            done += [] if note in done else [note]
+        elif parts[0] in DERIVED_DIRS:
             (folder / rel).unlink(missing_ok=True)
             done.append(f"deleted derived file {rel}")
         elif rel.startswith("hot.sqlite"):

@@ -139,9 +139,11 @@ def _stored_shorts(lake: Any, chunks: list[dict[str, Any]]) -> tuple[pl.DataFram
         if not path.exists() or _file_sha256(path) != chunk["sha256"]:
             problems.append({"path": chunk["path"], "status": "digest file changed or missing"})
             continue
-        frames.append(pl.from_arrow(pq.read_table(path)))
+        frame = pl.from_arrow(pq.read_table(path))
+        assert isinstance(frame, pl.DataFrame)
+        frames.append(frame)
     empty = pl.DataFrame(schema={"position": pl.Int64, "short": pl.Binary})
-    return (pl.concat(frames) if frames else empty), problems  # type: ignore[list-item]
+    return (pl.concat(frames) if frames else empty), problems
 
 
 def _file_checks(lake: Any, recorded: dict[str, str]) -> list[dict[str, Any]]:
@@ -220,7 +222,7 @@ def verify(lake: Any, *, checkpoint: bool = True, raise_on_failure: bool = False
                 first_bad = _describe_event(con, bad, files) if bad is not None else {
                     "position": None, "note": "the chain head differs but every stored digest matches"}
         ok = first_bad is None and not problems
-        result = {
+        result: dict[str, Any] = {
             "ok": ok,
             "checked_events": checked,
             "chain_head": head_now,

@@ -378,7 +378,7 @@ class SubjectCipher:
         from cryptography.exceptions import InvalidTag
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-        subject = envelope.get("sub")
+        subject = str(envelope.get("sub"))
         if subject not in keys:
             raise PrivacyError(
                 f"event {event_id!r}: no key for subject {subject!r} in the key store; was the lake opened "

@@ -318,7 +318,7 @@ def audit_trail(
         _subject_state(lake, value)
         streams = sorted(set(subject_events(lake, value)["aggregate_id"].to_list()) | {tombstone_stream(value)})
         where = "list_contains(?, aggregate_id) OR json_extract_string(metadata, '$.user_id') = ?"
-        params = [streams, value]
+        params = [streams, value]  # type: ignore[list-item]
     frame = _audit_rows(lake, where, params, start, end)
     period = f"{_cell(start) or 'the beginning'} to {_cell(end) or 'now'}"
     sections = [
@@ -489,8 +489,8 @@ def as_known_at(
         if aggregate_class is not None:
             state_then = lake.aggregate(aggregate_class, aggregate_id, as_of=valid, known_at=moment)
             state_now = lake.aggregate(aggregate_class, aggregate_id, as_of=valid)
-            before = {} if state_then is None else state_then.state()
-            after = {} if state_now is None else state_now.state()
+            before: dict[str, Any] = {} if state_then is None else state_then.state()
+            after: dict[str, Any] = {} if state_now is None else state_now.state()
             names = list(dict.fromkeys([*before, *after]))
             diff = pl.DataFrame({"field": names, "then": [_cell(before.get(n)) for n in names],
                                  "now": [_cell(after.get(n)) for n in names],
