@@ -125,3 +125,17 @@ def test_examples_use_public_names_only() -> None:
         internal = [line for line in imports if line.startswith("from es_analytics.") and " import " in line
                     and line.split()[1].split(".")[1].startswith("_")]
         assert internal == []
+
+
+def test_forgetting_a_user_removes_the_snapshots_that_held_the_plaintext(empty_lake: Lake) -> None:
+    users = Repository(empty_lake, User, snapshot_every=1)
+    user = User("user-9")
+    user.register("ada@example.org", "Ada Lovelace")
+    users.save(user)
+    assert empty_lake.snapshots.versions("user-9").height == 1
+    certificate = empty_lake.forget("user-9")
+    assert certificate["snapshots_deleted"] == 1
+    assert empty_lake.snapshots.versions("user-9").height == 0
+    erased = users.get("user-9")
+    assert erased.status == "active" and "ada@example.org" not in (erased.email, erased.name)
+    assert b"ada@example.org" not in (empty_lake.path / "hot.sqlite").read_bytes()
