@@ -282,3 +282,19 @@ def _listed(value: Any) -> Any:
 def test_state_that_json_cannot_hold_is_refused() -> None:
     with pytest.raises(InvalidArgumentError, match="of type set cannot be stored in a snapshot"):
         encode_state({"tags": {1, 2}})
+
+
+def test_commands_take_a_business_time_for_back_dated_corrections() -> None:
+    account = BankAccount("acc-1")
+    account.open_account(10, "Ada", occurred_at=T)
+    account.deposit(5, "missed deposit", occurred_at=T.replace(day=2))
+    account.withdraw(15, "empty", occurred_at=T.replace(day=3))
+    account.close_account("done", occurred_at=T.replace(day=4))
+    assert [e.occurred_at.day for e in account.pending_events] == [1, 2, 3, 4]
+    assert json.loads(account.pending_events[-1].data_json)["closedAt"] == "2024-03-04T09:00:00.000000Z"
+    with pytest.raises(InvalidArgumentError, match="occurred_at must be timezone-aware"):
+        BankAccount("acc-2").open_account(1, "Bo", occurred_at=datetime(2024, 1, 1))
+    empty = opened(0)
+    with pytest.raises(InvalidArgumentError, match="occurred_at must be timezone-aware"):
+        empty.close_account("naive", occurred_at=datetime(2024, 1, 1))
+    assert (empty.status, empty.version) == ("active", 1)

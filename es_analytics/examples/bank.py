@@ -21,11 +21,11 @@ es_analytics.errors.DomainError: Insufficient funds
 from __future__ import annotations
 
 import math
-from datetime import datetime, timezone
+from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from es_analytics import Aggregate, DomainError, DomainEvent, InvalidArgumentError, when
+from es_analytics import Aggregate, DomainError, DomainEvent, Event, InvalidArgumentError, when
 from es_analytics.temporal import Const, Json, Last, Reducers, Sum
 
 __all__ = ["BankAccount"]
@@ -78,8 +78,12 @@ class BankAccount(Aggregate):
         self.account_holder: str | None = None
 
     # -- commands -----------------------------------------------------------------------------
-    def open_account(self, initial_deposit: Any, account_holder: str) -> None:
-        """Open the account with an initial deposit (0 is allowed)."""
+    def open_account(self, initial_deposit: Any, account_holder: str, *, occurred_at: datetime | None = None) -> None:
+        """Open the account with an initial deposit (0 is allowed).
+
+        Every command takes an optional ``occurred_at`` (business time, default now), e.g. to record a
+        correction back-dated to when the money really moved; the rules are checked against the state now.
+        """
         amount = _money(initial_deposit, "initial_deposit")
         if self.status != "pending":
             raise DomainError("Account already opened")
@@ -88,9 +92,9 @@ class BankAccount(Aggregate):
         if not isinstance(account_holder, str) or not account_holder.strip():
             raise DomainError("Account holder name is required")
         self._record("AccountOpened", {"accountId": self.aggregate_id, "initialDeposit": _json_number(amount),
-                                       "accountHolder": account_holder})
+                                       "accountHolder": account_holder}, occurred_at=occurred_at)
 
-    def deposit(self, amount: Any, description: str = "") -> None:
+    def deposit(self, amount: Any, description: str = "", *, occurred_at: datetime | None = None) -> None:
         """Deposit a positive amount into an active account."""
         value = _money(amount, "amount")
         if self.status != "active":
@@ -98,9 +102,9 @@ class BankAccount(Aggregate):
         if value <= 0:
             raise DomainError("Deposit amount must be positive")
         self._record("MoneyDeposited", {"amount": _json_number(value), "description": description,
-                                        "newBalance": _json_number(self.balance + value)})
+                                        "newBalance": _json_number(self.balance + value)}, occurred_at=occurred_at)
 
-    def withdraw(self, amount: Any, description: str = "") -> None:
+    def withdraw(self, amount: Any, description: str = "", *, occurred_at: datetime | None = None) -> None:
         """Withdraw a positive amount, at most the balance, from an active account."""
         value = _money(amount, "amount")
         if self.status != "active":
@@ -110,9 +114,9 @@ class BankAccount(Aggregate):
         if value > self.balance:
             raise DomainError("Insufficient funds")
         self._record("MoneyWithdrawn", {"amount": _json_number(value), "description": description,
-                                        "newBalance": _json_number(self.balance - value)})
+                                        "newBalance": _json_number(self.balance - value)}, occurred_at=occurred_at)
 
-    def close_account(self, reason: str) -> None:
+    def close_account(self, reason: str, *, occurred_at: datetime | None = None) -> None:
         """Close an active account whose balance is zero."""
         if self.status == "closed":
             raise DomainError("Account is already closed")
@@ -120,9 +124,10 @@ class BankAccount(Aggregate):
             raise DomainError("Account is not active")
         if self.balance != 0:
             raise DomainError("Cannot close account with non-zero balance")
-        now = datetime.now(timezone.utc)
-        self._record("AccountClosed", {"reason": reason, "closedAt": now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")},
-                     occurred_at=now)
+        when = Event("AccountClosed", {}, occurred_at=occurred_at).occurred_at  # validated, UTC, default now
+        assert when is not None
+        self._record("AccountClosed", {"reason": reason, "closedAt": when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")},
+                     occurred_at=when)
 
     # -- handlers -----------------------------------------------------------------------------
     @when("AccountOpened")
