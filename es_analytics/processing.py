@@ -143,7 +143,9 @@ class EventProcessor:
         self.path = folder / f"{name}.sqlite"
         self.con = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self.con.execute("PRAGMA journal_mode=WAL")
-        self.con.execute("PRAGMA synchronous=FULL")
+        # NORMAL in WAL mode survives a process crash; a power loss may lose the newest commits, which
+        # at-least-once delivery then repeats.
+        self.con.execute("PRAGMA synchronous=NORMAL")
         self.con.executescript(_SCHEMA)
 
     def close(self) -> None:
@@ -248,7 +250,10 @@ class EventProcessor:
         return totals.result(self.checkpoint)
 
     def retry_dead_letters(self) -> ProcessResult:
-        """Call the handler again on every dead letter; those that succeed leave the dead letters."""
+        """Call the handler again on every dead letter; those that succeed leave the dead letters.
+
+        The handler then sees these events after later events of their streams (out of stream order).
+        """
         totals = _Totals()
         rows = self.con.execute("SELECT event_id, event, attempts FROM dead_letters ORDER BY position").fetchall()
         with self._tx():
