@@ -78,7 +78,7 @@ class Lake:
         store.hot.same_data = self._privacy.same_content
         self.upcasters: UpcasterRegistry = default_registry
         self._snapshots: Any = None
-        self._sql_upcasters: tuple[int, UpcasterRegistry] | None = None
+        self._sql_upcasters: tuple[int, UpcasterRegistry, int] | None = None
         self._subscribers: list[Callable[[pl.DataFrame], object]] = []
         self.subscriber_errors: list[SubscriberFailure] = []
         self._projection_views: dict[str, Any] = {}
@@ -435,13 +435,15 @@ class Lake:
     def _install_upcast_sql(self) -> None:
         """(Re)create the view ``events_upcast`` and its functions on the DuckDB connection once."""
         reader = self._store.reader
-        if self._sql_upcasters is not None and self._sql_upcasters == (id(reader.con), self.upcasters):
+        key = (id(reader.con), self.upcasters, self.upcasters.revision)
+        if self._sql_upcasters == key:
             return
+        from .privacy import ALGORITHM, ENVELOPE_KEY
         from .upcasting import install_sql
 
         with reader.lock, translate_errors("installing events_upcast"):
-            install_sql(reader.con, self.upcasters, self._privacy.decrypt_frame)
-        self._sql_upcasters = (id(reader.con), self.upcasters)
+            install_sql(reader.con, self.upcasters, self._privacy.decrypt_frame, f'"{ENVELOPE_KEY}":"{ALGORITHM}"')
+        self._sql_upcasters = key
 
     def subscribe(self, handler: Callable[[pl.DataFrame], object]) -> Callable[[], None]:
         """Call ``handler(events)`` after every commit of an append in this process; returns an unsubscribe.

@@ -252,13 +252,19 @@ def upcast_frame(frame: pl.DataFrame, registry: UpcasterRegistry) -> pl.DataFram
 
 # -- SQL ----------------------------------------------------------------------------------------
 def install_sql(
-    con: Any, registry: UpcasterRegistry, prepare: Callable[[pl.DataFrame], pl.DataFrame] | None = None
+    con: Any,
+    registry: UpcasterRegistry,
+    prepare: Callable[[pl.DataFrame], pl.DataFrame] | None = None,
+    prepare_marker: str | None = None,
 ) -> None:
     """Create the SQL functions ``es_upcast_data`` / ``es_upcast_version`` and the view ``events_upcast``.
 
-    ``con`` is the lake's DuckDB connection. The functions read ``registry`` when they run, so upcasters
-    registered later apply too. ``prepare`` runs on the stored payloads first (the lake passes its
-    decryption), so the view shows events as ``lake.events`` does. The view has the columns of ``events``.
+    ``con`` is the lake's DuckDB connection. ``prepare`` runs on the stored payloads first (the lake passes
+    its decryption), so the view shows events as ``lake.events`` does; it is called only for payloads that
+    contain ``prepare_marker`` (all of them if no marker is given). The functions are called only for rows
+    that need them (a ``CASE`` on the event types that have upcasters), so the view lists those types:
+    install again after registering upcasters for a new type (the lake does so when ``registry.revision``
+    changes). The view has the columns of ``events``.
     """
     import duckdb
 
@@ -290,11 +296,32 @@ def install_sql(
                         side_effects=False)
     con.create_function("es_upcast_version", upcast_version, [text, integer], integer, type="arrow",
                         side_effects=False)
-    con.execute(
+    con.execute(view_sql(registry, None if prepare is None else prepare_marker or ""))
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def view_sql(registry: UpcasterRegistry, prepare_marker: str | None) -> str:
+    """The ``CREATE VIEW`` statement of ``events_upcast`` for the registry's current event types.
+
+    Event types are validated names (no quotes can occur) and are escaped as literals all the same.
+    """
+    types = sorted(registry.event_types())
+    versioned = f"event_type IN ({', '.join(map(_literal, types))})" if types else "false"
+    if prepare_marker is None:
+        needs_data = versioned
+    elif prepare_marker == "":
+        needs_data = "true"
+    else:
+        needs_data = f"({versioned} OR contains(data, {_literal(prepare_marker)}))"
+    return (
         f"CREATE OR REPLACE VIEW {UPCAST_VIEW} AS SELECT position, event_id, event_type, "
-        "es_upcast_version(event_type, schema_version) AS schema_version, aggregate_type, aggregate_id, "
-        "aggregate_version, occurred_at, recorded_at, "
-        "es_upcast_data(event_id, event_type, schema_version, data) AS data, metadata FROM events"
+        f"CASE WHEN {versioned} THEN es_upcast_version(event_type, schema_version) ELSE schema_version END "
+        "AS schema_version, aggregate_type, aggregate_id, aggregate_version, occurred_at, recorded_at, "
+        f"CASE WHEN {needs_data} THEN es_upcast_data(event_id, event_type, schema_version, data) ELSE data END "
+        "AS data, metadata FROM events"
     )
 
 

@@ -16,7 +16,7 @@ from es_analytics import Event, InvalidArgumentError, Lake, Repository, Upcaster
 from es_analytics.errors import UpcastError
 from es_analytics.examples.users import User
 from es_analytics.repository import fingerprint
-from es_analytics.upcasting import default_registry, upcast_frame
+from es_analytics.upcasting import default_registry, upcast_frame, view_sql
 
 T = datetime(2024, 3, 1, 9, tzinfo=timezone.utc)
 V1 = {"userId": "user-1", "email": "ada@example.org", "name": "Ada"}
@@ -227,3 +227,14 @@ def test_coverage_reports_a_broken_chain(empty_lake: Lake, registry: UpcasterReg
 def test_coverage_of_an_empty_lake_is_empty(empty_lake: Lake) -> None:
     report = empty_lake.upcasting_coverage()
     assert report.height == 0 and report.columns[0] == "event_type"
+
+
+def test_the_view_calls_python_only_for_rows_that_need_it() -> None:
+    registry = UpcasterRegistry()
+    assert "CASE WHEN false THEN es_upcast_version" in view_sql(registry, None)
+    registry.register("UserRegistered", 1, lambda d: d)
+    registry.register("PriceSet", 1, lambda d: d)
+    sql = view_sql(registry, '"$enc":"A256GCM"')
+    assert "CASE WHEN event_type IN ('PriceSet', 'UserRegistered') THEN es_upcast_version" in sql
+    assert ("CASE WHEN (event_type IN ('PriceSet', 'UserRegistered') OR contains(data, '\"$enc\":\"A256GCM\"')) "
+            "THEN es_upcast_data") in sql
