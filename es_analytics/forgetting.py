@@ -211,6 +211,7 @@ def _remediate(lake: Any, found: list[dict[str, Any]]) -> list[str]:
             key_store = lake.key_store
             if hasattr(key_store, "_connect") and "vacuumed keys.sqlite" not in done:
                 key_store._connect().execute("VACUUM")
+                key_store.wipe()
                 done.append("vacuumed keys.sqlite")
     return done
 

@@ -51,8 +51,8 @@ CANONICAL_SQL = f"concat_ws(chr(31), {', '.join(_FIELDS)})"
 
 def content_digests(con: Any, source: str, params: list[Any] | None = None) -> pa.Table:
     """``position, digest`` (32 bytes) and ``short`` (8 bytes) of each event of ``source``, by position."""
-    sql = (f"SELECT position, unhex(sha256({CANONICAL_SQL})) AS digest, "
-           f"unhex(left(sha256({CANONICAL_SQL}), 16)) AS short FROM {source} ORDER BY position")
+    sql = (f"SELECT position, unhex(hex) AS digest, unhex(left(hex, 16)) AS short FROM "
+           f"(SELECT position, sha256({CANONICAL_SQL}) AS hex FROM {source}) ORDER BY position")
     return con.sql(sql, params=params).to_arrow_table()
 
 

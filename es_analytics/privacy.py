@@ -237,8 +237,9 @@ class InMemoryKeyStore:
 class FileKeyStore:
     """Keys in a SQLite file (by default ``keys.sqlite`` in the lake folder), safe across processes.
 
-    The file runs with ``secure_delete`` (a deleted key's bytes are overwritten in place, not left in free
-    pages) and a rollback journal that is deleted after each commit, so a deleted key is in no file.
+    The file runs in WAL mode with ``synchronous=FULL`` (a key is durable before the event that uses it
+    commits) and ``secure_delete`` (a deleted key's bytes are overwritten in place, not left in free pages);
+    deleting a key also checkpoints and truncates the write-ahead log, so a deleted key is in no file.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 30.0) -> None:
@@ -252,7 +253,7 @@ class FileKeyStore:
             try:
                 con = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None,
                                       check_same_thread=False)
-                con.execute("PRAGMA journal_mode=DELETE")
+                con.execute("PRAGMA journal_mode=WAL")
                 con.execute("PRAGMA secure_delete=ON")
                 con.execute("PRAGMA synchronous=FULL")
                 con.execute(
@@ -321,7 +322,17 @@ class FileKeyStore:
             merged = {**json.loads(row[0]), **info, "key_deleted_at": when}
             con.execute("UPDATE subject_keys SET key = NULL, state = 'shredded', info = ? WHERE subject = ?",
                         (json.dumps(merged), subject))
+        self.wipe()
         return when
+
+    def wipe(self) -> bool:
+        """Fold the write-ahead log into the database and truncate it, so deleted keys leave every file.
+
+        Returns whether that completed (another process reading the store can hold it back; rerun then).
+        """
+        with self._lock:
+            row = self._connect().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        return not (row and row[0])
 
     def mark_forgotten(self, subject: str, info: Mapping[str, Any]) -> None:
         with self._lock, self._tx(write=True) as con:
@@ -346,7 +357,7 @@ def _aad(event_id: str, path: str) -> bytes:
 
 def is_envelope(value: object) -> bool:
     """Whether ``value`` is an encrypted field (an envelope object)."""
-    return isinstance(value, Mapping) and value.get(ENVELOPE_KEY) == ALGORITHM
+    return type(value) is dict and value.get(ENVELOPE_KEY) == ALGORITHM
 
 
 class SubjectCipher:
@@ -373,8 +384,11 @@ class SubjectCipher:
 
     @staticmethod
     def open_value(envelope: Mapping[str, Any], event_id: str, path: str,
-                   keys: Mapping[str, bytes | None]) -> Any:
-        """Decrypt one envelope with ``keys``; :data:`ERASED` when the subject's key was deleted."""
+                   keys: Mapping[str, bytes | None], ciphers: dict[str, Any] | None = None) -> Any:
+        """Decrypt one envelope with ``keys``; :data:`ERASED` when the subject's key was deleted.
+
+        ``ciphers`` caches one AES-GCM object per subject across calls (a frame holds many values).
+        """
         from cryptography.exceptions import InvalidTag
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -387,26 +401,40 @@ class SubjectCipher:
         key = keys[subject]
         if key is None:
             return ERASED
+        if ciphers is None:
+            ciphers = {}
+        aead = ciphers.get(subject)
+        if aead is None:
+            aead = ciphers[subject] = AESGCM(key)
         try:
-            plain = AESGCM(key).decrypt(base64.b64decode(envelope["iv"]), base64.b64decode(envelope["ct"]),
+            plain = aead.decrypt(base64.b64decode(envelope["iv"]), base64.b64decode(envelope["ct"]),
                                         _aad(event_id, path))
         except (InvalidTag, KeyError, ValueError) as exc:
             raise PrivacyError(
                 f"event {event_id!r}: the encrypted field {path!r} does not decrypt (edited or moved "
                 "ciphertext); run lake.verify() to locate tampering"
             ) from exc
+        if plain[:1] == b'"' and b"\\" not in plain:  # a plain string: skip the JSON parser
+            return plain[1:-1].decode("utf-8")
         return json.loads(plain)
 
 
-def walk_envelopes(tree: Any, prefix: str = "") -> Iterator[tuple[str, dict[str, Any], Any, str]]:
-    """Yield ``(path, envelope, parent, key)`` for every envelope inside a JSON tree."""
-    if isinstance(tree, dict):
-        for key, value in tree.items():
+def walk_envelopes(tree: Any) -> list[tuple[str, dict[str, Any], Any, str]]:
+    """``(path, envelope, parent, key)`` for every envelope inside a JSON tree (objects only, like paths)."""
+    found: list[tuple[str, dict[str, Any], Any, str]] = []
+    stack: list[tuple[str, Any]] = [("", tree)]
+    while stack:
+        prefix, node = stack.pop()
+        if type(node) is not dict:
+            continue
+        for key, value in node.items():
             path = f"{prefix}.{key}" if prefix else key
-            if is_envelope(value):
-                yield path, value, tree, key
-            else:
-                yield from walk_envelopes(value, path)
+            if type(value) is dict:
+                if value.get(ENVELOPE_KEY) == ALGORITHM:
+                    found.append((path, value, node, key))
+                else:
+                    stack.append((path, value))
+    return found
 
 
 # -- the lake's privacy layer -------------------------------------------------------------------
@@ -474,10 +502,14 @@ class Privacy:
         return table.set_column(index, table.schema.field(index), pa.array(data, table.schema.field(index).type))
 
     # reading
-    def decrypt_json(self, event_id: str, text: str, keys: Mapping[str, bytes | None]) -> str:
-        data = json.loads(text)
-        for path, envelope, parent, key in list(walk_envelopes(data)):
-            parent[key] = self.cipher.open_value(envelope, event_id, path, keys)
+    def decrypt_json(self, event_id: str, text: str, keys: Mapping[str, bytes | None],
+                     ciphers: dict[str, Any] | None = None) -> str:
+        return self._decrypt_tree(event_id, json.loads(text), keys, {} if ciphers is None else ciphers)
+
+    def _decrypt_tree(self, event_id: str, data: Any, keys: Mapping[str, bytes | None],
+                      ciphers: dict[str, Any]) -> str:
+        for path, envelope, parent, key in walk_envelopes(data):
+            parent[key] = self.cipher.open_value(envelope, event_id, path, keys, ciphers)
         return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
 
     def decrypt_frame(self, frame: pl.DataFrame) -> pl.DataFrame:
@@ -490,11 +522,13 @@ class Privacy:
             return frame
         rows = hits.to_list()
         ids = frame["event_id"].gather(rows).to_list()
-        texts = frame["data"].gather(rows).to_list()
-        keys = self.key_store.keys_for(sorted(self.subjects_in(texts)))
+        trees = [json.loads(t) for t in frame["data"].gather(rows).to_list()]
+        subjects = {env["sub"] for tree in trees for _, env, _, _ in walk_envelopes(tree)}
+        keys = self.key_store.keys_for(sorted(subjects))
+        ciphers: dict[str, Any] = {}
         data = frame["data"].to_list()
-        for row, event_id, text in zip(rows, ids, texts):
-            data[row] = self.decrypt_json(event_id, text, keys)
+        for row, event_id, tree in zip(rows, ids, trees):
+            data[row] = self._decrypt_tree(event_id, tree, keys, ciphers)
         return frame.with_columns(pl.Series("data", data, pl.String))
 
     @staticmethod
