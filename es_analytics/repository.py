@@ -21,7 +21,7 @@ import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 import polars as pl
 
@@ -253,7 +253,7 @@ def domain_events(frame: pl.DataFrame) -> list[DomainEvent]:
 
 
 # -- the repository -----------------------------------------------------------------------------
-class Repository:
+class Repository(Generic[A]):
     """Load and save aggregates of one class, with snapshots every ``snapshot_every`` versions.
 
     Parameters
@@ -308,7 +308,7 @@ class Repository:
         as_of: datetime | None = None,
         known_at: datetime | None = None,
         version: int | None = None,
-    ) -> Any:
+    ) -> A | None:
         """The aggregate rebuilt (as of / known at / at version), or ``None`` if it does not exist (yet)."""
         aggregate = load(self.lake, self.aggregate_class, aggregate_id, as_of=as_of, known_at=known_at,
                          version=version, use_snapshots=self.snapshot_every > 0)
@@ -316,7 +316,7 @@ class Repository:
             self._snapshot(aggregate)
         return aggregate
 
-    def save(self, aggregate: Aggregate) -> int:
+    def save(self, aggregate: A) -> int:
         """Append the aggregate's pending events (expecting its saved version) and return the new version.
 
         Subscribers of the lake get the events after the commit. A snapshot is taken when the new version
