@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import polars as pl
-import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
@@ -135,8 +135,29 @@ def states(lake: LakeLike, reducers: Reducers, aggregate_type: str, bounds: Boun
     if checkpoint is not None:
         sources[names["checkpoint"]] = [folder / checkpoint]
     reader = store.reader
-    with reader.lock, translate_errors(f"states of {aggregate_type} from checkpoints"), _views(lake, sources):
-        return reader.con.sql(sql.format(**names), params=params).pl()
+    with reader.lock, translate_errors(f"states of {aggregate_type} from checkpoints"):
+        names["live"], live_sources = _live_source(lake, aggregate_type, current.position, tag)
+        with _views(lake, {**sources, **live_sources}):
+            result: pl.DataFrame = reader.con.sql(sql.format(**names), params=params).pl()
+    return result
+
+
+def _live_source(lake: LakeLike, aggregate_type: str, after: int, tag: str) -> tuple[str, dict[str, list[Path]]]:
+    """SQL for the events above position ``after``: the hot rows plus only the sealed files that reach past it.
+
+    The manifest knows each file's position range, so the files sealed before the checkpoint are never
+    opened (files are sorted by stream, so row-group statistics alone would not skip them).
+    """
+    store = lake._store
+    entries = {f.path: f for f in store.manifest().files}
+    paths = [
+        store.folder / path for path in store.reader.files
+        if path not in entries or (entries[path].aggregate_type == aggregate_type and entries[path].max_position > after)
+    ]
+    if not paths:
+        return "_hot_events", {}
+    name = f"_cp_live_{tag}"
+    return f"(SELECT * FROM {name} UNION ALL BY NAME SELECT * FROM _hot_events)", {name: paths}
 
 
 def _parts(
@@ -167,7 +188,7 @@ def _parts(
     parts.append(f"{from_inputs} FROM {{inputs}}{where} GROUP BY aggregate_id")
     live, live_params = bounds.where()
     raw = head + ", ".join(reducers.partial_select(lambda name, r: r.value_sql()))
-    parts.append(f"{raw} FROM events WHERE {' AND '.join(['aggregate_type = ?', 'position > ?', *live])} "
+    parts.append(f"{raw} FROM {{live}} WHERE {' AND '.join(['aggregate_type = ?', 'position > ?', *live])} "
                  "GROUP BY aggregate_id")
     return parts, [*params, aggregate_type, cs.position, *live_params], found[1] if found else None
 
@@ -194,9 +215,8 @@ def _views(lake: LakeLike, sources: dict[str, list[Path]]) -> Iterator[None]:
 
 def _snapshot_position(lake: LakeLike) -> int:
     reader = lake._store.reader
-    hot = reader.hot["position"]
-    newest = max(hot.to_pylist()[-1:] or [0]) if reader.hot.num_rows else 0
-    return max(reader.sealed_position, newest)
+    newest = pc.max(reader.hot["position"]).as_py() if reader.hot.num_rows else 0
+    return max(reader.sealed_position, newest or 0)
 
 
 # -- building ---------------------------------------------------------------------------------
@@ -224,10 +244,15 @@ def refresh(lake: LakeLike, reducers: Reducers, aggregate_type: str, *, every: E
                 return old
             start = old.position if old is not None else 0
             inputs = list(old.inputs) if old is not None else []
-            name = _write_inputs(lake, reducers, aggregate_type, folder, start, target, empty_ok=not inputs)
+            source, sources = _live_source(lake, aggregate_type, start, uuid.uuid4().hex[:8])
+            with _views(lake, sources):
+                name = _write_inputs(lake, reducers, aggregate_type, folder, source, (start, target), not inputs)
+                # A reader knows every input once known_at reaches the newest recorded_at among them.
+                row = reader.con.sql(f"SELECT max(recorded_at) FROM {source} WHERE aggregate_type = ? "
+                                     "AND position > ? AND position <= ?", params=[aggregate_type, start, target]).fetchall()
             inputs += [name] if name else []
-            row = reader.con.sql("SELECT max(recorded_at) FROM events WHERE position <= ?", params=[target]).fetchall()
-            recorded = row[0][0] or from_micros(0)
+            newest = [t for t in (row[0][0], old.recorded_at if old else None) if t is not None]
+            recorded = max(newest) if newest else from_micros(0)
             boundaries, files = _write_checkpoints(lake, reducers, folder, inputs, every)
         current = CheckpointSet(folder, target, recorded, every, tuple(inputs), boundaries, files)
         tmp = folder / f".state.{uuid.uuid4().hex}.tmp"
@@ -251,15 +276,15 @@ def _lock(folder: Path) -> Iterator[None]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
-def _write_inputs(lake: LakeLike, reducers: Reducers, aggregate_type: str, folder: Path,
-                  start: int, target: int, *, empty_ok: bool) -> str | None:
+def _write_inputs(lake: LakeLike, reducers: Reducers, aggregate_type: str, folder: Path, source: str,
+                  span: tuple[int, int], empty_ok: bool) -> str | None:
     """Extract the reducer values of the type's events in ``(start, target]`` into one sorted file."""
     columns = ["aggregate_id", "aggregate_version", "position", "occurred_at", "recorded_at", "event_type",
                *reducers.input_columns()]
-    sql = (f"SELECT {', '.join(columns)} FROM events WHERE aggregate_type = ? AND position > ? AND position <= ? "
+    sql = (f"SELECT {', '.join(columns)} FROM {source} WHERE aggregate_type = ? AND position > ? AND position <= ? "
            "ORDER BY occurred_at, position")
-    stream = lake._store.reader.con.sql(sql, params=[aggregate_type, start, target]).to_arrow_reader()
-    name = f"inputs-{target:012d}-{uuid.uuid4().hex[:8]}.parquet"
+    stream = lake._store.reader.con.sql(sql, params=[aggregate_type, *span]).to_arrow_reader()
+    name = f"inputs-{span[1]:012d}-{uuid.uuid4().hex[:8]}.parquet"
     rows = 0
     with pq.ParquetWriter(folder / name, stream.schema, compression="zstd") as writer:
         for batch in stream:
@@ -321,20 +346,19 @@ _MAX_BOUNDARIES = 2_000
 def _boundaries(lo: datetime, hi: datetime, every: str) -> list[datetime]:
     """Boundaries ``b`` with ``lo < b <= hi`` at the starts of each ``every`` (UTC)."""
     lo, hi = lo.astimezone(timezone.utc), hi.astimezone(timezone.utc)
-    if every == "month":
-        t = _next_month(lo.replace(day=1, hour=0, minute=0, second=0, microsecond=0))
-        step = _next_month
-    else:
-        size = {"hour": timedelta(hours=1), "day": timedelta(days=1), "week": timedelta(weeks=1)}[every]
-        t = lo.replace(minute=0, second=0, microsecond=0)
-        if every != "hour":
-            t = t.replace(hour=0)
-        if every == "week":
-            t -= timedelta(days=t.weekday())
-        t += size
+    size = {"hour": timedelta(hours=1), "day": timedelta(days=1), "week": timedelta(weeks=1)}.get(every)
 
-        def step(x: datetime) -> datetime:
-            return x + size
+    def step(x: datetime) -> datetime:
+        return _next_month(x) if size is None else x + size
+
+    t = lo.replace(minute=0, second=0, microsecond=0)
+    if every != "hour":
+        t = t.replace(hour=0)
+    if every == "week":
+        t -= timedelta(days=t.weekday())
+    if every == "month":
+        t = t.replace(day=1)
+    t = step(t)
 
     out = []
     while t <= hi:

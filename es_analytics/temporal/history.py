@@ -130,5 +130,6 @@ def _causes(lake: LakeLike, aggregate_type: str, bounds: Bounds, window: tuple[s
     where = " AND ".join(["aggregate_type = ?", *window, *clauses])
     sql = (f"SELECT aggregate_id, {', '.join(_EVENT_FIELDS)} FROM events WHERE {where} "
            "ORDER BY aggregate_id, aggregate_version")
-    frame = lake._query(sql, [aggregate_type, *times, *params], what="diff")
+    frame = lake._query(sql, [aggregate_type, *times, *params], what="diff").with_columns(
+        pl.col("occurred_at", "recorded_at").dt.convert_time_zone("UTC"))
     return frame.group_by("aggregate_id", maintain_order=True).agg(pl.struct(_EVENT_FIELDS).alias("events"))
