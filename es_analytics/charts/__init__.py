@@ -31,6 +31,7 @@ from .patterns import (
     top,
     trend,
 )
+from . import ordering  # noqa: E402,F401  charts.ordering.lateness / backwards / gaps
 
 if TYPE_CHECKING:
     import os
