@@ -33,7 +33,6 @@ from typing import Any
 
 import polars as pl
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .errors import SubjectForgottenError, UnknownSubjectError
@@ -113,24 +112,32 @@ def _raw_hits(path: Path, needles: list[tuple[str, bytes]]) -> list[str]:
         return []
 
 
+def _value_bytes(array: pa.Array) -> bytes:
+    """The raw value bytes of a decoded string column (its dictionary's, if dictionary-encoded)."""
+    if pa.types.is_dictionary(array.type):
+        array = array.dictionary
+    buffers = array.buffers()
+    return b"" if len(buffers) < 3 or buffers[2] is None else buffers[2].to_pybytes()
+
+
 def _parquet_hits(path: Path, needles: list[tuple[str, bytes]]) -> list[str]:
-    """Search the decoded text columns of a Parquet file (its pages are compressed on disk)."""
-    texts = [(label, n.decode("utf-8", "ignore")) for label, n in needles]
-    texts = [(label, t) for label, t in texts if len(t) >= MIN_NEEDLE]
-    if not texts:
-        return []
+    """Search the decoded text columns of a Parquet file (its pages are compressed on disk).
+
+    Each decoded column's value buffer is searched as one block of bytes (``bytes.find``, no per-row work).
+    """
     try:
         handle = pq.ParquetFile(path)
     except (OSError, pa.ArrowInvalid):
         return []
-    columns = [f.name for f in handle.schema_arrow if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+    columns = [f.name for f in handle.schema_arrow
+               if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
+               or (pa.types.is_dictionary(f.type) and pa.types.is_string(f.type.value_type))]
     found: set[str] = set()
     try:
-        for batch in handle.iter_batches(columns=columns, batch_size=65_536):
+        for batch in handle.iter_batches(columns=columns, batch_size=262_144):
             for column in batch.columns:
-                for label, text in texts:
-                    if label not in found and pc.any(pc.match_substring(column, text)).as_py():
-                        found.add(label)
+                block = _value_bytes(column)
+                found.update(label for label, needle in needles if label not in found and block.find(needle) != -1)
     except (OSError, pa.ArrowInvalid):
         pass
     return sorted(found)
