@@ -382,3 +382,38 @@ def test_snapshot_state_is_what_the_fold_gives(empty_lake: Lake) -> None:
     state = empty_lake.snapshots.hot.con.execute("SELECT state FROM snapshots").fetchone()[0]
     assert decode_state(state) == empty_lake.aggregate(BankAccount, "acc-1").state()
     assert decode_state(state)["balance"] == Decimal("10.15")
+
+
+def _deposit_with_retries(path: str, times: int) -> int:
+    """Worker: load, deposit 1, save; on a conflict reload and retry. Returns how many conflicts it saw."""
+    conflicts = 0
+    with Lake.open(path, durability="normal") as lake:
+        repo = Repository(lake, BankAccount, snapshot_every=5)
+        for _ in range(times):
+            while True:
+                account = repo.get("acc-1")
+                assert account is not None
+                account.deposit(1, "worker")
+                try:
+                    repo.save(account)
+                    break
+                except ConcurrencyError:
+                    conflicts += 1
+    return conflicts
+
+
+def test_processes_saving_one_aggregate_lose_no_deposit(lake_path: Path) -> None:
+    import multiprocessing
+
+    with Lake.open(lake_path) as lake:
+        new_account(lake)
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(2) as pool:
+        results = [pool.apply_async(_deposit_with_retries, (str(lake_path), 10)) for _ in range(2)]
+        [r.get(timeout=120) for r in results]
+    with Lake.open(lake_path) as lake:
+        assert lake.current_version("acc-1") == 21
+        assert lake.events("acc-1")["aggregate_version"].to_list() == list(range(1, 22))
+        assert lake.aggregate(BankAccount, "acc-1").balance == 120
+        assert load(lake, BankAccount, "acc-1") == load(lake, BankAccount, "acc-1", use_snapshots=False)
+        assert lake.snapshots.versions("acc-1").height > 0
