@@ -32,7 +32,8 @@ from es_analytics.eventsourcing import (
     LakeSettingsError,
     LakeVersionConflictError,
 )
-from es_analytics.eventsourcing.datastore import decode_state, encode_state
+from es_analytics.eventsourcing.datastore import decode_state, encode_state, parse_state
+from es_analytics.events import parse_json
 
 PROCESSES = 3
 THREADS = 2
@@ -198,6 +199,25 @@ def test_every_state_round_trips_exactly(state: bytes) -> None:
     data, metadata, _, _ = encode_state(state, 0)
     assert decode_state(data, metadata) == state
     json.loads(data)  # the lake's data column always holds JSON
+
+
+_JSON_PIECES = st.sampled_from(['{"a":', '{"a":1,"a":2}', "[", "]", "}", "{", "1e999", "-1.5e3", "NaN", '"\\ud800"',
+                                '"\\u00e9"', '"é"', ",", '"k":', "null", "true", "12345678901234567890", " "])
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(st.lists(_JSON_PIECES, max_size=12).map("".join),
+                 st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+                              lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3),
+                              max_leaves=80).map(lambda v: json.dumps({"v": v}))))
+def test_the_fast_state_parser_accepts_exactly_what_the_lake_accepts(text: str) -> None:
+    try:
+        expected = parse_json(text, "state")
+    except InvalidArgumentError:
+        with pytest.raises(InvalidArgumentError):
+            parse_state(text)
+    else:
+        assert parse_state(text) == expected
 
 
 def test_streams_that_start_at_version_0_keep_lake_versions_from_1(recorder: LakeApplicationRecorder) -> None:

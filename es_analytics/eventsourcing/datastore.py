@@ -6,7 +6,8 @@ by a per-stream offset when a stream does not start at 1), ``topic`` the ``event
 the ``data``: the state's own JSON text, byte for byte, when it is a JSON object (what the library's
 ``JSONTranscoder`` writes), else ``{"base64": …}`` with ``{"state_encoding": "base64"}`` in ``metadata``
 (compressed or encrypted states). ``occurred_at`` is the domain event's ``timestamp`` when the JSON holds
-one, ``schema_version`` its ``class_version``.
+one, ``schema_version`` its ``class_version``, and ``event_id`` is ``"<aggregate_id>:<originator_version>"``
+(unique, as the pair is, and telling an analyst where the event belongs).
 
 Side tables, in the lake's SQLite hot tier so that they commit in the same transaction as the events:
 ``eventsourcing_tracking`` (one row per upstream application), ``eventsourcing_version_offsets`` (streams
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import re
 import sqlite3
 import threading
@@ -27,11 +29,13 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, Literal
 
+import pyarrow as pa
+import pyarrow.compute as pc
 from eventsourcing.persistence import StoredEvent, Tracking
 
 from .._time import now_utc, to_micros
 from ..errors import ConcurrencyError, InvalidArgumentError, LakeBusyError
-from ..events import MAX_JSON_BYTES, check_aggregate_id, check_identifier, parse_json
+from ..events import EVENT_SCHEMA, MAX_JSON_BYTES, MAX_JSON_DEPTH, check_aggregate_id, check_identifier, parse_json
 from ..lake import Lake
 from ..store.hot import NewRow
 from .errors import (
@@ -45,10 +49,10 @@ __all__ = ["BASE64_METADATA", "LakeDatastore", "OriginatorIdType"]
 
 OriginatorIdType = Literal["uuid", "text"]
 BASE64_METADATA = '{"state_encoding":"base64"}'
-EVENT_ID_NAMESPACE = uuid.UUID("6f0f7d3e-4c1b-5a8e-9d2c-0e5b7a1f3c42")
 _EVENT_TYPE = re.compile(r"[A-Za-z_][A-Za-z0-9_.:$<>-]{0,254}")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 _CHUNK = 500
+READ_AHEAD = 50_000  # sealed rows fetched at once when a reader pages through sealed positions
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS eventsourcing_tracking ("
@@ -83,6 +87,7 @@ class LakeDatastore:
         self.lock = threading.RLock()
         self._listeners: set[threading.Event] = set()
         self._topics: dict[str, tuple[str, str]] = {}
+        self._window: tuple[int, int, pa.Table] | None = None
         self._closed = False
         with self.transaction() as con:
             for statement in _SCHEMA:
@@ -132,6 +137,36 @@ class LakeDatastore:
         with self.lock:
             for event in self._listeners:
                 event.set()
+
+    # -- reading the log ----------------------------------------------------------------------------
+    def read_log(self, after: int, until: int | None, limit: int, types: Sequence[str]) -> pa.Table:
+        """Events with ``after < position <= until`` of ``types`` (all if empty), at most ``limit``.
+
+        Sealed files are sorted by stream, not position, so one page of sealed positions costs a scan;
+        a reader paging through them (a follower catching up) gets pages from a read-ahead window of
+        ``READ_AHEAD`` positions instead. Committed positions never change, so the window stays right.
+        """
+        if limit <= 0 or (until is not None and until <= after):
+            return EVENT_SCHEMA.empty_table()
+        sealed = int(self.store.hot.meta("sealed_position", 0))
+        if after >= sealed:
+            return self.store.read_positions(after, until=until, limit=limit, types=list(types) or None)
+        window = self._window
+        if window is None or not window[0] <= after < window[1]:
+            last = min(sealed, after + READ_AHEAD)
+            window = self._window = (after, last, self.store.read_positions(after, until=last))
+        table = window[2]
+        positions = table["position"]
+        mask = pc.greater(positions, after)
+        if until is not None:
+            mask = pc.and_(mask, pc.less_equal(positions, until))
+        if types:
+            mask = pc.and_(mask, pc.is_in(table["event_type"], pa.array(list(types), pa.string())))
+        page = table.filter(mask).slice(0, limit)
+        if page.num_rows < limit and (until is None or until > window[1]):
+            rest = self.read_log(window[1], until, limit - page.num_rows, types)
+            page = pa.concat_tables([page, rest])
+        return page
 
     # -- ids, topics, versions --------------------------------------------------------------------
     def aggregate_id(self, originator_id: uuid.UUID | str) -> str:
@@ -229,8 +264,7 @@ class LakeDatastore:
                     new_offsets[aggregate_id] = version - 1
             aggregate_type, offset = streams[aggregate_id]
             data, metadata, occurred_at, schema_version = encode_state(stored.state, now)
-            event_id = str(uuid.uuid5(EVENT_ID_NAMESPACE, f"{aggregate_id}\n{version}"))
-            rows.append((event_id, event_type, schema_version, aggregate_type, aggregate_id,
+            rows.append((f"{aggregate_id}:{version}", event_type, schema_version, aggregate_type, aggregate_id,
                          version - offset, occurred_at, data, metadata))
         return rows, new_offsets
 
@@ -280,13 +314,46 @@ def encode_state(state: bytes, now: int) -> tuple[str, str, int, int]:
     if state[:1] == b"{" and len(state) <= MAX_JSON_BYTES:
         try:
             text = state.decode("utf-8")
-            value = parse_json(text, "state")
+            value = parse_state(text)
         except (UnicodeDecodeError, InvalidArgumentError):
             value = None
     if not isinstance(value, dict):
         wrapped = json.dumps({"base64": base64.b64encode(state).decode("ascii")}, separators=(",", ":"))
         return wrapped, BASE64_METADATA, now, 1
     return text, "{}", _occurred_at(value, now), _class_version(value)
+
+
+def parse_state(text: str) -> Any:
+    """``events.parse_json`` (the lake's rules for a payload), on a fast path for the common case.
+
+    Text decoded strictly from UTF-8 holds no lone surrogate unless it escapes one (``\\u``), and
+    cannot nest deeper than its count of brackets; only such texts need the full walk. The fast path
+    still refuses duplicate keys, NaN and Infinity, and numbers that overflow to infinity.
+    """
+    if "\\u" in text or text.count("{") + text.count("[") > MAX_JSON_DEPTH:
+        return parse_json(text, "state")
+    try:
+        return json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_refuse, parse_float=_finite)
+    except ValueError as exc:
+        raise InvalidArgumentError(f"state is not lake JSON: {exc}") from None
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        raise ValueError("an object repeats a key")
+    return value
+
+
+def _refuse(token: str) -> None:
+    raise ValueError(f"{token} is not JSON")
+
+
+def _finite(token: str) -> float:
+    value = float(token)
+    if not math.isfinite(value):
+        raise ValueError(f"{token} overflows to {value}")
+    return value
 
 
 def decode_state(data: str, metadata: str) -> bytes:

@@ -146,7 +146,7 @@ class LakeApplicationRecorder(LakeAggregateRecorder, ApplicationRecorder):
         after = 0 if start is None else (start - 1 if inclusive_of_start else start)
         ds = self.datastore
         with ds.lock, ds.errors():
-            table = ds.store.read_positions(max(after, 0), until=stop, limit=limit, types=list(topics) or None)
+            table = ds.read_log(max(after, 0), stop, limit, topics)
             offsets = ds.read_offsets(pc.unique(table["aggregate_id"]).to_pylist()) if table.num_rows else {}
         return [
             Notification(
