@@ -407,6 +407,39 @@ class Lake:
 
         return load(self, aggregate_class, aggregate_id, as_of=as_of, known_at=known_at, version=version)
 
+    def aggregate_history(
+        self,
+        aggregate_class: type[Aggregate],
+        aggregate_id: str,
+        *,
+        as_of: datetime | None = None,
+        known_at: datetime | None = None,
+        version: int | None = None,
+    ) -> pl.DataFrame:
+        """The aggregate's state after each event, one row per event (for chasing how a state came about).
+
+        Columns: ``aggregate_version, position, event_type, occurred_at, recorded_at`` and one column per
+        state field. The same events and order as :meth:`aggregate` with the same arguments, so the last
+        row is the state it returns.
+
+        Examples
+        --------
+        >>> import tempfile
+        >>> from es_analytics import Lake, Repository
+        >>> from es_analytics.examples.bank import BankAccount
+        >>> with Lake.open(tempfile.mkdtemp()) as lake:
+        ...     account = BankAccount("acc-1")
+        ...     account.open_account(100, "Ada Lovelace")
+        ...     account.withdraw(30, "Rent")
+        ...     Repository(lake, BankAccount).save(account)
+        ...     lake.aggregate_history(BankAccount, "acc-1").select("event_type", "balance", "status").rows()
+        2
+        [('AccountOpened', Decimal('100'), 'active'), ('MoneyWithdrawn', Decimal('70'), 'active')]
+        """
+        from .repository import history
+
+        return history(self, aggregate_class, aggregate_id, as_of=as_of, known_at=known_at, version=version)
+
     @property
     def snapshots(self) -> SnapshotStore:
         """The aggregate snapshots stored in this lake (``delete(aggregate_id)`` removes one aggregate's)."""

@@ -17,6 +17,7 @@ Snapshots live in the table ``snapshots`` of the lake's hot tier (SQLite).
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
 
     from .store.hot import SQLiteHotTier
 
-__all__ = ["EventSource", "Repository", "Snapshot", "SnapshotStore", "load"]
+__all__ = ["EventSource", "Repository", "Snapshot", "SnapshotStore", "history", "load"]
 
 A = TypeVar("A", bound=Aggregate)
 _log = logging.getLogger("es_analytics.repository")
@@ -204,11 +205,7 @@ def load(
     UnknownEventTypeError, UpcastError
         An event cannot be applied.
     """
-    if not (isinstance(cls, type) and issubclass(cls, Aggregate)):
-        raise InvalidArgumentError(f"aggregate_class must be an Aggregate subclass, got {cls!r}")
-    aggregate_id = check_aggregate_id(aggregate_id)
-    as_of, known_at = to_utc_or_none(as_of, "as_of"), to_utc_or_none(known_at, "known_at")
-    check_version(version, "version", allow_none=True)
+    aggregate_id, as_of, known_at = _check_args(cls, aggregate_id, as_of, known_at, version)
     snapshot = None
     if use_snapshots:
         snapshot = source.snapshots.best(
@@ -217,9 +214,7 @@ def load(
             known_at=None if known_at is None else to_micros(known_at),
         )
     start = 0 if snapshot is None else snapshot.aggregate_version
-    frame = source.events(aggregate_id, from_version=start, until=as_of, known_at=known_at)
-    if version is not None:
-        frame = frame.filter(pl.col("aggregate_version") <= version)
+    frame = _stream(source, aggregate_id, start, as_of, known_at, version)
     if snapshot is None and frame.height == 0:
         return None
     _check_type(cls, aggregate_id, frame, snapshot)
@@ -232,6 +227,55 @@ def load(
     aggregate._saved_version = aggregate.version
     aggregate._historical = not (as_of is None and known_at is None and version is None)
     return aggregate
+
+
+def history(
+    source: EventSource,
+    cls: type[Aggregate],
+    aggregate_id: str,
+    *,
+    as_of: datetime | None = None,
+    known_at: datetime | None = None,
+    version: int | None = None,
+) -> pl.DataFrame:
+    """The state after each event of the fold: one row per applied event, in version order.
+
+    Columns: ``aggregate_version, position, event_type, occurred_at, recorded_at``, then one column per
+    state field (the state *after* that event). The same events as :func:`load` with the same filters,
+    so the last row is the state ``load`` returns. Empty if the aggregate did not exist yet.
+    """
+    aggregate_id, as_of, known_at = _check_args(cls, aggregate_id, as_of, known_at, version)
+    frame = _stream(source, aggregate_id, 0, as_of, known_at, version)
+    head = ["aggregate_version", "position", "event_type", "occurred_at", "recorded_at"]
+    aggregate = cls(aggregate_id)
+    if frame.height == 0:
+        return frame.select(head).with_columns(pl.lit(None).alias(f) for f in aggregate.state())
+    _check_type(cls, aggregate_id, frame, None)
+    states = []
+    for event in domain_events(frame):
+        aggregate.apply(event)
+        states.append(copy.deepcopy(aggregate.state()))
+    return pl.concat([frame.select(head), pl.DataFrame(states, infer_schema_length=None)], how="horizontal")
+
+
+def _check_args(
+    cls: object, aggregate_id: str, as_of: datetime | None, known_at: datetime | None, version: int | None
+) -> tuple[str, datetime | None, datetime | None]:
+    if not (isinstance(cls, type) and issubclass(cls, Aggregate)):
+        raise InvalidArgumentError(f"aggregate_class must be an Aggregate subclass, got {cls!r}")
+    check_version(version, "version", allow_none=True)
+    return check_aggregate_id(aggregate_id), to_utc_or_none(as_of, "as_of"), to_utc_or_none(known_at, "known_at")
+
+
+def _stream(
+    source: EventSource, aggregate_id: str, start: int, as_of: datetime | None, known_at: datetime | None,
+    version: int | None,
+) -> pl.DataFrame:
+    """The stream's events after ``start`` that pass the filters on both clocks and the version."""
+    frame = source.events(aggregate_id, from_version=start, until=as_of, known_at=known_at)
+    if version is not None:
+        frame = frame.filter(pl.col("aggregate_version") <= version)
+    return frame
 
 
 def _check_type(cls: type[Aggregate], aggregate_id: str, frame: pl.DataFrame, snapshot: Snapshot | None) -> None:

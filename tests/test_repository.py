@@ -417,3 +417,18 @@ def test_processes_saving_one_aggregate_lose_no_deposit(lake_path: Path) -> None
         assert lake.aggregate(BankAccount, "acc-1").balance == 120
         assert load(lake, BankAccount, "acc-1") == load(lake, BankAccount, "acc-1", use_snapshots=False)
         assert lake.snapshots.versions("acc-1").height > 0
+
+
+def test_aggregate_history_shows_the_state_after_each_event(empty_lake: Lake) -> None:
+    append(empty_lake, "acc-1", opened_at(0, 100), deposited(10, 20.25), deposited(20, 0.5))
+    append(empty_lake, "acc-1", deposited(5, 1000))  # back-dated, recorded last
+    trace = empty_lake.aggregate_history(BankAccount, "acc-1")
+    assert trace.columns == ["aggregate_version", "position", "event_type", "occurred_at", "recorded_at",
+                             "balance", "status", "account_holder"]
+    assert trace["balance"].to_list() == [Decimal("100"), Decimal("120.25"), Decimal("120.75"), Decimal("1120.75")]
+    assert trace["status"].to_list() == ["active"] * 4
+    past = empty_lake.aggregate_history(BankAccount, "acc-1", as_of=at(12))
+    assert past["aggregate_version"].to_list() == [1, 2, 4]
+    assert past["balance"][-1] == empty_lake.aggregate(BankAccount, "acc-1", as_of=at(12)).balance
+    before = empty_lake.aggregate_history(BankAccount, "acc-1", as_of=at(-1))
+    assert before.height == 0 and before.columns == trace.columns
