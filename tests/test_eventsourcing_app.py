@@ -6,10 +6,17 @@ import os
 import tempfile
 from collections.abc import Iterator
 from decimal import Decimal
+from functools import singledispatchmethod
 from pathlib import Path
-from uuid import UUID
+from typing import Any
+from uuid import NAMESPACE_URL, UUID, uuid5
 
 import pytest
+from eventsourcing.application import AggregateNotFoundError, ProcessingEvent
+from eventsourcing.domain import Aggregate as LibraryAggregate
+from eventsourcing.domain import event
+from eventsourcing.persistence import JSONTranscoder
+from eventsourcing.system import ProcessApplication, SingleThreadedRunner, System
 from eventsourcing.tests import application as sample
 from eventsourcing.tests import domain
 
@@ -148,4 +155,72 @@ def test_the_application_keeps_working_after_the_lake_seals(bank: tuple[sample.B
     with Lake.open(path) as lake:
         rebuilt = lake.aggregate(BankAccount, str(ids[0]))
         assert rebuilt is not None and rebuilt.balance == before + Decimal("1.00")
+        assert lake.check()["ok"]
+
+
+# -- a process application: events and tracking records committed together ------------------------
+class Counter(LibraryAggregate):
+    """Counts an account's transactions (an aggregate of the follower application)."""
+
+    def __init__(self, account_id: UUID) -> None:
+        self.account_id = account_id
+        self.count = 0
+
+    @staticmethod
+    def create_id(account_id: UUID) -> UUID:
+        return uuid5(NAMESPACE_URL, f"/counters/{account_id}")
+
+    @event("Incremented")
+    def increment(self) -> None:
+        self.count += 1
+
+
+class TransactionCounters(ProcessApplication[UUID]):
+    """Follows the bank: one counter per account, incremented by each transaction."""
+
+    def register_transcodings(self, transcoder: JSONTranscoder) -> None:
+        super().register_transcodings(transcoder)
+        transcoder.register(sample.EmailAddressAsStr())  # to read the bank's events
+
+    @singledispatchmethod
+    def policy(self, domain_event: Any, processing_event: ProcessingEvent[UUID]) -> None:
+        """Other events change nothing."""
+
+    @policy.register
+    def _(self, domain_event: domain.BankAccount.TransactionAppended, processing_event: ProcessingEvent[UUID]) -> None:
+        try:
+            counter: Counter = self.repository.get(Counter.create_id(domain_event.originator_id))
+        except AggregateNotFoundError:
+            counter = Counter(domain_event.originator_id)
+        counter.increment()
+        processing_event.collect_events(counter)
+
+
+def test_a_process_application_on_lakes_tracks_what_it_processed(tmp_path: Path) -> None:
+    env = {
+        "PERSISTENCE_MODULE": "es_analytics.eventsourcing",
+        "BANKACCOUNTS_LAKE_PATH": str(tmp_path / "bank"),
+        "TRANSACTIONCOUNTERS_LAKE_PATH": str(tmp_path / "counters"),
+    }
+    system = System(pipes=[[sample.BankAccounts, TransactionCounters]])
+    runner = SingleThreadedRunner[UUID](system, env=env)
+    runner.start()
+    bank = runner.get(sample.BankAccounts)
+    ids = [bank.open_account(name, f"{name}@example.com") for name in ("ann", "ben")]
+    for amount in range(1, 8):
+        bank.credit_account(ids[amount % 2], Decimal(amount))
+    runner.stop()
+
+    runner = SingleThreadedRunner[UUID](system, env=env)  # a restart processes nothing twice …
+    runner.start()
+    runner.get(sample.BankAccounts).credit_account(ids[0], Decimal(100))  # … and carries on
+    counters = runner.get(TransactionCounters)
+    assert counters.recorder.max_tracking_id("BankAccounts") == 10
+    assert [counters.repository.get(Counter.create_id(i)).count for i in ids] == [4, 4]
+    runner.stop()
+    with Lake.open(tmp_path / "counters") as lake:
+        counts = lake.sql(
+            "SELECT aggregate_type, count(*) AS events, count(DISTINCT aggregate_id) AS counters FROM events GROUP BY ALL"
+        )
+        assert counts.rows() == [("Counter", 2 + 8, 2)]
         assert lake.check()["ok"]
