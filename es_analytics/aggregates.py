@@ -135,10 +135,17 @@ class Aggregate:
             )
         handlers: dict[str, Handler] = {}
         for klass in reversed(cls.__mro__):
-            for value in vars(klass).values():
+            own: dict[str, str] = {}
+            for name, value in vars(klass).items():
                 event_type = getattr(value, "_es_when", None)
-                if event_type is not None:
-                    handlers[event_type] = value
+                if event_type is None:
+                    continue
+                if event_type in own:
+                    raise InvalidArgumentError(
+                        f"{klass.__name__} has two @when({event_type!r}) handlers: {own[event_type]} and {name}"
+                    )
+                own[event_type] = name
+                handlers[event_type] = value
         cls._handlers = handlers
 
     def __init__(self, aggregate_id: str) -> None:
@@ -167,7 +174,8 @@ class Aggregate:
         message = (
             f"{type(self).__name__} has no @when handler for {event.event_type!r} "
             f"(stream {self.aggregate_id!r}, version {event.aggregate_version}); handled types: "
-            f"{', '.join(self.handled_event_types()) or 'none'}"
+            f"{', '.join(self.handled_event_types()) or 'none'}. Add a handler, or set "
+            f"unknown_events = 'warn' on the class to skip such events"
         )
         if self.unknown_events == "warn":
             warnings.warn(message, UnknownEventWarning, stacklevel=3)
@@ -313,7 +321,9 @@ def _to_json(value: Any) -> Any:
     """A JSON-ready copy: Decimal, datetime and one-key ``$``-dicts tagged so they come back as they were."""
     if isinstance(value, dict):
         out = {str(k): _to_json(v) for k, v in value.items()}
-        return {"$dict": [list(item) for item in out.items()]} if len(out) == 1 and next(iter(out)).startswith("$") else out
+        if len(out) == 1 and next(iter(out)).startswith("$"):  # would read back as a tag
+            return {"$dict": [list(item) for item in out.items()]}
+        return out
     if isinstance(value, (list, tuple)):
         return [_to_json(v) for v in value]
     if isinstance(value, Decimal):

@@ -220,6 +220,21 @@ def test_a_bad_aggregate_type_or_unknown_events_choice_is_refused() -> None:
         when("not a name")
 
 
+def test_two_handlers_for_one_event_type_in_one_class_are_refused() -> None:
+    def twice() -> type:
+        class Twice(Aggregate):
+            @when("Happened")
+            def _first(self, event: DomainEvent) -> None: ...
+
+            @when("Happened")
+            def _second(self, event: DomainEvent) -> None: ...
+
+        return Twice
+
+    with pytest.raises(InvalidArgumentError, match="Twice has two @when\\('Happened'\\) handlers: _first and _second"):
+        twice()
+
+
 def test_from_state_restores_and_checks_the_fields() -> None:
     counter = Counter.from_state("c-1", 7, {"count": 12})
     assert (counter.count, counter.version, counter.saved_version) == (12, 7, 7)
