@@ -67,10 +67,10 @@ class Report:
 
     kind: str
     title: str
-    html: str
+    html: str = field(repr=False)
     watermark: str
-    data: dict[str, pl.DataFrame] = field(default_factory=dict)
-    facts: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, pl.DataFrame] = field(default_factory=dict, repr=False)
+    facts: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the report to ``path``: ``.html`` as is, ``.pdf`` printed by headless Chromium.
