@@ -222,7 +222,7 @@ class Lake:
         if last_position:
             self._store.maybe_auto_seal(last_position)
             if self._subscribers:
-                self._publish(aggregate_id, version - len(batch))
+                self._publish(aggregate_id, version - len(batch), version)
         return version
 
     @staticmethod
@@ -495,9 +495,10 @@ class Lake:
 
         return unsubscribe
 
-    def _publish(self, aggregate_id: str, after_version: int) -> None:
+    def _publish(self, aggregate_id: str, after_version: int, version: int) -> None:
         try:
             committed = self.events(aggregate_id, from_version=after_version)
+            committed = committed.filter(pl.col("aggregate_version") <= version)  # not later appends by others
         except EsAnalyticsError as exc:
             self._subscriber_failed(None, None, exc)
             return
