@@ -33,6 +33,13 @@ Decimal('10.00')
 
 from __future__ import annotations
 
+try:
+    import eventsourcing.persistence  # noqa: F401  (the library, not this package: imports are absolute)
+except ImportError as exc:  # pragma: no cover - only without the optional extra
+    raise ImportError(
+        "es_analytics.eventsourcing needs the eventsourcing library: pip install 'es_analytics[eventsourcing]'"
+    ) from exc
+
 from .datastore import LakeDatastore
 from .errors import (
     LakeConflictError,

@@ -147,11 +147,13 @@ class LakeApplicationRecorder(LakeAggregateRecorder, ApplicationRecorder):
         ds = self.datastore
         with ds.lock, ds.errors():
             table = ds.read_log(max(after, 0), stop, limit, topics)
-            offsets = ds.read_offsets(pc.unique(table["aggregate_id"]).to_pylist()) if table.num_rows else {}
+            streams = pc.unique(table["aggregate_id"]).to_pylist()
+            offsets = ds.read_offsets(streams) if streams else {}
+        originators = {a: ds.originator_id(a) for a in streams}  # one UUID parse per stream, not per event
         return [
             Notification(
                 id=position,
-                originator_id=ds.originator_id(aggregate_id),
+                originator_id=originators[aggregate_id],
                 originator_version=version + offsets.get(aggregate_id, 0),
                 topic=topic,
                 state=decode_state(data, metadata),
