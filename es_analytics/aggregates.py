@@ -242,13 +242,19 @@ class Aggregate:
 
     @classmethod
     def from_state(cls: type[A], aggregate_id: str, version: int, state: Mapping[str, Any]) -> A:
-        """An aggregate with the given state and version (how a snapshot is restored)."""
+        """An aggregate with the given state and version (how a snapshot is restored).
+
+        ``state`` must hold every field ``__init__`` sets; fields that handlers added later are restored too.
+        """
         aggregate = cls(aggregate_id)
-        expected = set(aggregate.state())
-        if set(state) != expected:
+        missing = set(aggregate.state()) - set(state)
+        if missing:
             raise InvalidArgumentError(
-                f"state for {cls.__name__} must have the fields {sorted(expected)}, got {sorted(state)}"
+                f"state for {cls.__name__} lacks the fields {sorted(missing)} (got {sorted(state)})"
             )
+        bad = [k for k in state if not isinstance(k, str) or k.startswith("_") or k in _RESERVED]
+        if bad:
+            raise InvalidArgumentError(f"state for {cls.__name__} holds fields that are not state: {bad}")
         for key, value in state.items():
             setattr(aggregate, key, copy.deepcopy(value))
         aggregate.version = aggregate._saved_version = version

@@ -238,8 +238,12 @@ def test_two_handlers_for_one_event_type_in_one_class_are_refused() -> None:
 def test_from_state_restores_and_checks_the_fields() -> None:
     counter = Counter.from_state("c-1", 7, {"count": 12})
     assert (counter.count, counter.version, counter.saved_version) == (12, 7, 7)
-    with pytest.raises(InvalidArgumentError, match=r"must have the fields \['count'\], got \['total'\]"):
+    with pytest.raises(InvalidArgumentError, match=r"lacks the fields \['count'\] \(got \['total'\]\)"):
         Counter.from_state("c-1", 7, {"total": 12})
+    with pytest.raises(InvalidArgumentError, match=r"holds fields that are not state: \['version'\]"):
+        Counter.from_state("c-1", 7, {"count": 1, "version": 12})
+    later = Counter.from_state("c-1", 7, {"count": 1, "note": "set by a handler"})
+    assert later.state() == {"count": 1, "note": "set by a handler"}
 
 
 def test_fingerprint_is_stable_and_changes_with_class_version_and_handler_code() -> None:

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from es_analytics import ConcurrencyError, Event, InvalidArgumentError, Lake, Repository
+from es_analytics import Aggregate, ConcurrencyError, DomainEvent, Event, InvalidArgumentError, Lake, Repository, when
 from es_analytics.aggregates import decode_state
 from es_analytics.examples.bank import BankAccount
 from es_analytics.examples.users import User
@@ -432,3 +432,31 @@ def test_aggregate_history_shows_the_state_after_each_event(empty_lake: Lake) ->
     assert past["balance"][-1] == empty_lake.aggregate(BankAccount, "acc-1", as_of=at(12)).balance
     before = empty_lake.aggregate_history(BankAccount, "acc-1", as_of=at(-1))
     assert before.height == 0 and before.columns == trace.columns
+
+
+class Ticket(Aggregate):
+    """A class whose handler adds a state field that ``__init__`` does not set."""
+
+    def __init__(self, aggregate_id: str) -> None:
+        super().__init__(aggregate_id)
+        self.status = "open"
+
+    def close(self, by: str) -> None:
+        self._record("TicketClosed", {"by": by})
+
+    @when("TicketClosed")
+    def _closed(self, event: DomainEvent) -> None:
+        self.status = "closed"
+        self.closed_by = event.data["by"]
+
+
+def test_snapshots_restore_fields_that_handlers_add(empty_lake: Lake, monkeypatch: pytest.MonkeyPatch) -> None:
+    repo = Repository(empty_lake, Ticket, snapshot_every=1)
+    ticket = Ticket("t-1")
+    ticket.close("ada")
+    repo.save(ticket)
+    calls = spy_from_versions(empty_lake, monkeypatch)
+    loaded = empty_lake.aggregate(Ticket, "t-1")
+    assert calls == [1]  # from the snapshot
+    assert loaded == load(empty_lake, Ticket, "t-1", use_snapshots=False)
+    assert loaded.state() == {"status": "closed", "closed_by": "ada"}
