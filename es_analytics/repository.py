@@ -275,7 +275,7 @@ def _stream(
     frame = source.events(aggregate_id, from_version=start, until=as_of, known_at=known_at)
     if version is not None:
         frame = frame.filter(pl.col("aggregate_version") <= version)
-    return frame
+    return frame.sort("aggregate_version")  # the fold's order (position order agrees for appends)
 
 
 def _check_type(cls: type[Aggregate], aggregate_id: str, frame: pl.DataFrame, snapshot: Snapshot | None) -> None:
