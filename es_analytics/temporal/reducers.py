@@ -205,7 +205,12 @@ class Reducer:
         """The per-event value: one expression, or a CASE over the event types."""
         exprs = {v.sql() if v is not None else "NULL" for _, v in self.values}
         if len(exprs) == 1:
-            return exprs.pop()
+            expr = exprs.pop()
+            if all(isinstance(v, (Const, Column)) or v is None for _, v in self.values):
+                return expr
+            # Parse the payload only on rows of the reducer's own types (DuckDB would otherwise compute
+            # the aggregate's input for every row before applying its FILTER).
+            return f"CASE WHEN event_type IN ({_types_sql(self)}) THEN {expr} END"
         cases = " ".join(f"WHEN {_literal(t, 'VARCHAR')} THEN {v.sql() if v else 'NULL'}" for t, v in self.values)
         return f"CASE event_type {cases} END"
 
