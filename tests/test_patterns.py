@@ -8,6 +8,7 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Iterator, Sequence
 from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import polars as pl
@@ -18,6 +19,7 @@ from polars.testing import assert_frame_equal
 
 from es_analytics import Event, Lake, patterns
 from es_analytics.errors import InvalidArgumentError
+from es_analytics.patterns._rollup import ROLLUP_DIR
 
 UTC = timezone.utc
 BERLIN = "Europe/Berlin"
@@ -175,18 +177,24 @@ def test_analyze_rejects_bad_input(tmp_path: object, kwargs: dict[str, object], 
 
 zones = st.sampled_from(["UTC", "Europe/Berlin", "America/New_York", "Australia/Lord_Howe", "Asia/Kolkata"])
 instants = st.integers(0, 40 * 86400 - 1).map(lambda s: utc(2025, 3, 1) + timedelta(seconds=s))
+# Bounds on quarter hours are answered from rollups of sealed files, others by scanning the events.
+bound = st.one_of(instants, st.integers(0, 40 * 96).map(lambda q: utc(2025, 3, 1) + timedelta(minutes=15 * q)))
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(times=st.lists(instants, min_size=0, max_size=25), tz=zones,
-       bounds=st.tuples(instants, instants).filter(lambda b: b[0] != b[1]))
+       bounds=st.tuples(bound, bound).filter(lambda b: b[0] != b[1]), sealed=st.integers(0, 25))
 def test_analyze_agrees_with_a_row_by_row_count(tmp_path: object, times: list[datetime], tz: str,
-                                                bounds: tuple[datetime, datetime]) -> None:
+                                                bounds: tuple[datetime, datetime], sealed: int) -> None:
     start, end = sorted(bounds)
     with Lake.open(tempfile.mkdtemp(dir=str(tmp_path))) as lake:
-        if times:
-            lake.append("acc-1", [Event("MoneyDeposited", {}, occurred_at=t) for t in times],
-                        expected_version=0, aggregate_type="BankAccount")
+        # The first `sealed` events go to Parquet, the rest stay in the hot tier.
+        for part, seal in ((times[:sealed], True), (times[sealed:], False)):
+            if part:
+                lake.append("acc-1", [Event("MoneyDeposited", {}, occurred_at=t) for t in part],
+                            expected_version=None, aggregate_type="BankAccount")
+                if seal:
+                    lake.seal()
         result = patterns.analyze(lake, "MoneyDeposited", start, end, tz=tz)
     local = [t.astimezone(ZoneInfo(tz)) for t in times if start <= t < end]
     assert result.total_events == len(local) == result.hourly["count"].sum() == result.daily["count"].sum()
@@ -196,6 +204,29 @@ def test_analyze_agrees_with_a_row_by_row_count(tmp_path: object, times: list[da
     assert set(result.active_daily["date"].to_list()) == expected_days
     assert result.daily["date"].to_list() == patterns.calendar_days(start, end, tz)
     assert result.days == len(patterns.calendar_days(start, end, tz))
+
+
+def test_rollups_of_sealed_files_are_cached_and_follow_the_snapshot(tmp_path: Path) -> None:
+    window = (utc(2025, 10, 24), utc(2025, 10, 30))
+    with Lake.open(tmp_path / "lake") as lake:
+        fill(lake, DST_HISTORY, seal=True)
+        first = patterns.analyze(lake, "MoneyDeposited", *window)
+        cached = sorted((tmp_path / "lake" / ROLLUP_DIR).glob("*.parquet"))
+        assert len(cached) == 1 and first.total_events == 8
+        # A new sealed file and new hot rows are counted; the cached rollup is reused.
+        fill(lake, [("acc-3", "MoneyDeposited", utc(2025, 10, 27, 12))], seal=True)
+        fill(lake, [("acc-3", "MoneyDeposited", utc(2025, 10, 27, 13))], seal=False)
+        second = patterns.analyze(lake, "MoneyDeposited", *window)
+        assert second.total_events == 10 and second.hourly["count"][12] == 1 and second.hourly["count"][13] == 1
+        assert len(list((tmp_path / "lake" / ROLLUP_DIR).glob("*.parquet"))) == 2
+        lake.compact()
+        assert patterns.analyze(lake, "MoneyDeposited", *window).daily.equals(second.daily)
+    # A damaged cache file is computed again (and rewritten) by the next reader.
+    for path in (tmp_path / "lake" / ROLLUP_DIR).glob("*.parquet"):
+        path.write_bytes(b"not parquet")
+    with Lake.open(tmp_path / "lake") as lake:
+        assert patterns.analyze(lake, "MoneyDeposited", *window).daily.equals(second.daily)
+    assert all(p.read_bytes()[:4] == b"PAR1" for p in (tmp_path / "lake" / ROLLUP_DIR).glob("*.parquet"))
 
 
 # -- heatmap ----------------------------------------------------------------------------------------

@@ -106,31 +106,6 @@ def _calendar(start: datetime, end: datetime, tz: str) -> pl.Series:
     return pl.date_range(first, last, "1d", eager=True).alias("date")
 
 
-# -- the one scan: counts per local 15-minute slot ----------------------------------------------
-def _local_slots(lake: Lake, where: _Filter, tz: str, *, by_type: bool = False) -> pl.DataFrame:
-    """Event counts per local 15-minute slot: columns ``local`` (naive local datetime)[, ``event_type``], ``count``."""
-    clause, params = where.sql()
-    key = ", event_type" if by_type else ""
-    slots = lake._query(
-        f"WITH s AS (SELECT epoch_us(occurred_at) // {SLOT_US} AS slot{key}, count(*) AS n "
-        f"FROM events WHERE {clause} GROUP BY ALL) "
-        f"SELECT timezone(?, to_timestamp(slot * {SLOT_US // 1_000_000})) AS local{key}, n AS count, "
-        f"(epoch_us(timezone(?, to_timestamp(slot * {SLOT_US // 1_000_000}))) - slot * {SLOT_US}) % {SLOT_US} <> 0 "
-        "AS misaligned FROM s",
-        [*params, tz, tz],
-        what="patterns",
-    )
-    if slots.height and slots["misaligned"].any():
-        # A zone offset that is not whole quarter hours (historic local mean time): convert row by row.
-        slots = lake._query(
-            f"SELECT date_trunc('minute', timezone(?, occurred_at)) AS local{key}, count(*) AS count "
-            f"FROM events WHERE {clause} GROUP BY ALL",
-            [tz, *params],
-            what="patterns",
-        )
-    return slots.select("local", *(["event_type"] if by_type else []), pl.col("count").cast(pl.Int64))
-
-
 def _zero_fill_daily(counts: pl.DataFrame, calendar: pl.Series) -> pl.DataFrame:
     return (
         pl.DataFrame({"date": calendar})

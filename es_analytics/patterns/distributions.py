@@ -12,7 +12,8 @@ import numpy as np
 import polars as pl
 
 from ..errors import InvalidArgumentError
-from ._common import GRAINS, Grain, _calendar, _label, _local_slots, _make_filter, _zero_fill_daily, _zone
+from ._common import GRAINS, Grain, _calendar, _label, _make_filter, _zero_fill_daily, _zone
+from ._rollup import local_slots
 
 if TYPE_CHECKING:
     from ..lake import Lake
@@ -136,7 +137,7 @@ def analyze(
     zone = _zone(tz)
     where = _make_filter(start, end, event_type, aggregate_id=aggregate_id)
     assert where.start is not None and where.end is not None
-    slots = _local_slots(lake, where, zone)
+    slots = local_slots(lake, where, zone)
     hourly = (
         pl.DataFrame({"hour": pl.int_range(0, 24, eager=True, dtype=pl.Int32)})
         .join(slots.group_by(pl.col("local").dt.hour().cast(pl.Int32).alias("hour")).agg(pl.col("count").sum()),
@@ -179,7 +180,7 @@ def heatmap(lake: Lake, event_type: str | Sequence[str] | None, start: datetime,
     zone = _zone(tz)
     where = _make_filter(start, end, event_type, aggregate_type=aggregate_type)
     assert where.start is not None and where.end is not None
-    slots = _local_slots(lake, where, zone)
+    slots = local_slots(lake, where, zone)
     counts = slots.group_by(
         pl.col("local").dt.weekday().cast(pl.Int8).alias("weekday"),
         pl.col("local").dt.hour().cast(pl.Int8).alias("hour"),
@@ -227,7 +228,7 @@ def trend(lake: Lake, event_type: str | Sequence[str] | None, start: datetime, e
     zone = _zone(tz)
     where = _make_filter(start, end, event_type, aggregate_type=aggregate_type)
     assert where.start is not None and where.end is not None
-    slots = _local_slots(lake, where, zone)
+    slots = local_slots(lake, where, zone)
     daily = _zero_fill_daily(
         slots.group_by(pl.col("local").dt.date().alias("date")).agg(pl.col("count").sum()),
         _calendar(where.start, where.end, zone),
@@ -292,7 +293,7 @@ def anomalies(lake: Lake, start: datetime, end: datetime, *, event_type: str | S
     zone = _zone(tz)
     where = _make_filter(start, end, event_type, aggregate_type=aggregate_type)
     assert where.start is not None and where.end is not None
-    slots = _local_slots(lake, where, zone, by_type=True)
+    slots = local_slots(lake, where, zone, by_type=True)
     counts = slots.group_by("event_type", pl.col("local").dt.date().alias("date")).agg(pl.col("count").sum())
     types = sorted(set(where.types or ()) | set(counts["event_type"].to_list()))
     grid = pl.DataFrame({"event_type": types}, schema={"event_type": pl.String}).join(
@@ -354,7 +355,7 @@ def mix(lake: Lake, start: datetime, end: datetime, *, every: Grain = "week", tz
         raise InvalidArgumentError(f"every must be one of {sorted(GRAINS)!r}, got {every!r}")
     zone = _zone(tz)
     where = _make_filter(start, end, event_type, aggregate_type=aggregate_type)
-    slots = _local_slots(lake, where, zone, by_type=True)
+    slots = local_slots(lake, where, zone, by_type=True)
     table = (
         slots.group_by(pl.col("local").dt.date().dt.truncate(GRAINS[every]).alias("period"), "event_type")
         .agg(pl.col("count").sum())
