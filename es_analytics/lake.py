@@ -248,9 +248,20 @@ class Lake:
             return self._store.hot.current_version(aggregate_id)
 
     def seal(self) -> dict[str, Any]:
-        """Move committed hot events into Parquet now and return what was done."""
+        """Move committed hot events into Parquet now and return what was done.
+
+        Afterwards the integrity checkpoint is extended over the new events (``result["integrity"]``).
+        """
         with translate_errors("seal"):
-            return self._store.seal()
+            result = self._store.seal()
+        from .integrity import checkpoint
+
+        try:
+            result["integrity"] = checkpoint(self)
+        except (EsAnalyticsError, OSError) as exc:  # the seal itself succeeded; verify() will report
+            _log.warning("could not extend the integrity checkpoint after sealing: %r", exc)
+            result["integrity"] = {"error": str(exc)}
+        return result
 
     def compact(self, aggregate_type: str | None = None) -> list[str]:
         """Rewrite sealed files into stream-sorted files (also done on its own while sealing)."""

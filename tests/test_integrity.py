@@ -175,3 +175,17 @@ def test_property_chain_head_equals_the_plain_loop(digests: list[bytes], start: 
     assert chain_head(array, start) == expected
     assert chain_head(array.combine_chunks().slice(min(3, len(digests))), start) == chain_head(
         pa.array(digests[3:], pa.binary()), start)
+
+
+def test_sealing_checkpoints_so_an_edit_before_any_verify_is_found(empty_lake: Lake) -> None:
+    fill(empty_lake, accounts=2)
+    first = empty_lake.seal()["integrity"]
+    assert first["added"] == 10 and first["head"] == independent_head(empty_lake)
+    fill_more = [Event("MoneyDeposited", {"amount": 7}, occurred_at=T0)]
+    empty_lake.append("acc-7", fill_more, expected_version=0, aggregate_type="BankAccount")
+    second = empty_lake.seal()["integrity"]
+    assert second["added"] == 1 and second["events"] == 11 and second["head"] == independent_head(empty_lake)
+    path = sealed_file(empty_lake, 1)
+    rewrite_value(path, 0, "metadata", '{"user_id":"mallory"}')
+    result = empty_lake.verify()
+    assert not result["ok"] and result["first_bad_event"]["position"] == 11
