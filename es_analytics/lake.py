@@ -250,10 +250,13 @@ class Lake:
     def seal(self) -> dict[str, Any]:
         """Move committed hot events into Parquet now and return what was done.
 
-        Afterwards the integrity checkpoint is extended over the new events (``result["integrity"]``).
+        Afterwards the integrity checkpoint is extended over the new events (``result["integrity"]``; the
+        first checkpoint of a lake covers all its events once).
         """
         with translate_errors("seal"):
             result = self._store.seal()
+        if not result.get("sealed_events"):
+            return result
         from .integrity import checkpoint
 
         try:
