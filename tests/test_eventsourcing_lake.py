@@ -80,6 +80,7 @@ def _writer(path: str, worker: int, log: str, start: threading.Barrier) -> None:
                     events.append(_event(originator_id, v, state))
             if not events:
                 continue
+            time.sleep(0.001)  # between reading heads and writing: let the other writers race us
             try:
                 ids = recorder.insert_events(events)
             except LakeVersionConflictError:
