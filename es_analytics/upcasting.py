@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Iterable
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import polars as pl
 import pyarrow as pa
@@ -37,6 +37,7 @@ from .events import Event
 __all__ = [
     "UPCAST_VIEW",
     "Upcaster",
+    "Step",
     "UpcasterRegistry",
     "coverage",
     "default_registry",
@@ -44,7 +45,14 @@ __all__ = [
     "upcaster",
 ]
 
-Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
+Upcaster = Callable[[Any], Any]  # dict -> dict, or Series -> Series when registered vectorized
+
+
+class Step(NamedTuple):
+    """One link of a chain: the function and whether it works on a whole Series of JSON text."""
+
+    fn: Upcaster
+    vectorized: bool
 Status = Literal["newest", "upcast", "broken chain", "ahead", "unversioned"]
 UPCAST_VIEW = "events_upcast"
 COVERAGE_COLUMNS = ("event_type", "schema_version", "events", "first_seen", "last_seen",
@@ -56,6 +64,7 @@ class UpcasterRegistry:
 
     def __init__(self) -> None:
         self._steps: dict[tuple[str, int], Upcaster] = {}
+        self._vectorized: set[tuple[str, int]] = set()
         self.revision = 0
 
     def __repr__(self) -> str:
@@ -64,8 +73,14 @@ class UpcasterRegistry:
     def __bool__(self) -> bool:
         return bool(self._steps)
 
-    def register(self, event_type: str, from_version: int, fn: Upcaster | None = None) -> Any:
+    def register(
+        self, event_type: str, from_version: int, fn: Upcaster | None = None, *, vectorized: bool = False
+    ) -> Any:
         """Register ``fn`` as the step from ``from_version`` to ``from_version + 1`` (or use as a decorator).
+
+        ``fn`` takes and returns a payload dict. With ``vectorized=True`` it takes a polars ``Series`` of
+        payloads as JSON text and returns one of the same length (e.g. built with ``str.json_decode`` and
+        ``struct.json_encode``): no Python per event, for payloads of a fixed shape.
 
         Registering another function for a step that has one is an error, except a function of the same
         name (a notebook cell run again), which replaces it.
@@ -82,6 +97,10 @@ class UpcasterRegistry:
                     f"unregister it before registering {_name(step)}"
                 )
             self._steps[(event_type, from_version)] = step
+            if vectorized:
+                self._vectorized.add((event_type, from_version))
+            else:
+                self._vectorized.discard((event_type, from_version))
             self.revision += 1
             return step
 
@@ -90,6 +109,7 @@ class UpcasterRegistry:
     def unregister(self, event_type: str, from_version: int) -> None:
         """Remove one step (no error if it is absent)."""
         if self._steps.pop((event_type, from_version), None) is not None:
+            self._vectorized.discard((event_type, from_version))
             self.revision += 1
 
     def event_types(self) -> set[str]:
@@ -134,7 +154,7 @@ class UpcasterRegistry:
         steps, newest = self.chain(event_type, schema_version)
         return _run(steps, data, event_type, schema_version), newest
 
-    def chain(self, event_type: str, schema_version: int) -> tuple[list[Upcaster], int]:
+    def chain(self, event_type: str, schema_version: int) -> tuple[list[Step], int]:
         """The steps from ``schema_version`` to the newest version, and that version.
 
         Raises
@@ -154,7 +174,7 @@ class UpcasterRegistry:
                     f"no upcaster from v{version} to v{version + 1} (newest is v{newest}); register one "
                     "with es_analytics.upcaster, and see lake.upcasting_coverage() for what the lake holds",
                 )
-            steps.append(step)
+            steps.append(Step(step, (event_type, version) in self._vectorized))
         return steps, newest
 
     def upcast_json(self, event_type: str, schema_version: int, text: str) -> tuple[str, int]:
@@ -170,7 +190,7 @@ class UpcasterRegistry:
         for key in sorted(k for k in self._steps if k[0] in set(event_types)):
             step = self._steps[key]
             code = getattr(step, "__code__", None)
-            digest.update(repr(key).encode() + _name(step).encode())
+            digest.update(repr((key, key in self._vectorized)).encode() + _name(step).encode())
             if code is not None:
                 digest.update(code.co_code + repr(code.co_consts).encode())
         return digest.hexdigest()[:16]
@@ -179,15 +199,53 @@ class UpcasterRegistry:
         return {t: v for t in self.event_types() if (v := self.newest_version(t)) is not None}
 
 
-def _run(steps: list[Upcaster], data: dict[str, Any], event_type: str, schema_version: int) -> dict[str, Any]:
+def _run(steps: list[Step], data: dict[str, Any], event_type: str, schema_version: int) -> dict[str, Any]:
+    """Run a chain on one payload (vectorized steps get a one-row Series)."""
     for step in steps:
+        if step.vectorized:
+            text = _run_series(step, pl.Series([_dumps(data, event_type, schema_version)], dtype=pl.String),
+                               event_type, schema_version)[0]
+            data = json.loads(text)
+            continue
         try:
-            data = step(data)
+            data = step.fn(data)
         except Exception as exc:
-            raise UpcastError(event_type, schema_version, f"{_name(step)} failed: {exc!r}") from exc
+            raise UpcastError(event_type, schema_version, f"{_name(step.fn)} failed: {exc!r}") from exc
         if not isinstance(data, dict):
-            raise UpcastError(event_type, schema_version, f"{_name(step)} returned {type(data).__name__}, not a dict")
+            raise UpcastError(event_type, schema_version,
+                              f"{_name(step.fn)} returned {type(data).__name__}, not a dict")
     return data
+
+
+def _run_series(step: Step, texts: pl.Series, event_type: str, schema_version: int) -> pl.Series:
+    try:
+        out = step.fn(texts)
+    except Exception as exc:
+        raise UpcastError(event_type, schema_version, f"{_name(step.fn)} failed: {exc!r}") from exc
+    if not isinstance(out, pl.Series) or out.dtype != pl.String or out.len() != texts.len():
+        raise UpcastError(event_type, schema_version,
+                          f"{_name(step.fn)} must return a String Series of {texts.len()} JSON texts, got {out!r:.80}")
+    if out.null_count():
+        raise UpcastError(event_type, schema_version, f"{_name(step.fn)} returned null payloads")
+    return out
+
+
+def _run_group(steps: list[Step], texts: pl.Series, event_type: str, schema_version: int) -> pl.Series:
+    """Run a chain on many payloads of one (type, version): vectorized steps once, row steps per payload."""
+    i = 0
+    while i < len(steps):
+        if steps[i].vectorized:
+            texts = _run_series(steps[i], texts, event_type, schema_version)
+            i += 1
+            continue
+        j = i
+        while j < len(steps) and not steps[j].vectorized:
+            j += 1
+        row_steps, loads = steps[i:j], json.loads
+        texts = pl.Series([_dumps(_run(row_steps, loads(t), event_type, schema_version), event_type, schema_version)
+                           for t in texts], dtype=pl.String)
+        i = j
+    return texts
 
 
 def _dumps(data: dict[str, Any], event_type: str, schema_version: int) -> str:
@@ -205,12 +263,14 @@ def _name(fn: Any) -> str:
 default_registry = UpcasterRegistry()
 
 
-def upcaster(event_type: str, from_version: int) -> Callable[[Upcaster], Upcaster]:
+def upcaster(event_type: str, from_version: int, *, vectorized: bool = False) -> Callable[[Upcaster], Upcaster]:
     """Decorator: register an upcaster from ``from_version`` to the next in :data:`default_registry`.
 
-    Name it after its step, e.g. ``user_registered_v1_to_v2``.
+    Name it after its step, e.g. ``user_registered_v1_to_v2``. See :meth:`UpcasterRegistry.register` for
+    ``vectorized``.
     """
-    decorate: Callable[[Upcaster], Upcaster] = default_registry.register(event_type, from_version)
+    decorate: Callable[[Upcaster], Upcaster] = default_registry.register(event_type, from_version,
+                                                                          vectorized=vectorized)
     return decorate
 
 
@@ -234,19 +294,12 @@ def upcast_frame(frame: pl.DataFrame, registry: UpcasterRegistry) -> pl.DataFram
     )
     if todo.height == 0:
         return frame
-    chains: dict[tuple[str, int], tuple[list[Upcaster], int]] = {}
-    texts, versions = [], []
-    loads = json.loads
-    for event_type, version, text in todo.select("event_type", "schema_version", "data").iter_rows():
-        key = (event_type, version)
-        chain = chains.get(key)
-        if chain is None:
-            chain = chains[key] = registry.chain(event_type, version)
-        texts.append(_dumps(_run(chain[0], loads(text), event_type, version), event_type, version))
-        versions.append(chain[1])
-    rows = todo["_row"]
-    data = frame["data"].clone().scatter(rows, pl.Series(texts, dtype=pl.String))
-    schema_version = frame["schema_version"].clone().scatter(rows, pl.Series(versions, dtype=pl.Int32))
+    data, schema_version = frame["data"].clone(), frame["schema_version"].clone()
+    for key, group in todo.partition_by("event_type", "schema_version", as_dict=True).items():
+        event_type, version = str(key[0]), int(key[1])
+        steps, to_version = registry.chain(event_type, version)
+        data.scatter(group["_row"], _run_group(steps, group["data"], event_type, version))
+        schema_version.scatter(group["_row"], pl.Series([to_version] * group.height, dtype=pl.Int32))
     return frame.with_columns(data=data, schema_version=schema_version)
 
 

@@ -238,3 +238,49 @@ def test_the_view_calls_python_only_for_rows_that_need_it() -> None:
     assert "CASE WHEN event_type IN ('PriceSet', 'UserRegistered') THEN es_upcast_version" in sql
     assert ("CASE WHEN (event_type IN ('PriceSet', 'UserRegistered') OR contains(data, '\"$enc\":\"A256GCM\"')) "
             "THEN es_upcast_data") in sql
+
+
+# -- vectorized upcasters ---------------------------------------------------------------------
+def price_set_v1_to_v2_rows(data: dict[str, Any]) -> dict[str, Any]:
+    return {"amount": data["price"], "currency": "EUR"}
+
+
+def price_set_v1_to_v2_vectorized(texts: pl.Series) -> pl.Series:
+    decoded = texts.str.json_decode(pl.Struct({"price": pl.Int64})).struct.field("price")
+    return pl.DataFrame({"amount": decoded}).select(
+        pl.struct(pl.col("amount"), currency=pl.lit("EUR")).struct.json_encode()).to_series()
+
+
+def price_set_v2_to_v3(data: dict[str, Any]) -> dict[str, Any]:
+    return {**data, "tax": 0}
+
+
+@given(st.lists(st.tuples(st.integers(1, 3), st.integers(0, 10**6)), max_size=20))
+def test_vectorized_and_row_upcasters_give_the_same_payloads(rows: list[tuple[int, int]]) -> None:
+    texts = [json.dumps({"price": p}) if v == 1 else json.dumps({"amount": p, "currency": "EUR"})
+             if v == 2 else json.dumps({"amount": p, "currency": "EUR", "tax": 0}) for v, p in rows]
+    frame = pl.DataFrame({"event_type": ["PriceSet"] * len(rows), "schema_version": [v for v, _ in rows],
+                          "data": texts}, schema={"event_type": pl.String, "schema_version": pl.Int32, "data": pl.String})
+    results = []
+    for vectorized in (False, True):
+        registry = UpcasterRegistry()
+        registry.register("PriceSet", 1, price_set_v1_to_v2_vectorized if vectorized else price_set_v1_to_v2_rows,
+                          vectorized=vectorized)
+        registry.register("PriceSet", 2, price_set_v2_to_v3)
+        out = upcast_frame(frame, registry)
+        results.append([(v, json.loads(d)) for v, d in out.select("schema_version", "data").rows()])
+    assert results[0] == results[1]
+    assert all(v == 3 and set(d) == {"amount", "currency", "tax"} for v, d in results[1])
+
+
+def test_a_vectorized_upcaster_also_serves_single_payloads(registry: UpcasterRegistry) -> None:
+    registry.register("PriceSet", 1, price_set_v1_to_v2_vectorized, vectorized=True)
+    assert registry.upcast("PriceSet", 1, {"price": 4}) == ({"amount": 4, "currency": "EUR"}, 2)
+
+
+def test_a_vectorized_upcaster_must_return_one_text_per_payload(empty_lake: Lake, registry: UpcasterRegistry) -> None:
+    registry.register("PriceSet", 1, lambda texts: texts.head(1), vectorized=True)
+    empty_lake.append("p-1", [Event("PriceSet", {"price": 1}), Event("PriceSet", {"price": 2})],
+                      expected_version=0, aggregate_type="Product")
+    with pytest.raises(UpcastError, match="must return a String Series of 2 JSON texts"):
+        empty_lake.events("p-1")
