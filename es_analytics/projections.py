@@ -54,6 +54,7 @@ __all__ = [
     "Running",
     "StateProjection",
     "build",
+    "compact",
     "drop",
     "install_views",
     "materialize",
@@ -196,17 +197,21 @@ class StateProjection(Projection):
                 f"GROUP BY aggregate_id) SELECT {finish} FROM p ORDER BY aggregate_id")
 
     def refresh_sql(self, source: str, old: str) -> str:
-        """The new stored table: old rows of untouched aggregates plus old and new events merged."""
+        """The new rows of the aggregates that have events in ``source``: their stored rows merged with those."""
         partial = ", ".join(["aggregate_id", "max(aggregate_version) AS version",
                              *self.reducers.partial_select(lambda n, r: r.value_sql())])
         merged = ", ".join(["aggregate_id", "max(version) AS version", *self.reducers.merge_select()])
         finish = ", ".join(["aggregate_id", "version", *self.reducers.finish_select(), *map(_q, self._keys())])
         return (f"WITH d AS (SELECT {partial} FROM {source} WHERE aggregate_type = ? GROUP BY aggregate_id), "
-                f"o AS (SELECT * FROM {old} WHERE aggregate_id IN (SELECT aggregate_id FROM d)), "
-                f"m AS (SELECT {merged} FROM (SELECT * FROM o UNION ALL BY NAME SELECT * FROM d) GROUP BY aggregate_id), "
-                f"f AS (SELECT {finish} FROM m) "
-                f"SELECT * FROM {old} WHERE aggregate_id NOT IN (SELECT aggregate_id FROM f) "
-                "UNION ALL BY NAME SELECT * FROM f ORDER BY aggregate_id")
+                f"o AS ({latest_sql(old, 'aggregate_id IN (SELECT aggregate_id FROM d)')}), "
+                f"m AS (SELECT {merged} FROM (SELECT * FROM o UNION ALL BY NAME SELECT * FROM d) GROUP BY aggregate_id) "
+                f"SELECT {finish} FROM m ORDER BY aggregate_id")
+
+
+def latest_sql(view: str, where: str = "TRUE") -> str:
+    """The newest row per aggregate among a state projection's files (each refresh writes changed rows anew)."""
+    return (f"SELECT * FROM {view} WHERE {where} "
+            "QUALIFY row_number() OVER (PARTITION BY aggregate_id ORDER BY version DESC) = 1")
 
 
 def _check_path(path: object) -> str:
@@ -280,22 +285,23 @@ class EventProjection(Projection):
         return f"SELECT {self._select(running)} FROM {source} WHERE {' AND '.join(conditions)} ORDER BY position"
 
     def refresh_sql(self, source: str, carry: str | None) -> str:
+        """The rows of the events in ``source``; running totals continue from the ``carry`` files."""
         window = "OVER (PARTITION BY aggregate_id ORDER BY aggregate_version ROWS UNBOUNDED PRECEDING)"
-        running = {c: f"coalesce(c.{_q(c)}, 0) + sum({v}) {window}" for c, (v, _) in self.running.items()}
         conditions = f"aggregate_type = ? AND event_type IN ({_types_sql(self.event_types)})"
-        joined = f"{source} LEFT JOIN {carry} AS c USING (aggregate_id)" if carry and self.running else source
         if not (carry and self.running):
             running = {c: f"sum({v}) {window}" for c, (v, _) in self.running.items()}
-        return f"SELECT {self._select(running)} FROM {joined} WHERE {conditions} ORDER BY position"
+            return f"SELECT {self._select(running)} FROM {source} WHERE {conditions} ORDER BY position"
+        running = {c: f"coalesce(c.{_q(c)}, 0) + sum({v}) {window}" for c, (v, _) in self.running.items()}
+        last = ", ".join(f"arg_max({_q(c)}, position) AS {_q(c)}" for c in self.running)
+        before = (f"(SELECT aggregate_id, {last} FROM {carry} WHERE aggregate_id IN "
+                  f"(SELECT aggregate_id FROM {source}) GROUP BY aggregate_id) AS c")
+        return (f"SELECT {self._select(running)} FROM {source} LEFT JOIN {before} USING (aggregate_id) "
+                f"WHERE {conditions} ORDER BY position")
 
-    def carry_sql(self, rows: str, old: str | None) -> str:
-        """Each aggregate's latest running totals (what the next refresh continues from)."""
+    def carry_sql(self, rows: str) -> str:
+        """Each aggregate's latest running totals in ``rows`` (what the next refresh continues from)."""
         cols = ", ".join(f"arg_max({_q(c)}, position) AS {_q(c)}" for c in self.running)
-        new = f"SELECT aggregate_id, {cols} FROM {rows} GROUP BY aggregate_id"
-        if old is None:
-            return new
-        return (f"WITH n AS ({new}) SELECT * FROM {old} WHERE aggregate_id NOT IN (SELECT aggregate_id FROM n) "
-                "UNION ALL BY NAME SELECT * FROM n")
+        return f"SELECT aggregate_id, max(position) AS position, {cols} FROM {rows} GROUP BY aggregate_id"
 
 
 def check_event_type(value: object) -> str:
@@ -377,13 +383,13 @@ class _State:
     columns: tuple[str, ...]
     personal: dict[str, str]
     files: tuple[str, ...]
-    carry: str | None = None
+    carry: tuple[str, ...] = ()
     rows: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
         body = {"format": _FORMAT, **{k: getattr(self, k) for k in self.__dataclass_fields__}}
-        body["columns"], body["files"] = list(self.columns), list(self.files)
+        body["columns"], body["files"], body["carry"] = list(self.columns), list(self.files), list(self.carry)
         return json.dumps(body, indent=1)
 
     @classmethod
@@ -394,7 +400,8 @@ class _State:
             return None
         if body.pop("format", None) != _FORMAT:
             return None
-        body["columns"], body["files"] = tuple(body["columns"]), tuple(body["files"])
+        body["columns"], body["files"], body["carry"] = (tuple(body["columns"]), tuple(body["files"]),
+                                                        tuple(body.get("carry") or ()))
         return cls(**body)
 
 
@@ -434,7 +441,7 @@ def _publish(folder: Path, state: _State, keep_old: Sequence[str] = ()) -> None:
     fsync_dir(folder)
     os.replace(tmp, folder / "state.json")
     fsync_dir(folder)
-    keep = {*state.files, *(state.carry and [state.carry] or []), *keep_old, "state.json", "lock"}
+    keep = {*state.files, *state.carry, *keep_old, "state.json", "lock"}
     for path in folder.iterdir():
         if path.name not in keep:
             path.unlink(missing_ok=True)
@@ -463,11 +470,11 @@ def _materialize(lake: LakeLike, projection: Projection, folder: Path) -> dict[s
     bounds = Bounds(position=position)
     frame = _stored(lake, projection, bounds)
     files = (_write_parquet(folder, f"data-{position}", frame.to_arrow()),)
-    carry = None
+    carry: tuple[str, ...] = ()
     if isinstance(projection, EventProjection) and projection.running:
         with _scratch(lake, {"_rows": [folder / files[0]]}) as con:
-            carry = _write_parquet(folder, f"carry-{position}", con.sql(projection.carry_sql("_rows", None))
-                                   .to_arrow_table())
+            carry = (_write_parquet(folder, f"carry-{position}", con.sql(projection.carry_sql("_rows"))
+                                    .to_arrow_table()),)
     state = _State(projection.name, projection.kind, projection.fingerprint(), position, projection.key,
                    tuple(projection.columns), projection.personal, files, carry, frame.height)
     _publish(folder, state, old.files if old else ())
@@ -493,51 +500,75 @@ def refresh(lake: LakeLike, projection: Projection) -> dict[str, Any]:
 
 
 def _refresh(lake: LakeLike, projection: Projection, folder: Path, old: _State, position: int) -> dict[str, Any]:
+    """Write the rows the new events change as one more file (compacting once there are many)."""
     sources = {"_old": [folder / f for f in old.files]}
     if old.carry:
-        sources["_carry"] = [folder / old.carry]
+        sources["_carry"] = [folder / f for f in old.carry]
+    files, rows, carry = old.files, old.rows, old.carry
     with _scratch(lake, sources) as con, _delta(lake, old.position, position, projection.aggregate_type) as delta:
         new_events = int(con.sql(f"SELECT count(*) FROM {delta} WHERE aggregate_type = ?",
                                  params=[projection.aggregate_type]).fetchall()[0][0])
-        if new_events == 0:
-            state = _State(**{**old.__dict__, "position": position})
-            _publish(folder, state)
-            return {"name": projection.name, "position": position, "rows": old.rows, "mode": "incremental",
-                    "events": 0}
-        if isinstance(projection, StateProjection):
+        if new_events and isinstance(projection, StateProjection):
             table = con.sql(projection.refresh_sql(delta, "_old"), params=[projection.aggregate_type]).to_arrow_table()
-            files, rows, carry = (_write_parquet(folder, f"data-{position}", table),), table.num_rows, None
-        else:
+            con.register("_changed", table)
+            rows += int(con.sql("SELECT count(*) FROM _changed WHERE aggregate_id NOT IN "
+                                "(SELECT aggregate_id FROM _old)").fetchall()[0][0])
+            con.unregister("_changed")
+            files = (*old.files, _write_parquet(folder, f"part-{position}", table))
+        elif new_events:
             assert isinstance(projection, EventProjection)
-            carry_view = "_carry" if old.carry else None
-            added = con.sql(projection.refresh_sql(delta, carry_view), params=[projection.aggregate_type])
-            table = added.to_arrow_table()
-            files, rows, carry = old.files, old.rows, old.carry
+            table = con.sql(projection.refresh_sql(delta, "_carry" if old.carry else None),
+                            params=[projection.aggregate_type]).to_arrow_table()
             if table.num_rows:
-                files = (*old.files, _write_parquet(folder, f"part-{position}", table))
-                rows += table.num_rows
+                files, rows = (*old.files, _write_parquet(folder, f"part-{position}", table)), rows + table.num_rows
                 if projection.running:
                     con.register("_added", table)
-                    carry = _write_parquet(folder, f"carry-{position}",
-                                           con.sql(projection.carry_sql("_added", carry_view)).to_arrow_table())
+                    carry = (*old.carry, _write_parquet(folder, f"carry-{position}",
+                                                        con.sql(projection.carry_sql("_added")).to_arrow_table()))
                     con.unregister("_added")
     state = _State(projection.name, projection.kind, projection.fingerprint(), position, projection.key,
                    tuple(projection.columns), projection.personal, files, carry, rows)
     _publish(folder, state)
-    if len(files) > _MAX_PARTS:
+    compacted = len(files) > MAX_PARTS
+    if compacted:
         _compact(lake, projection, folder, state)
     return {"name": projection.name, "position": position, "rows": rows, "mode": "incremental",
-            "events": new_events}
+            "events": new_events, "compacted": compacted}
 
 
-_MAX_PARTS = 64
+MAX_PARTS = 16
+"""A materialised projection is rewritten into one file once a refresh leaves more files than this."""
 
 
 def _compact(lake: LakeLike, projection: Projection, folder: Path, state: _State) -> None:
-    """Rewrite an event projection's many parts into one file (the rows and their order stay the same)."""
-    table = ds.dataset([str(folder / f) for f in state.files], format="parquet").to_table()
-    name = _write_parquet(folder, f"data-{state.position}", table)
-    _publish(folder, _State(**{**state.__dict__, "files": (name,)}), state.files)
+    """Rewrite the files into one (state: the newest row per aggregate; events: the rows in order)."""
+    sources = {"_all": [folder / f for f in state.files]}
+    if state.carry:
+        sources["_carry"] = [folder / f for f in state.carry]
+    with _scratch(lake, sources) as con:
+        if isinstance(projection, StateProjection):
+            table = con.sql(f"{latest_sql('_all')} ORDER BY aggregate_id").to_arrow_table()
+        else:
+            table = con.sql("SELECT * FROM _all ORDER BY position").to_arrow_table()
+        files = (_write_parquet(folder, f"data-{state.position}", table),)
+        carry = state.carry
+        if state.carry and isinstance(projection, EventProjection):
+            latest = con.sql("SELECT * FROM _carry QUALIFY row_number() OVER (PARTITION BY aggregate_id "
+                             "ORDER BY position DESC) = 1").to_arrow_table()
+            carry = (_write_parquet(folder, f"carry-{state.position}", latest),)
+    _publish(folder, _State(**{**state.__dict__, "files": files, "carry": carry}), (*state.files, *state.carry))
+
+
+def compact(lake: LakeLike, projection: Projection) -> dict[str, Any]:
+    """Rewrite a materialised projection's files into one now (refresh does it after ``MAX_PARTS`` files)."""
+    _check(projection)
+    folder = folder_of(lake, projection.name)
+    with _lock(folder):
+        state = _State.load(folder)
+        if state is None:
+            raise InvalidArgumentError(f"projection {projection.name!r} is not materialised in this lake")
+        _compact(lake, projection, folder, state)
+    return {"name": projection.name, "files_before": len(state.files)}
 
 
 def rebuild(lake: LakeLike, projection: Projection) -> dict[str, Any]:
@@ -566,10 +597,11 @@ def read(lake: LakeLike, projection: Projection) -> pl.DataFrame:
     folder = folder_of(lake, projection.name)
     state = _State.load(folder)
     assert state is not None
-    with translate_errors(f"reading projection {projection.name}"):
-        table = ds.dataset([str(folder / f) for f in state.files], format="parquet").to_table()
-    frame = pl.from_arrow(table)
-    assert isinstance(frame, pl.DataFrame)
+    with _scratch(lake, {"_all": [folder / f for f in state.files]}) as con:
+        if state.kind == "state":
+            frame = con.sql(f"{latest_sql('_all')} ORDER BY aggregate_id").pl()
+        else:
+            frame = con.sql("SELECT * FROM _all ORDER BY position").pl()
     return _present(lake, projection, frame)
 
 
@@ -599,11 +631,26 @@ def _scratch(lake: LakeLike, sources: Mapping[str, Sequence[Path]]) -> Iterator[
         con = reader.con
         try:
             for name, paths in sources.items():
-                con.register(name, ds.dataset([str(p) for p in paths], format="parquet"))
+                _expose(reader, name, paths)
             yield con
         finally:
             for name in sources:
-                con.unregister(name)
+                _hide(reader, name)
+
+
+def _expose(reader: Any, name: str, paths: Sequence[Path]) -> None:
+    """Parquet files as a view (an Arrow dataset in safe mode, where SQL may not read files)."""
+    if reader.safe:
+        reader.con.register(name, ds.dataset([str(p) for p in paths], format="parquet"))
+    else:
+        reader.con.read_parquet([str(p) for p in paths], hive_partitioning=False).create_view(name, replace=True)
+
+
+def _hide(reader: Any, name: str) -> None:
+    if reader.safe:
+        reader.con.unregister(name)
+    else:
+        reader.con.execute(f"DROP VIEW IF EXISTS {name}")
 
 
 @contextmanager
@@ -618,7 +665,7 @@ def _delta(lake: LakeLike, after: int, upto: int, aggregate_type: str) -> Iterat
     con.register(f"{view}_hot", reader.hot)
     parts = [f"SELECT * FROM {view}_hot"]
     if paths:
-        con.register(f"{view}_files", ds.dataset(paths, format="parquet", schema=reader.hot.schema))
+        _expose(reader, f"{view}_files", [Path(p) for p in paths])
         parts.append(f"SELECT * FROM {view}_files")
     con.execute(f"CREATE OR REPLACE TEMP VIEW {view} AS SELECT * FROM ({' UNION ALL '.join(parts)}) "
                 f"WHERE position > {int(after)} AND position <= {int(upto)}")
@@ -628,7 +675,7 @@ def _delta(lake: LakeLike, after: int, upto: int, aggregate_type: str) -> Iterat
         con.execute(f"DROP VIEW IF EXISTS {view}")
         con.unregister(f"{view}_hot")
         if paths:
-            con.unregister(f"{view}_files")
+            _hide(reader, f"{view}_files")
 
 
 def install_views(lake: LakeLike, cache: dict[str, Any]) -> None:
@@ -674,7 +721,8 @@ def _install_view(con: Any, folder: Path, state: _State) -> None:
             items.append(f"es_open_personal({_q(column)}, {_q(id_column)}, '{path}') AS {_q(column)}")
         else:
             items.append(f"{_q(source)} AS {_q(column)}")
-    con.execute(f"CREATE OR REPLACE VIEW {_q(name)} AS SELECT {', '.join(items)} FROM _projection_{name}")
+    source = f"({latest_sql(f'_projection_{name}')})" if state.kind == "state" else f"_projection_{name}"
+    con.execute(f"CREATE OR REPLACE VIEW {_q(name)} AS SELECT {', '.join(items)} FROM {source}")
 
 
 def _install_udf(con: Any, lake: LakeLike, cache: dict[str, Any], con_id: int) -> None:

@@ -16,7 +16,7 @@ from polars.testing import assert_frame_equal
 from es_analytics import Event, Lake
 from es_analytics.errors import InvalidArgumentError
 from es_analytics.examples.bank import BankAccount, account_summary, account_transactions
-from es_analytics.projections import EventProjection, StateProjection, build
+from es_analytics.projections import EventProjection, StateProjection, build, compact
 from es_analytics.temporal import Count, Json, Last, Reducers, Sum
 from es_analytics.temporal.bounds import Bounds
 from tests.strategies import T0, bank_histories, import_batch
@@ -141,19 +141,36 @@ def test_rebuild_and_changed_definition(bank_lake: Lake) -> None:
         bank_lake.rebuild(account_summary)  # the registry keeps the shipped definition
 
 
-def test_files_are_replaced_atomically_and_old_ones_removed(bank_lake: Lake) -> None:
+def test_refresh_adds_a_file_and_compaction_replaces_them_all(bank_lake: Lake) -> None:
     bank_lake.materialize(account_summary)
     folder = bank_lake.path / "projections" / "account_summary"
-    first = {p.name for p in folder.glob("*.parquet")}
+    for version in (1, 2):
+        bank_lake.append("acc-3", [Event("MoneyDeposited", {"amount": 1, "description": "", "newBalance": 0})],
+                         expected_version=version, aggregate_type="BankAccount")
+        bank_lake.refresh(account_summary)
+    parts = {p.name for p in folder.glob("*.parquet")}
+    assert len(parts) == 3  # the full build and one file of changed rows per refresh
+    before = bank_lake.project(account_summary)
+    assert _row(before, "acc-3")["current_balance"] == Decimal("502")
+    compact(bank_lake, account_summary)
+    assert bank_lake.projections()["files"].to_list() == [1]
+    # the replaced files stay one generation for readers still using them, then go
     bank_lake.append("acc-3", [Event("MoneyDeposited", {"amount": 1, "description": "", "newBalance": 0})],
-                     expected_version=1, aggregate_type="BankAccount")
+                     expected_version=3, aggregate_type="BankAccount")
     bank_lake.refresh(account_summary)
-    bank_lake.append("acc-3", [Event("MoneyDeposited", {"amount": 1, "description": "", "newBalance": 0})],
-                     expected_version=2, aggregate_type="BankAccount")
-    bank_lake.refresh(account_summary)
-    files = {p.name for p in folder.glob("*.parquet")}
-    assert len(files) == 1 and not files & first
+    assert not {p.name for p in folder.glob("*.parquet")} & parts
     assert not list(folder.glob(".*.tmp"))
+    before = before.with_columns(
+        pl.when(pl.col("account_id") == "acc-3").then(pl.col("current_balance") + 1)
+        .otherwise(pl.col("current_balance")).alias("current_balance"),
+        pl.when(pl.col("account_id") == "acc-3").then(pl.col("version") + 1).otherwise(pl.col("version")),
+        pl.when(pl.col("account_id") == "acc-3").then(pl.col("total_deposits") + 1)
+        .otherwise(pl.col("total_deposits")).alias("total_deposits"),
+        pl.when(pl.col("account_id") == "acc-3").then(pl.col("transaction_count") + 1)
+        .otherwise(pl.col("transaction_count")).alias("transaction_count"),
+    ).drop("last_activity")
+    assert_frame_equal(bank_lake.project(account_summary).drop("last_activity"), before)
+    assert_frame_equal(bank_lake.sql("SELECT * FROM account_summary ORDER BY account_id").drop("last_activity"), before)
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -174,6 +191,9 @@ def test_refresh_after_every_batch_equals_a_full_rebuild(tmp_path_factory: pytes
             if number == 0 or data.draw(st.booleans(), label="refresh now"):
                 lake.refresh(account_summary) if number else lake.materialize(account_summary)
                 lake.refresh(account_transactions) if number else lake.materialize(account_transactions)
+                if data.draw(st.booleans(), label="compact"):
+                    compact(lake, account_summary)
+                    compact(lake, account_transactions)
                 for projection in (account_summary, account_transactions):
                     assert_frame_equal(lake.project(projection), build(lake, projection, Bounds()))
         states = lake.states(BankAccount).sort("aggregate_id")
