@@ -301,6 +301,13 @@ def test_checkpoints_follow_new_and_back_dated_events(tmp_path: Path, monkeypatc
         assert_frame_equal(refreshed, live)
         state = checkpoints.CheckpointSet.load(Path(built["folder"]))
         assert state is not None and state.position == lake.watermark().position and len(state.inputs) == 2
+        assert state.checkpoint_position < state.position  # inputs extended, checkpoints not yet rebuilt
+        merged = lake.checkpoint(BankAccount, every="month")
+        state = checkpoints.CheckpointSet.load(Path(merged["folder"]))
+        assert state is not None and state.checkpoint_position == state.position
+        for as_of in (t, datetime(2025, 2, 1, tzinfo=UTC), None):
+            assert_frame_equal(lake.states(BankAccount, as_of=as_of, method="checkpoint"),
+                               lake.states(BankAccount, as_of=as_of, method="scan"))
 
 
 def test_checkpoints_work_on_a_safe_sql_lake(sample_lake: Path, tmp_path: Path) -> None:

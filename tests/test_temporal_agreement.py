@@ -23,7 +23,7 @@ from es_analytics import Event, Lake, Repository
 from es_analytics.aggregates import Aggregate, DomainEvent, when
 from es_analytics.examples.bank import BankAccount
 from es_analytics.repository import load
-from es_analytics.temporal import Column, Count, First, Json, Last, Max, Min, Reducers
+from es_analytics.temporal import Column, Count, First, Json, Last, Max, Min, Reducers, checkpoints
 
 from strategies import HistoryEvent, bank_histories, import_batch, time_pairs
 
@@ -132,7 +132,8 @@ def reference(lake: Lake, cls: type, as_of: datetime | None, known_at: datetime 
 
 
 # -- building the lake ------------------------------------------------------------------------
-def build(lake: Lake, batches: list[list[HistoryEvent]], checkpoint_after: int, hot_last: bool) -> None:
+def build(lake: Lake, batches: list[list[HistoryEvent]], checkpoint_after: int, hot_last: bool, finally_: str) -> None:
+    """Commit the batches; checkpoint after one of them; at the end extend only the inputs, or fold them in."""
     repo = Repository(lake, BankAccount, snapshot_every=1, keep_snapshots=50)
     for i, batch in enumerate(batches):
         last = i == len(batches) - 1
@@ -147,6 +148,11 @@ def build(lake: Lake, batches: list[list[HistoryEvent]], checkpoint_after: int, 
         if i == checkpoint_after:
             lake.checkpoint(BankAccount, every="day")
             lake.checkpoint(Ledger, every="day")
+    for cls in (BankAccount, Ledger):
+        if finally_ == "inputs":  # the newest events extracted, the checkpoints not yet updated
+            checkpoints.refresh(lake, cls.reducers, "BankAccount", every="day", rebuild=False)
+        elif finally_ == "merge":  # the newest events folded into the existing checkpoints
+            lake.checkpoint(cls, every="day")
 
 
 def check_all_paths(lake: Lake, cls: type, as_of: datetime | None, known_at: datetime | None) -> None:
@@ -171,9 +177,10 @@ def check_all_paths(lake: Lake, cls: type, as_of: datetime | None, known_at: dat
 def test_every_path_equals_the_reference_replay(data: st.DataObject, batches: list[list[HistoryEvent]]) -> None:
     checkpoint_after = data.draw(st.integers(0, len(batches) - 1), label="checkpoint_after")
     hot_last = data.draw(st.booleans(), label="hot_last")
+    finally_ = data.draw(st.sampled_from(["none", "inputs", "merge"]), label="finally")
     events = [e for batch in batches for e in batch]
     with tempfile.TemporaryDirectory() as folder, Lake.open(folder) as lake:
-        build(lake, batches, checkpoint_after, hot_last)
+        build(lake, batches, checkpoint_after, hot_last, finally_)
         for _ in range(3):
             as_of, known_at = data.draw(time_pairs(events), label="as_of, known_at")
             check_all_paths(lake, BankAccount, as_of, known_at)

@@ -29,7 +29,7 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -51,8 +51,10 @@ Every = Literal["hour", "day", "week", "month"]
 CACHE_DIR = Path("cache") / "temporal"
 MIN_EVENTS = 200_000
 REFRESH_AFTER = 100_000
+REBUILD_AFTER = 1_000_000
 ROW_GROUP = 65_536
-_FORMAT = 1
+_FORMAT = 2
+_NEVER = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 @dataclass(frozen=True)
@@ -60,19 +62,27 @@ class CheckpointSet:
     """What one checkpoint folder holds (its ``state.json``)."""
 
     folder: Path
-    position: int
-    recorded_at: datetime
+    position: int  # the inputs hold every event of the type up to this position
+    recorded_at: datetime  # the newest recorded_at among them
     every: str
-    inputs: tuple[str, ...]
+    inputs: tuple[tuple[str, int, int], ...]  # (file, after, upto): events with after < position <= upto
+    checkpoint_position: int = 0  # the checkpoints reduce the events up to this position
+    checkpoint_recorded_at: datetime = _NEVER
     boundaries: tuple[datetime, ...] = ()
     files: tuple[str, ...] = field(default=(), repr=False)
 
     def to_json(self) -> str:
         return json.dumps({
             "format": _FORMAT, "position": self.position, "recorded_at": to_micros(self.recorded_at),
-            "every": self.every, "inputs": list(self.inputs),
+            "every": self.every, "inputs": [list(i) for i in self.inputs],
+            "checkpoint_position": self.checkpoint_position,
+            "checkpoint_recorded_at": to_micros(self.checkpoint_recorded_at),
             "boundaries": [to_micros(b) for b in self.boundaries], "files": list(self.files),
         }, indent=1)
+
+    def input_files(self, *, newer: bool) -> list[str]:
+        """The inputs the checkpoints already hold (``newer=False``) or not yet (``newer=True``)."""
+        return [name for name, after, _ in self.inputs if (after >= self.checkpoint_position) == newer]
 
     @classmethod
     def load(cls, folder: Path) -> CheckpointSet | None:
@@ -83,8 +93,9 @@ class CheckpointSet:
         if body.get("format") != _FORMAT:
             return None
         return cls(folder, int(body["position"]), from_micros(int(body["recorded_at"])), str(body["every"]),
-                   tuple(body["inputs"]), tuple(from_micros(int(b)) for b in body["boundaries"]),
-                   tuple(body["files"]))
+                   tuple((str(n), int(a), int(u)) for n, a, u in body["inputs"]), int(body["checkpoint_position"]),
+                   from_micros(int(body["checkpoint_recorded_at"])),
+                   tuple(from_micros(int(b)) for b in body["boundaries"]), tuple(body["files"]))
 
     def checkpoint_before(self, as_of: datetime | None) -> tuple[datetime, str] | None:
         """The last boundary at or before ``as_of`` (the newest if None) and its file."""
@@ -121,23 +132,25 @@ def states(lake: LakeLike, reducers: Reducers, aggregate_type: str, bounds: Boun
     folder = folder_for(lake, aggregate_type, reducers)
     current = CheckpointSet.load(folder)
     if current is None or _snapshot_position(lake) - current.position > REFRESH_AFTER:
-        current = refresh(lake, reducers, aggregate_type, every=current.every if current else "month")  # type: ignore[arg-type]
+        every = current.every if current else "month"
+        current = refresh(lake, reducers, aggregate_type, every=every, rebuild=None)  # type: ignore[arg-type]
         store.refresh()
+    tag = uuid.uuid4().hex[:8]
+    names = {k: f"_cp_{k}_{tag}" for k in ("old_inputs", "new_inputs", "checkpoint")}
     parts, params, checkpoint = _parts(current, reducers, aggregate_type, bounds)
     merged = ",\n  ".join(["aggregate_id", "max(version) AS version", *reducers.merge_select()])
     final = ", ".join(["aggregate_id", "version", *reducers.finish_select()])
     sql = (f"WITH parts AS ({' UNION ALL BY NAME '.join(parts)}),\n"
            f"merged AS (SELECT {merged} FROM parts GROUP BY aggregate_id)\n"
            f"SELECT {final} FROM merged ORDER BY aggregate_id")
-    tag = uuid.uuid4().hex[:8]
-    names = {"inputs": f"_cp_inputs_{tag}", "checkpoint": f"_cp_state_{tag}"}
-    sources = {names["inputs"]: [folder / n for n in current.inputs]}
+    sources = {names["old_inputs"]: [folder / n for n in current.input_files(newer=False)],
+               names["new_inputs"]: [folder / n for n in current.input_files(newer=True)]}
     if checkpoint is not None:
         sources[names["checkpoint"]] = [folder / checkpoint]
     reader = store.reader
     with reader.lock, translate_errors(f"states of {aggregate_type} from checkpoints"):
         names["live"], live_sources = _live_source(lake, aggregate_type, current.position, tag)
-        with _views(lake, {**sources, **live_sources}):
+        with _views(lake, {**{k: v for k, v in sources.items() if v}, **live_sources}):
             result: pl.DataFrame = reader.con.sql(sql.format(**names), params=params).pl()
     return result
 
@@ -163,34 +176,44 @@ def _live_source(lake: LakeLike, aggregate_type: str, after: int, tag: str) -> t
 def _parts(
     cs: CheckpointSet, reducers: Reducers, aggregate_type: str, bounds: Bounds
 ) -> tuple[list[str], list[Any], str | None]:
-    """The SQL of each part to merge (``{inputs}`` / ``{checkpoint}`` name the views), its params, the checkpoint file."""
+    """The SQL of each part to merge, its params, and the checkpoint file it reads.
+
+    Parts: the checkpoint at the last boundary B <= as_of; the inputs it already holds, from B on; the
+    inputs extracted since it was built; the events after the inputs. ``{old_inputs}``, ``{new_inputs}``,
+    ``{checkpoint}`` and ``{live}`` name the views.
+    """
     head = "SELECT aggregate_id, max(aggregate_version) AS version, "
     from_inputs = head + ", ".join(reducers.partial_select(lambda name, r: f'"{name}"'))
-    knows_all = (bounds.known_at is None or bounds.known_at >= cs.recorded_at) and (
-        bounds.position is None or bounds.position >= cs.position)
+    both, both_params = bounds.where()
+    # The checkpoints hold the events up to checkpoint_position: usable if the reader knows them all.
+    usable = (bounds.known_at is None or bounds.known_at >= cs.checkpoint_recorded_at) and (
+        bounds.position is None or bounds.position >= cs.checkpoint_position)
+    found = cs.checkpoint_before(bounds.as_of) if usable else None
     parts: list[str] = []
-    clauses: list[str] = []
     params: list[Any] = []
-    found = cs.checkpoint_before(bounds.as_of) if knows_all else None
+    old_clauses: list[str] = []
+    old_params: list[Any] = []
     if found is not None:
         parts.append("SELECT * FROM {checkpoint}")
-        clauses.append("occurred_at >= ?")
-        params.append(found[0])
-    if knows_all:  # every input is known to the reader: only business time bounds them
-        if bounds.as_of is not None:
-            clauses.append("occurred_at <= ?")
-            params.append(bounds.as_of)
-    else:  # the reader knows less than the checkpoint holds: the inputs alone, filtered on both clocks
-        more, more_params = bounds.where()
-        clauses += more
-        params += more_params
-    where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-    parts.append(f"{from_inputs} FROM {{inputs}}{where} GROUP BY aggregate_id")
-    live, live_params = bounds.where()
+        old_clauses.append("occurred_at >= ?")
+        old_params.append(found[0])
+    if not usable:
+        old_clauses, old_params = both, both_params
+    elif bounds.as_of is not None:  # the reader knows every held event: business time alone bounds them
+        old_clauses.append("occurred_at <= ?")
+        old_params.append(bounds.as_of)
+    if cs.input_files(newer=False):
+        where = f" WHERE {' AND '.join(old_clauses)}" if old_clauses else ""
+        parts.append(f"{from_inputs} FROM {{old_inputs}}{where} GROUP BY aggregate_id")
+        params += old_params
+    if cs.input_files(newer=True):
+        where = f" WHERE {' AND '.join(both)}" if both else ""
+        parts.append(f"{from_inputs} FROM {{new_inputs}}{where} GROUP BY aggregate_id")
+        params += both_params
     raw = head + ", ".join(reducers.partial_select(lambda name, r: r.value_sql()))
-    parts.append(f"{raw} FROM {{live}} WHERE {' AND '.join(['aggregate_type = ?', 'position > ?', *live])} "
+    parts.append(f"{raw} FROM {{live}} WHERE {' AND '.join(['aggregate_type = ?', 'position > ?', *both])} "
                  "GROUP BY aggregate_id")
-    return parts, [*params, aggregate_type, cs.position, *live_params], found[1] if found else None
+    return parts, [*params, aggregate_type, cs.position, *both_params], found[1] if found else None
 
 
 @contextmanager
@@ -220,8 +243,14 @@ def _snapshot_position(lake: LakeLike) -> int:
 
 
 # -- building ---------------------------------------------------------------------------------
-def refresh(lake: LakeLike, reducers: Reducers, aggregate_type: str, *, every: Every = "month") -> CheckpointSet:
-    """Bring the type's checkpoints up to the lake's newest position (extracting only the new events).
+def refresh(lake: LakeLike, reducers: Reducers, aggregate_type: str, *, every: Every = "month",
+            rebuild: bool | None = True) -> CheckpointSet:
+    """Bring the type's checkpoint set up to the lake's newest position.
+
+    New events are extracted into a new inputs file (their JSON is parsed once, ever). Folding them into
+    the checkpoints costs a pass over the checkpoints, so it is done when asked (``rebuild=True``, what
+    ``lake.checkpoint`` does), or on its own (``rebuild=None``, what ``states`` does) once more than
+    ``REBUILD_AFTER`` positions wait outside them; until then queries read those inputs directly.
 
     Parameters
     ----------
@@ -239,30 +268,46 @@ def refresh(lake: LakeLike, reducers: Reducers, aggregate_type: str, *, every: E
         store.refresh()
         reader = store.reader
         with reader.lock, translate_errors(f"building checkpoints of {aggregate_type}"):
-            target = _snapshot_position(lake)
-            if old is not None and old.position == target and old.every == every:
-                return old
-            start = old.position if old is not None else 0
-            inputs = list(old.inputs) if old is not None else []
-            source, sources = _live_source(lake, aggregate_type, start, uuid.uuid4().hex[:8])
-            with _views(lake, sources):
-                name = _write_inputs(lake, reducers, aggregate_type, folder, source, (start, target), not inputs)
-                # A reader knows every input once known_at reaches the newest recorded_at among them.
-                row = reader.con.sql(f"SELECT max(recorded_at) FROM {source} WHERE aggregate_type = ? "
-                                     "AND position > ? AND position <= ?", params=[aggregate_type, start, target]).fetchall()
-            inputs += [name] if name else []
-            newest = [t for t in (row[0][0], old.recorded_at if old else None) if t is not None]
-            recorded = max(newest) if newest else from_micros(0)
-            boundaries, files = _write_checkpoints(lake, reducers, folder, inputs, every)
-        current = CheckpointSet(folder, target, recorded, every, tuple(inputs), boundaries, files)
-        tmp = folder / f".state.{uuid.uuid4().hex}.tmp"
-        tmp.write_text(current.to_json(), encoding="utf-8")
-        os.replace(tmp, folder / "state.json")
-        keep = {*current.inputs, *current.files, "state.json", "lock"}
+            current = _extend_inputs(lake, reducers, aggregate_type, folder, old, every)
+            stale = old is None or old.every != every or not old.files
+            due = rebuild is True or stale or (
+                rebuild is None and current.position - current.checkpoint_position > REBUILD_AFTER)
+            if due and (stale or current.position != current.checkpoint_position):
+                base = None if stale or old is None else (old, current.input_files(newer=True))
+                boundaries, files = _write_checkpoints(lake, reducers, folder, [n for n, _, _ in current.inputs],
+                                                       every, base)
+                current = replace(current, checkpoint_position=current.position,
+                                  checkpoint_recorded_at=current.recorded_at, boundaries=boundaries, files=files)
+        if current != old:
+            tmp = folder / f".state.{uuid.uuid4().hex}.tmp"
+            tmp.write_text(current.to_json(), encoding="utf-8")
+            os.replace(tmp, folder / "state.json")
+        keep = {*(n for n, _, _ in current.inputs), *current.files, "state.json", "lock"}
         for path in folder.iterdir():
             if path.name not in keep:
                 path.unlink(missing_ok=True)
     return current
+
+
+def _extend_inputs(lake: LakeLike, reducers: Reducers, aggregate_type: str, folder: Path,
+                   old: CheckpointSet | None, every: str) -> CheckpointSet:
+    """The set with the events committed since ``old`` extracted into one more inputs file."""
+    reader = lake._store.reader
+    target = _snapshot_position(lake)
+    if old is None:
+        old = CheckpointSet(folder, 0, _NEVER, every, (), 0, _NEVER)
+    if target == old.position and old.inputs:
+        return replace(old, every=every)
+    start = old.position
+    source, sources = _live_source(lake, aggregate_type, start, uuid.uuid4().hex[:8])
+    with _views(lake, sources):
+        name = _write_inputs(lake, reducers, aggregate_type, folder, source, (start, target), not old.inputs)
+        # A reader knows every input once known_at reaches the newest recorded_at among them.
+        newest = reader.con.sql(f"SELECT max(recorded_at) FROM {source} WHERE aggregate_type = ? "
+                                "AND position > ? AND position <= ?", params=[aggregate_type, start, target]).fetchall()
+    recorded = max(old.recorded_at, newest[0][0]) if newest[0][0] is not None else old.recorded_at
+    inputs = old.inputs + ((name, start, target),) if name else old.inputs
+    return replace(old, position=target, recorded_at=recorded, every=every, inputs=inputs)
 
 
 @contextmanager
@@ -296,31 +341,53 @@ def _write_inputs(lake: LakeLike, reducers: Reducers, aggregate_type: str, folde
     return name
 
 
-def _write_checkpoints(lake: LakeLike, reducers: Reducers, folder: Path, inputs: list[str],
-                       every: str) -> tuple[tuple[datetime, ...], tuple[str, ...]]:
-    """Partial states at every boundary, built cumulatively from the narrow inputs."""
+def _write_checkpoints(
+    lake: LakeLike, reducers: Reducers, folder: Path, inputs: list[str], every: str,
+    base: tuple[CheckpointSet, list[str]] | None,
+) -> tuple[tuple[datetime, ...], tuple[str, ...]]:
+    """Partial states at every boundary, from the narrow inputs.
+
+    Without ``base`` each checkpoint is the previous one plus the inputs between the two boundaries.
+    With ``base`` (the old set and its newer inputs), a boundary the old set had is its old checkpoint plus
+    the newer inputs before it (a back-dated event lands in every checkpoint after its ``occurred_at``);
+    a new boundary is built from the previous one as above.
+    """
     con = lake._store.reader.con
     tag = uuid.uuid4().hex[:8]
-    view, prev, cur = f"_cp_build_{tag}", f"_cp_prev_{tag}", f"_cp_cur_{tag}"
-    partial = ("SELECT aggregate_id, max(aggregate_version) AS version, "
-               + ", ".join(reducers.partial_select(lambda name, r: f'"{name}"'))
-               + f" FROM {view} WHERE occurred_at >= ? AND occurred_at < ? GROUP BY aggregate_id")
+    view, newer, prev, cur = (f"_cp_{k}_{tag}" for k in ("build", "newer", "prev", "cur"))
+    columns = ", ".join(reducers.partial_select(lambda name, r: f'"{name}"'))
+    partial = "SELECT aggregate_id, max(aggregate_version) AS version, " + columns + " FROM {src} WHERE {where} GROUP BY aggregate_id"
     merge = ", ".join(["aggregate_id", "max(version) AS version", *reducers.merge_select()])
-    boundaries: list[datetime] = []
+    old_files = dict(zip(base[0].boundaries, base[0].files)) if base else {}
+    sources = {view: [folder / n for n in inputs]}
+    if base and base[1]:
+        sources[newer] = [folder / n for n in base[1]]
     files: list[str] = []
-    with _views(lake, {view: [folder / n for n in inputs]}):
+    with _views(lake, sources):
         lo, hi = con.sql(f"SELECT min(occurred_at), max(occurred_at) FROM {view}").fetchall()[0]
         if lo is None:
             return (), ()
         boundaries = _boundaries(lo, hi, every)
-        low = lo
+        low: datetime | None = None
         try:
-            for i, boundary in enumerate(boundaries):
-                if i == 0:
-                    con.execute(f"CREATE OR REPLACE TEMP TABLE {cur} AS {partial}", [low, boundary])
+            for boundary in boundaries:
+                if boundary in old_files:
+                    old_view = f"_cp_old_{tag}"
+                    body = f"SELECT * FROM {old_view}"
+                    args: list[Any] = []
+                    if newer in sources:
+                        body += " UNION ALL BY NAME " + partial.format(src=newer, where="occurred_at < ?")
+                        args = [boundary]
+                    with _views(lake, {old_view: [folder / old_files[boundary]]}):
+                        con.execute(f"CREATE OR REPLACE TEMP TABLE {cur} AS SELECT {merge} FROM ({body}) "
+                                    "GROUP BY aggregate_id", args)
+                elif low is None:
+                    con.execute(f"CREATE OR REPLACE TEMP TABLE {cur} AS "
+                                + partial.format(src=view, where="occurred_at < ?"), [boundary])
                 else:
+                    step = partial.format(src=view, where="occurred_at >= ? AND occurred_at < ?")
                     con.execute(f"CREATE OR REPLACE TEMP TABLE {cur} AS SELECT {merge} FROM "
-                                f"(SELECT * FROM {prev} UNION ALL BY NAME {partial}) GROUP BY aggregate_id",
+                                f"(SELECT * FROM {prev} UNION ALL BY NAME {step}) GROUP BY aggregate_id",
                                 [low, boundary])
                 name = f"cp-{tag}-{boundary.strftime('%Y%m%d%H')}.parquet"
                 table = con.sql(f"SELECT * FROM {cur} ORDER BY aggregate_id").to_arrow_table()
