@@ -13,6 +13,7 @@ from uuid import UUID, uuid4, uuid5
 
 import pytest
 from eventsourcing.persistence import (
+    ApplicationRecorder,
     DataError,
     IntegrityError,
     Notification,
@@ -62,7 +63,7 @@ def recorder(factory: LakeFactory) -> LakeApplicationRecorder:
 # -- concurrent writers ---------------------------------------------------------------------------
 def _writer(path: str, worker: int, log: str, start: threading.Barrier) -> None:
     """Threads sharing one factory insert batches over new and shared streams; log what was acknowledged."""
-    factory = LakeFactory({"LAKE_PATH": path, "LAKE_AUTO_SEAL_ROWS": "400", "LAKE_DURABILITY": "normal"})
+    factory = LakeFactory({"LAKE_PATH": path, "LAKE_AUTO_SEAL_ROWS": "150", "LAKE_DURABILITY": "normal"})
     recorder = factory.application_recorder()
     acknowledged: list[dict[str, object]] = []
     rejected = 0
@@ -114,6 +115,15 @@ def test_concurrent_writers_give_complete_ordered_gap_free_notifications(tmp_pat
 
     follower = threading.Thread(target=follow)
     follower.start()
+    try:
+        _check_concurrent_writers(tmp_path, path, recorder, seen)
+    finally:
+        subscription.stop()
+        follower.join(timeout=10)
+        factory.close()
+
+
+def _check_concurrent_writers(tmp_path: Path, path: str, recorder: ApplicationRecorder, seen: list[Notification]) -> None:
     ctx = mp.get_context("spawn")
     logs = [tmp_path / f"w{i}.json" for i in range(PROCESSES)]
     start = ctx.Barrier(PROCESSES)
@@ -159,12 +169,9 @@ def test_concurrent_writers_give_complete_ordered_gap_free_notifications(tmp_pat
     deadline = time.monotonic() + 30
     while len(seen) < total and time.monotonic() < deadline:
         time.sleep(0.05)
-    subscription.stop()
-    follower.join(timeout=10)
     assert [(n.id, n.originator_id, n.originator_version, n.state) for n in seen] == [
         (n.id, n.originator_id, n.originator_version, n.state) for n in read
     ]
-    factory.close()
 
 
 # -- the event mapping --------------------------------------------------------------------------
