@@ -1,23 +1,26 @@
 """Columnar state checkpoints: ``states`` at any time reads one checkpoint plus the events after it.
 
 For one aggregate type and one reducer declaration, a checkpoint set (``<lake>/cache/temporal/<type>/
-<fingerprint>/``) holds, as of lake position ``P``:
+<fingerprint>/``) holds:
 
-- **inputs**: every event of the type up to ``P`` with its reducer values already extracted from the JSON
-  payload (a narrow numeric table sorted by ``occurred_at``, so a time range reads few row groups);
+- **inputs**: every event of the type up to position ``P`` with its reducer values already extracted from
+  the JSON payload (narrow files sorted by ``occurred_at``, so a time range reads few row groups; one file
+  per refresh, each covering a range of positions);
 - **checkpoints**: at each boundary ``B`` (month starts by default), the *partial* reduced state of every
-  aggregate over the events with ``occurred_at < B`` and ``position <= P``.
+  aggregate over the events with ``occurred_at < B`` and ``position <= C`` (``C <= P``).
 
-``states(as_of=T, known_at=K)`` is then ``merge(checkpoint[B], inputs with B <= occurred_at <= T, events
-with position > P)`` where ``B`` is the last boundary at or before ``T``. Reducers are mergeable (sums add,
-"last" keeps the value with the highest version), so the result is exactly the full scan's. A
-back-dated event recorded after ``P`` needs no invalidation: it is in the "position > P" part until the
-next refresh folds it into every checkpoint after its ``occurred_at``. A reader that knows less than
-``P`` (``known_at`` before P was recorded, or an older watermark) is answered from the inputs alone.
+``states(as_of=T, known_at=K)`` is ``merge(checkpoint[B], inputs up to C with B <= occurred_at <= T,
+inputs after C with occurred_at <= T, events after P)`` where ``B`` is the last boundary at or before
+``T``. Reducers are mergeable (sums add, "last" keeps the value with the highest version), so the result
+is exactly the full scan's. Nothing is ever invalidated: a back-dated event recorded after ``C`` is read
+from the newer inputs (or the newest events) until the next rebuild folds it into every checkpoint after
+its ``occurred_at``. A reader that knows less than ``C`` (``known_at`` before C was recorded, or an
+older watermark) is answered from the inputs alone, filtered on both clocks.
 
-Refreshing is lazy: when more than ``REFRESH_AFTER`` positions were added since ``P``, only the new
-events' values are extracted (the JSON is parsed once per event, ever); the checkpoints are rebuilt from
-the narrow inputs.
+Refreshing is lazy and in two steps: once more than ``REFRESH_AFTER`` positions were added since ``P``,
+``states`` extracts just the new events into another inputs file (their JSON is parsed once, ever); the
+checkpoints are rebuilt (old checkpoint + newer inputs before each boundary) only by ``lake.checkpoint``
+or once more than ``REBUILD_AFTER`` positions wait outside them.
 """
 
 from __future__ import annotations
