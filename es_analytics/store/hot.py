@@ -408,7 +408,7 @@ class SQLiteHotTier:
         """True if every row is stored already with the same content; raises on a conflicting reuse."""
         known: dict[str, StoredMatch] = {}
         for start in range(0, len(rows), _CHUNK):
-            known.update(self._known([_Id(r[0]) for r in rows[start:start + _CHUNK]], lookup_sealed))  # type: ignore[list-item]
+            known.update(self._known([_Id(r[0]) for r in rows[start:start + _CHUNK]], lookup_sealed))  # type: ignore[misc]
         if not known:
             return False
         for row in rows:
