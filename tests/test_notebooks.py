@@ -84,3 +84,109 @@ def test_notebook_runs_top_to_bottom(notebook: Path, sample_lake_path: Path, tmp
         charts = [h for h in html if "vegaEmbed(" in h]
         assert charts, f"{notebook.name} shows no chart"
         assert all("cdn.jsdelivr.net/npm/vega" not in h and '<script src="http' not in h for h in charts)
+
+
+# -- es_analytics.notebook, without a kernel ---------------------------------------------------------
+def small_lake(path: Path) -> Lake:
+    from datetime import datetime, timezone
+
+    from es_analytics import Event
+
+    lake = Lake.open(path)
+    lake.append("acc-1", [Event("AccountOpened", {"initialDeposit": 5},
+                                occurred_at=datetime(2025, 1, 2, tzinfo=timezone.utc)),
+                          Event("MoneyDeposited", {"amount": 7}, occurred_at=datetime(2025, 1, 3, tzinfo=timezone.utc))],
+                expected_version=0, aggregate_type="BankAccount")
+    return lake
+
+
+def test_sql_magic_binds_notebook_variables(tmp_path: Path) -> None:
+    from es_analytics.notebook import run_sql_magic
+
+    lake = small_lake(tmp_path / "lake")
+    ns: dict[str, Any] = {"lake": lake, "kind": "MoneyDeposited", "cents": 7}
+    cell = "SELECT count(*) AS n FROM events WHERE event_type = $kind AND CAST(data->>'amount' AS INT) = $cents"
+    assert run_sql_magic("-o found", cell, ns)["n"].item() == 1
+    assert ns["found"]["n"].item() == 1
+    # A hostile value is a bound parameter, not SQL.
+    ns["kind"] = "x' OR '1'='1"
+    assert run_sql_magic("", cell, ns)["n"].item() == 0
+    # Line magic, and '$' inside a JSON path is not a parameter.
+    assert run_sql_magic("SELECT data->>'$.amount' AS a FROM events WHERE aggregate_version = 2", None, ns)[
+        "a"].item() == "7"
+
+
+def test_sql_magic_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from es_analytics import notebook
+    from es_analytics.errors import InvalidArgumentError, ReadOnlyQueryError
+    from es_analytics.notebook import run_sql_magic
+
+    monkeypatch.setattr(notebook, "_state", {})  # no lake bound by an earlier setup()
+
+    lake = small_lake(tmp_path / "lake")
+    ns: dict[str, Any] = {"lake": lake, "other": 3}
+    with pytest.raises(InvalidArgumentError, match="not defined: \\['missing'\\]"):
+        run_sql_magic("", "SELECT $missing", ns)
+    with pytest.raises(InvalidArgumentError, match="needs a query"):
+        run_sql_magic("", "  ", ns)
+    with pytest.raises(InvalidArgumentError, match="is not a Lake"):
+        run_sql_magic("--lake other", "SELECT 1", ns)
+    with pytest.raises(InvalidArgumentError, match="needs a variable name"):
+        run_sql_magic("-o", "SELECT 1", ns)
+    with pytest.raises(InvalidArgumentError, match="takes only -o NAME"):
+        run_sql_magic("-o x extra", "SELECT 1", ns)
+    with pytest.raises(ReadOnlyQueryError):
+        run_sql_magic("", "DELETE FROM events", ns)
+    with pytest.raises(InvalidArgumentError, match="does not know which lake"):
+        run_sql_magic("", "SELECT 1", {"a": lake, "b": small_lake(tmp_path / "other")})
+
+
+def test_sample_lake_follows_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from es_analytics.notebook import SAMPLE_EVENTS_ENV, default_lake_path, sample_lake
+
+    monkeypatch.setenv(LAKE_ENV, str(tmp_path / "from-env"))
+    monkeypatch.setenv(SAMPLE_EVENTS_ENV, "500")
+    assert default_lake_path() == tmp_path / "from-env"
+    with sample_lake(progress=False) as lake:
+        n = lake.sql("SELECT count(*) AS n FROM events")["n"].item()
+        assert 400 <= n <= 600
+    with sample_lake(progress=False) as again:  # an existing lake is opened, not generated twice
+        assert again.sql("SELECT count(*) AS n FROM events")["n"].item() == n
+    monkeypatch.delenv(LAKE_ENV)
+    assert default_lake_path() == NOTEBOOKS.parent / "data" / "sample-lake"
+
+
+def test_setup_renders_offline_and_checks_its_renderer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import altair as alt
+
+    from es_analytics import notebook
+
+    monkeypatch.setattr(notebook, "_state", {})
+
+    from es_analytics.errors import InvalidArgumentError
+    from es_analytics.notebook import setup
+
+    before = alt.renderers.active, alt.theme.active
+    try:
+        lake = small_lake(tmp_path / "lake")
+        setup(lake, magic=True)  # no IPython running: the magic is skipped
+        assert notebook._state["lake"] is lake
+        assert alt.renderers.active == "html" and alt.theme.active == "es_analytics"
+        setup(renderer="svg", theme=False)
+        assert alt.renderers.active == "svg"
+        with pytest.raises(InvalidArgumentError, match="renderer must be one of"):
+            setup(renderer="canvas")  # type: ignore[arg-type]
+    finally:
+        alt.renderers.enable(before[0])
+        alt.theme.enable(before[1])
+
+
+def test_lake_summary_card(tmp_path: Path) -> None:
+    lake = small_lake(tmp_path / "lake<b>")
+    html = lake._repr_html_()
+    assert "lake&lt;b&gt;" in html and "<td style=\"padding:2px 10px;text-align:left\">BankAccount</td>" in html
+    assert "2 events in 1 streams" in html and "2 events in the hot tier" in html
+    lake.seal()
+    assert "1 Parquet files" in lake._repr_html_() and "0 events in the hot tier" in lake._repr_html_()
+    lake.close()
+    assert "(closed)" in lake._repr_html_()
