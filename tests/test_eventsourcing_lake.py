@@ -24,7 +24,7 @@ from eventsourcing.persistence import (
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from es_analytics import ConcurrencyError, Lake
+from es_analytics import ConcurrencyError, DuplicateEventError, Lake
 from es_analytics.errors import InvalidArgumentError
 from es_analytics.eventsourcing import (
     LakeApplicationRecorder,
@@ -329,3 +329,38 @@ def test_bad_settings_name_the_setting(tmp_path: Path, env: dict[str, str], mess
     with pytest.raises(LakeSettingsError, match=message) as caught:
         LakeFactory(settings_)
     assert isinstance(caught.value, OSError)
+
+
+# -- the lake additions the adapter stands on --------------------------------------------------------
+def _row(event_id: str, stream: str, version: int, data: str = "{}", aggregate_type: str = "Counter") -> tuple:
+    return (event_id, "Counted", 1, aggregate_type, stream, version, 1_700_000_000_000_000, data, "{}")
+
+
+def test_append_rows_retries_conflicts_and_rollback(tmp_path: Path) -> None:
+    with Lake.open(tmp_path / "lake") as lake:
+        store = lake._store
+        rows = [_row("e1", "a", 1), _row("e2", "b", 1), _row("e3", "a", 2)]
+        assert store.hot.append_rows(rows, store.lookup_sealed) == 1
+        lake.seal()
+        assert store.hot.append_rows(rows, store.lookup_sealed) is None  # an acknowledged retry, sealed or not
+        with pytest.raises(DuplicateEventError, match="'e2'"):
+            store.hot.append_rows([_row("e1", "a", 1), _row("e2", "b", 1, '{"x":1}'), _row("e3", "a", 2)], store.lookup_sealed)
+        with pytest.raises(DuplicateEventError, match="mixes events already stored with new ones"):
+            store.hot.append_rows([_row("e3", "a", 2), _row("e4", "a", 3)], store.lookup_sealed)
+        with pytest.raises(ConcurrencyError, match="stream 'b' is at version 1, not the expected 2"):
+            store.hot.append_rows([_row("e5", "a", 3), _row("e6", "b", 3)], store.lookup_sealed)
+        with pytest.raises(InvalidArgumentError, match="stream 'a' is a 'Counter', not a 'Other'"):
+            store.hot.append_rows([_row("e7", "a", 3, aggregate_type="Other")], store.lookup_sealed)
+
+        def refuse(con: object) -> None:
+            raise RuntimeError("checkpoint refused")
+
+        with pytest.raises(RuntimeError, match="checkpoint refused"):
+            store.hot.append_rows([_row("e8", "c", 1)], store.lookup_sealed, within=refuse)
+        assert store.hot.append_rows([_row("e9", "a", 3), _row("e10", "c", 1)], store.lookup_sealed) == 4
+        frame = lake.events()
+        assert frame.select("position", "event_id", "aggregate_id", "aggregate_version").rows() == [
+            (1, "e1", "a", 1), (2, "e2", "b", 1), (3, "e3", "a", 2), (4, "e9", "a", 3), (5, "e10", "c", 1)]
+        assert [lake.current_version(s) for s in "abc"] == [3, 1, 1]
+        assert store.read_positions(1, until=4, types=["Counted"])["position"].to_pylist() == [2, 3, 4]
+        assert lake.check()["ok"]
