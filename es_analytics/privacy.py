@@ -51,7 +51,7 @@ import polars as pl
 import pyarrow as pa
 
 from .errors import InvalidArgumentError, PrivacyError, SubjectForgottenError
-from .events import Event, check_aggregate_id, encode_json
+from .events import Event, check_aggregate_id
 
 __all__ = [
     "ENVELOPE_KEY",
@@ -367,12 +367,19 @@ class SubjectCipher:
         self.key_store = key_store
 
     @staticmethod
-    def seal_with(key: bytes, subject: str, value: Any, event_id: str, path: str) -> dict[str, str]:
+    def seal_with(key: bytes, subject: str, value: Any, event_id: str, path: str,
+                  ciphers: dict[str, Any] | None = None) -> dict[str, str]:
+        """Encrypt one value with ``key`` (``ciphers`` caches one AES-GCM object per subject)."""
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+        aead = None if ciphers is None else ciphers.get(subject)
+        if aead is None:
+            aead = AESGCM(key)
+            if ciphers is not None:
+                ciphers[subject] = aead
         nonce = os.urandom(12)
         plain = json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-        sealed = AESGCM(key).encrypt(nonce, plain, _aad(event_id, path))
+        sealed = aead.encrypt(nonce, plain, _aad(event_id, path))
         return {ENVELOPE_KEY: ALGORITHM, "sub": subject, "iv": _b64(nonce), "ct": _b64(sealed)}
 
     def seal_value(self, subject: str, value: Any, event_id: str, path: str) -> dict[str, str]:
@@ -461,8 +468,12 @@ class Privacy:
         return check_aggregate_id(subject, "the data subject id")
 
     def encrypt_json(self, event_type: str, schema_version: int, event_id: str, data_json: str,
-                     keys: Mapping[str, bytes | None] | None = None) -> str:
-        """Encrypt the declared fields of one payload (JSON text in, JSON text out)."""
+                     keys: Mapping[str, bytes | None] | None = None, ciphers: dict[str, Any] | None = None) -> str:
+        """Encrypt the declared fields of one payload (JSON text in, JSON text out).
+
+        The payload was validated when it was made, and envelopes are plain text, so the result is
+        serialised without validating it again.
+        """
         declared = personal_fields(event_type, schema_version)
         if declared is None:
             return data_json
@@ -477,9 +488,9 @@ class Privacy:
         for path in declared.fields:
             value, found = _get_path(data, path)
             if found and value is not None and not is_envelope(value):
-                _set_path(data, path, self.cipher.seal_with(key, subject, value, event_id, path))
+                _set_path(data, path, self.cipher.seal_with(key, subject, value, event_id, path, ciphers))
                 changed = True
-        return encode_json(data, "data") if changed else data_json
+        return json.dumps(data, ensure_ascii=False, separators=(",", ":")) if changed else data_json
 
     def encrypt_table(self, table: pa.Table) -> pa.Table:
         """The bulk-import path: encrypt declared fields in an Arrow table of events (one key lookup)."""
@@ -495,11 +506,14 @@ class Privacy:
         parsed = [(r, json.loads(r[4])) for r in todo]
         subjects = {self._subject(personal_fields(r[2], r[3]), d, r[1]) for r, d in parsed}  # type: ignore[arg-type]
         keys = self.key_store.keys_for(sorted(subjects), create=True)
-        data = table["data"].to_pylist()
-        for (row, event_id, event_type, version, text), _ in parsed:
-            data[row] = self.encrypt_json(event_type, version, event_id, text, keys)
+        ciphers: dict[str, Any] = {}
+        sealed = [self.encrypt_json(event_type, version, event_id, text, keys, ciphers)
+                  for (_, event_id, event_type, version, text), _ in parsed]
+        column = pl.from_arrow(table["data"])
+        assert isinstance(column, pl.Series)
+        column = column.scatter([r[0][0] for r in parsed], pl.Series(sealed, dtype=pl.String))
         index = table.schema.get_field_index("data")
-        return table.set_column(index, table.schema.field(index), pa.array(data, table.schema.field(index).type))
+        return table.set_column(index, table.schema.field(index), column.to_arrow().cast(table.schema.field(index).type))
 
     # reading
     def decrypt_json(self, event_id: str, text: str, keys: Mapping[str, bytes | None],
