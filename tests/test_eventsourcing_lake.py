@@ -364,3 +364,24 @@ def test_append_rows_retries_conflicts_and_rollback(tmp_path: Path) -> None:
         assert [lake.current_version(s) for s in "abc"] == [3, 1, 1]
         assert store.read_positions(1, until=4, types=["Counted"])["position"].to_pylist() == [2, 3, 4]
         assert lake.check()["ok"]
+
+
+class _CustomApplicationRecorder(LakeApplicationRecorder):
+    pass
+
+
+def test_recorder_classes_chosen_by_topic(tmp_path: Path) -> None:
+    from eventsourcing.utils import get_topic
+
+    topic = get_topic(_CustomApplicationRecorder)
+    factory = LakeFactory({"LAKE_PATH": str(tmp_path / "lake"), "APPLICATION_RECORDER_TOPIC": topic})
+    try:
+        assert type(factory.application_recorder()) is _CustomApplicationRecorder
+        factory.env["APPLICATION_RECORDER_TOPIC"] = get_topic(StoredEvent)
+        with pytest.raises(LakeSettingsError, match="is not a LakeApplicationRecorder"):
+            factory.application_recorder()
+        factory.env["PROCESS_RECORDER_TOPIC"] = topic
+        with pytest.raises(LakeSettingsError, match="is not a LakeProcessRecorder"):
+            factory.process_recorder()
+    finally:
+        factory.close()

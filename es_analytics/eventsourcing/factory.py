@@ -113,7 +113,7 @@ class LakeFactory(InfrastructureFactory[LakeTrackingRecorder]):
     def application_recorder(self) -> ApplicationRecorder:
         topic = self.env.get(self.APPLICATION_RECORDER_TOPIC)
         cls: type[LakeApplicationRecorder] = resolve_topic(topic) if topic else self.application_recorder_class
-        if not issubclass(cls, LakeApplicationRecorder):
+        if not (isinstance(cls, type) and issubclass(cls, LakeApplicationRecorder)):
             raise LakeSettingsError(f"{self.APPLICATION_RECORDER_TOPIC} {topic!r} is not a LakeApplicationRecorder")
         return cls(self.datastore)
 
@@ -131,7 +131,7 @@ class LakeFactory(InfrastructureFactory[LakeTrackingRecorder]):
     def process_recorder(self) -> ProcessRecorder:
         topic = self.env.get(self.PROCESS_RECORDER_TOPIC)
         cls: type[LakeProcessRecorder] = resolve_topic(topic) if topic else self.process_recorder_class
-        if not issubclass(cls, LakeProcessRecorder):
+        if not (isinstance(cls, type) and issubclass(cls, LakeProcessRecorder)):
             raise LakeSettingsError(f"{self.PROCESS_RECORDER_TOPIC} {topic!r} is not a LakeProcessRecorder")
         return cls(self.datastore)
 
