@@ -198,49 +198,61 @@ def verify(lake: Any, *, checkpoint: bool = True, raise_on_failure: bool = False
     """
     started = time.perf_counter()
     store = lake._store
-    with store.seal_lock():
+    with store.seal_lock():  # one consistent snapshot: the manifest, its checkpoint, the hot rows
         recorded = store.manifest().extra.get(EXTRA_KEY) or {}
-        files = _file_checks(lake, recorded.get("files", {}))
         con = _open_events(lake)
-        digests, unreadable = _all_digests(lake, con)
-        stored, digest_problems = _stored_shorts(lake, recorded.get("digests", []))
-        problems = [f for f in files if f["status"] in ("bytes changed", "missing")] + unreadable + digest_problems
-        upto = int(recorded.get("position", 0))
-        first_bad, head_now, checked = None, None, 0
-        if digests is None:
-            first_bad = {"position": min(p["min_position"] for p in unreadable), "file": unreadable[0]["path"],
-                         "note": "the file no longer reads as Parquet"}
-        else:
-            current = pl.from_arrow(digests.select(["position", "short"]))
-            assert isinstance(current, pl.DataFrame)
-            checked = digests.num_rows
-            covered = digests.filter(pa.compute.less_equal(digests["position"], upto))
-            head_at_checkpoint = chain_head(covered["digest"])
-            head_now = chain_head(digests["digest"].slice(covered.num_rows), head_at_checkpoint).hex()
-            if recorded and (head_at_checkpoint.hex() != recorded["head"] or covered.num_rows != recorded["events"]):
-                bad = _first_mismatch(current, stored, upto)
-                first_bad = _describe_event(con, bad, files) if bad is not None else {
-                    "position": None, "note": "the chain head differs but every stored digest matches"}
-        ok = first_bad is None and not problems
-        result: dict[str, Any] = {
-            "ok": ok,
-            "checked_events": checked,
-            "chain_head": head_now,
-            "checkpoint": {k: v for k, v in recorded.items() if k in ("position", "events", "head", "at")} or None,
-            "first_bad_event": first_bad,
-            "files": files,
-            "problems": problems,
-            "verified_at": datetime.now(timezone.utc).isoformat(),
-        }
-        if ok and checkpoint and digests is not None:
-            fresh = digests.filter(pa.compute.greater(digests["position"], upto))
-            result["checkpoint_extended_to"] = _extend(lake, recorded, fresh, head_now, digests.num_rows)  # type: ignore[arg-type]
+    try:  # the long part runs without the lock: sealed files never change, seals and imports go on
+        result, fresh = _check(lake, con, recorded)
+        if result["ok"] and checkpoint and fresh is not None:
+            with store.seal_lock():
+                unchanged = (store.manifest().extra.get(EXTRA_KEY) or {}).get("position") == recorded.get("position")
+                if unchanged:  # otherwise another process extended it meanwhile
+                    result["checkpoint_extended_to"] = _extend(lake, recorded, fresh, result["chain_head"],
+                                                               result["checked_events"])
+    finally:
         con.close()
     result["seconds"] = round(time.perf_counter() - started, 3)
-    if raise_on_failure and not ok:
-        raise TamperEvidenceError(f"the lake's hash chain does not verify: first bad event {first_bad}, "
-                                  f"problems {problems[:3]}")
+    if raise_on_failure and not result["ok"]:
+        raise TamperEvidenceError(f"the lake's hash chain does not verify: first bad event "
+                                  f"{result['first_bad_event']}, problems {result['problems'][:3]}")
     return result
+
+
+def _check(lake: Any, con: Any, recorded: dict[str, Any]) -> tuple[dict[str, Any], pa.Table | None]:
+    """Compare the lake's content with the checkpoint; returns the result and the events past it."""
+    files = _file_checks(lake, recorded.get("files", {}))
+    digests, unreadable = _all_digests(lake, con)
+    stored, digest_problems = _stored_shorts(lake, recorded.get("digests", []))
+    problems = [f for f in files if f["status"] in ("bytes changed", "missing")] + unreadable + digest_problems
+    upto = int(recorded.get("position", 0))
+    first_bad: dict[str, Any] | None = None
+    head_now, checked, fresh = None, 0, None
+    if digests is None:
+        first_bad = {"position": min(p["min_position"] for p in unreadable), "file": unreadable[0]["path"],
+                     "note": "the file no longer reads as Parquet"}
+    else:
+        checked = digests.num_rows
+        covered = digests.filter(pa.compute.less_equal(digests["position"], upto))
+        fresh = digests.slice(covered.num_rows)
+        head_at_checkpoint = chain_head(covered["digest"])
+        head_now = chain_head(fresh["digest"], head_at_checkpoint).hex()
+        if recorded and (head_at_checkpoint.hex() != recorded["head"] or covered.num_rows != recorded["events"]):
+            current = pl.from_arrow(digests.select(["position", "short"]))
+            assert isinstance(current, pl.DataFrame)
+            bad = _first_mismatch(current, stored, upto)
+            first_bad = _describe_event(con, bad, files) if bad is not None else {
+                "position": None, "note": "the chain head differs but every stored digest matches"}
+    result: dict[str, Any] = {
+        "ok": first_bad is None and not problems,
+        "checked_events": checked,
+        "chain_head": head_now,
+        "checkpoint": {k: v for k, v in recorded.items() if k in ("position", "events", "head", "at")} or None,
+        "first_bad_event": first_bad,
+        "files": files,
+        "problems": problems,
+        "verified_at": datetime.now(timezone.utc).isoformat(),
+    }
+    return result, fresh
 
 
 def _extend(lake: Any, recorded: dict[str, Any], fresh: pa.Table, head: str, total: int) -> int:

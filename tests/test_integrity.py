@@ -189,3 +189,18 @@ def test_sealing_checkpoints_so_an_edit_before_any_verify_is_found(empty_lake: L
     rewrite_value(path, 0, "metadata", '{"user_id":"mallory"}')
     result = empty_lake.verify()
     assert not result["ok"] and result["first_bad_event"]["position"] == 11
+
+
+def test_verify_does_not_hold_the_seal_lock_while_it_compares(sealed_lake: Lake,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import es_analytics.integrity as integrity
+
+    original, free = integrity._check, []
+
+    def spy(lake: Lake, con: object, recorded: dict[str, object]) -> object:
+        with lake._store.seal_lock(wait=False) as got:  # a seal or an import could run now
+            free.append(got)
+        return original(lake, con, recorded)
+
+    monkeypatch.setattr(integrity, "_check", spy)
+    assert sealed_lake.verify()["ok"] and free == [True]
