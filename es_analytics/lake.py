@@ -543,8 +543,8 @@ class Lake:
 
         Columns: ``aggregate_id``, ``version``, then one per state field, one row per aggregate that had
         at least one event passing both filters, ordered by ``aggregate_id``. A class that declares
-        ``reducers`` is rebuilt by one DuckDB query (or from a checkpoint plus the newer events);
-        otherwise every stream is folded through the class's handlers.
+        ``reducers`` is rebuilt by one DuckDB query, or from a checkpoint plus the newer events once
+        ``lake.checkpoint(cls)`` built one; otherwise every stream is folded through the class's handlers.
 
         Parameters
         ----------
@@ -633,8 +633,9 @@ class Lake:
     def checkpoint(self, aggregate_class: type, *, every: Every = "month") -> dict[str, Any]:
         """Build, or bring up to date, the state checkpoints of a class that declares reducers.
 
-        ``states`` does this on its own for large types; call it to choose ``every`` or to pay the cost
-        up front (after a bulk import, say).
+        Once a class has checkpoints, ``states`` reads them (a checkpoint plus the events after it) and keeps
+        them current on its own. Building reads every event of the type once, so it is never started
+        implicitly: call this once for large types (and again to fold many new events in at a quiet time).
         """
         from .temporal import checkpoints
         from .temporal.states import aggregate_type_of, reducers_of

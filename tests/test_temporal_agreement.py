@@ -28,7 +28,7 @@ from es_analytics.temporal import Column, Count, First, Json, Last, Max, Min, Re
 from strategies import HistoryEvent, bank_histories, import_batch, time_pairs
 
 MONEY = "DECIMAL(18,4)"
-SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 class Ledger(Aggregate):

@@ -65,7 +65,7 @@ def states(lake: LakeLike, cls: type, bounds: Bounds, method: Method = "auto") -
         )
     from . import checkpoints
 
-    if method == "checkpoint" or (method == "auto" and checkpoints.worthwhile(lake, aggregate_type)):
+    if method == "checkpoint" or (method == "auto" and checkpoints.exists(lake, aggregate_type, reducers)):
         return checkpoints.states(lake, reducers, aggregate_type, bounds)
     sql, params = scan_sql(reducers, bounds, aggregate_type)
     return lake._query(sql, params, what=f"states of {aggregate_type}")
