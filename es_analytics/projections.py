@@ -37,6 +37,7 @@ from typing import Any, Literal
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
@@ -203,14 +204,21 @@ class StateProjection(Projection):
         merged = ", ".join(["aggregate_id", "max(version) AS version", *self.reducers.merge_select()])
         finish = ", ".join(["aggregate_id", "version", *self.reducers.finish_select(), *map(_q, self._keys())])
         return (f"WITH d AS (SELECT {partial} FROM {source} WHERE aggregate_type = ? GROUP BY aggregate_id), "
-                f"o AS ({latest_sql(old, 'aggregate_id IN (SELECT aggregate_id FROM d)')}), "
-                f"m AS (SELECT {merged} FROM (SELECT * FROM o UNION ALL BY NAME SELECT * FROM d) GROUP BY aggregate_id) "
-                f"SELECT {finish} FROM m ORDER BY aggregate_id")
+                f"o AS ({latest_sql(old, touched='d')}), "
+                f"m AS (SELECT {merged}, NOT bool_or(__stored) AS __new FROM (SELECT *, TRUE AS __stored FROM o "
+                "UNION ALL BY NAME SELECT *, FALSE AS __stored FROM d) GROUP BY aggregate_id) "
+                f"SELECT {finish}, __new FROM m ORDER BY aggregate_id")
 
 
-def latest_sql(view: str, where: str = "TRUE") -> str:
-    """The newest row per aggregate among a state projection's files (each refresh writes changed rows anew)."""
-    return (f"SELECT * FROM {view} WHERE {where} "
+def latest_sql(view: str, *, touched: str | None = None) -> str:
+    """The newest row per aggregate among a state projection's files (each refresh writes changed rows anew).
+
+    With ``touched`` (a relation with ``aggregate_id``), only those aggregates: a join, which DuckDB runs
+    faster here than ``IN (subquery)`` (measured 0.20 s against 0.27 s on 526,000 stored rows).
+    """
+    source = view if touched is None else (
+        f"(SELECT s.* FROM {view} AS s JOIN (SELECT DISTINCT aggregate_id FROM {touched}) USING (aggregate_id))")
+    return (f"SELECT * FROM {source} "
             "QUALIFY row_number() OVER (PARTITION BY aggregate_id ORDER BY version DESC) = 1")
 
 
@@ -438,7 +446,6 @@ def _publish(folder: Path, state: _State, keep_old: Sequence[str] = ()) -> None:
         handle.write(state.to_json())
         handle.flush()
         os.fsync(handle.fileno())
-    fsync_dir(folder)
     os.replace(tmp, folder / "state.json")
     fsync_dir(folder)
     keep = {*state.files, *state.carry, *keep_old, "state.json", "lock"}
@@ -510,10 +517,8 @@ def _refresh(lake: LakeLike, projection: Projection, folder: Path, old: _State, 
                                  params=[projection.aggregate_type]).fetchall()[0][0])
         if new_events and isinstance(projection, StateProjection):
             table = con.sql(projection.refresh_sql(delta, "_old"), params=[projection.aggregate_type]).to_arrow_table()
-            con.register("_changed", table)
-            rows += int(con.sql("SELECT count(*) FROM _changed WHERE aggregate_id NOT IN "
-                                "(SELECT aggregate_id FROM _old)").fetchall()[0][0])
-            con.unregister("_changed")
+            rows += int(pc.sum(table["__new"]).as_py() or 0)  # aggregates seen for the first time
+            table = table.drop_columns(["__new"])
             files = (*old.files, _write_parquet(folder, f"part-{position}", table))
         elif new_events:
             assert isinstance(projection, EventProjection)
