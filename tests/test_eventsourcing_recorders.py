@@ -28,7 +28,7 @@ from es_analytics.eventsourcing import (
 
 
 class LakeFixture:
-    """A fresh lake folder per test, and a factory on it that is closed after the test."""
+    """A fresh lake folder per test, and a factory on it that is checked and closed after the test."""
 
     settings: dict[str, str] = {}
 
@@ -39,9 +39,14 @@ class LakeFixture:
 
     def tearDown(self) -> None:
         super().tearDown()  # type: ignore[misc]
-        for factory in self._factories:
-            factory.close()
-        self._folder.cleanup()
+        try:
+            for factory in self._factories:  # whatever a suite did, the lake passes its own fsck
+                report = factory.lake.check()
+                assert report["ok"], report["problems"]
+        finally:
+            for factory in self._factories:
+                factory.close()
+            self._folder.cleanup()
 
     def lake_factory(self) -> LakeFactory:
         factory = LakeFactory({"LAKE_PATH": self._folder.name, **self.settings})
