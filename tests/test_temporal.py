@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -318,3 +319,21 @@ def test_checkpoints_work_on_a_safe_sql_lake(sample_lake: Path, tmp_path: Path) 
         assert checkpoints.clear(lake) == 1
         with pytest.raises(InvalidArgumentError, match="every must be one of"):
             lake.checkpoint(BankAccount, every="year")  # type: ignore[arg-type]
+
+
+def test_auto_reads_checkpoints_only_once_they_were_built(sample_lake: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    copy = tmp_path / "lake"
+    shutil.copytree(sample_lake, copy)
+    with Lake.open(copy) as lake:
+        folder = checkpoints.folder_for(lake, "BankAccount", BankAccount.reducers)
+        lake.states(BankAccount)
+        assert not folder.exists()  # auto never starts a build on its own
+        built = lake.checkpoint(BankAccount)
+        monkeypatch.setattr(checkpoints, "REFRESH_AFTER", 0)
+        lake.append("acc-new", [Event("AccountOpened", {"initialDeposit": 5, "accountHolder": "N"})],
+                    expected_version=0, aggregate_type="BankAccount")
+        frame = lake.states(BankAccount)  # auto: reads the set and extends its inputs by the new event
+        state = checkpoints.CheckpointSet.load(folder)
+        assert state is not None and state.position == built["position"] + 1
+        assert frame.filter(pl.col("aggregate_id") == "acc-new")["balance"].item() == Decimal(5)
