@@ -114,8 +114,10 @@ class Aggregate:
     ``schema_versions``
         ``{event_type: version}`` the commands record (default 1), e.g. ``{"UserRegistered": 3}``.
 
-    State is every public instance attribute set in ``__init__`` other than ``aggregate_id`` and
-    ``version`` (see :meth:`state`); keep its values JSON-like, ``Decimal`` or ``datetime``.
+    A subclass's ``__init__`` takes the aggregate id alone (replay, snapshots and fingerprints construct
+    it that way) and sets the initial state. State is every public instance attribute other than
+    ``aggregate_id`` and ``version`` (see :meth:`state`); keep its values JSON-like, ``Decimal`` or
+    ``datetime`` so snapshots can store them.
     """
 
     aggregate_type: ClassVar[str] = "Aggregate"
