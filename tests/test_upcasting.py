@@ -284,3 +284,15 @@ def test_a_vectorized_upcaster_must_return_one_text_per_payload(empty_lake: Lake
                       expected_version=0, aggregate_type="Product")
     with pytest.raises(UpcastError, match="must return a String Series of 2 JSON texts"):
         empty_lake.events("p-1")
+
+
+def test_the_sql_view_shows_forgotten_fields_as_erased(users_lake: Lake) -> None:
+    from es_analytics.privacy import ERASED
+
+    users_lake.forget("user-1")
+    row = users_lake.sql("SELECT data FROM events_upcast WHERE aggregate_id = 'user-1' "
+                         "AND event_type = 'UserRegistered'")["data"].item()
+    assert json.loads(row)["profile"] == {"email": ERASED, "name": ERASED}
+    assert json.loads(users_lake.events("user-1")["data"].item())["profile"]["email"] == ERASED
+    other = users_lake.sql("SELECT data->>'$.profile.email' AS e FROM events_upcast WHERE aggregate_id = 'user-2'")
+    assert other["e"].item() == "bo@example.org"
