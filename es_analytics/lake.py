@@ -79,7 +79,7 @@ class Lake:
         self.upcasters: UpcasterRegistry = default_registry
         self._snapshots: Any = None
         self._sql_upcasters: tuple[int, UpcasterRegistry, int] | None = None
-        self._subscribers: list[Callable[[pl.DataFrame], object]] = []
+        self._subscribers: list[tuple[Callable[[pl.DataFrame], object], list[str] | None]] = []
         self.subscriber_errors: list[SubscriberFailure] = []
         self._projection_views: dict[str, Any] = {}
 
@@ -492,20 +492,24 @@ class Lake:
             install_sql(reader.con, self.upcasters, self._privacy.decrypt_frame, f'"{ENVELOPE_KEY}":"{ALGORITHM}"')
         self._sql_upcasters = key
 
-    def subscribe(self, handler: Callable[[pl.DataFrame], object]) -> Callable[[], None]:
+    def subscribe(
+        self, handler: Callable[[pl.DataFrame], object], *, types: str | Sequence[str] | None = None
+    ) -> Callable[[], None]:
         """Call ``handler(events)`` after every commit of an append in this process; returns an unsubscribe.
 
-        ``events`` is the frame of the committed events (as ``lake.events`` shows them). A handler that
-        raises does not undo the commit: the error is logged (logger ``es_analytics``) and kept in
-        :attr:`subscriber_errors`, and the other handlers still run.
+        ``events`` is the frame of the committed events (as ``lake.events`` shows them); with ``types``
+        only events of those types, and the handler is not called when none of them was committed. A
+        handler that raises does not undo the commit: the error is logged (logger ``es_analytics``) and
+        kept in :attr:`subscriber_errors`, and the other handlers still run.
         """
         if not callable(handler):
             raise InvalidArgumentError(f"handler must be callable, got {handler!r}")
-        self._subscribers.append(handler)
+        entry = (handler, _check_types(types))
+        self._subscribers.append(entry)
 
         def unsubscribe() -> None:
-            if handler in self._subscribers:
-                self._subscribers.remove(handler)
+            if entry in self._subscribers:
+                self._subscribers.remove(entry)
 
         return unsubscribe
 
@@ -516,11 +520,14 @@ class Lake:
         except EsAnalyticsError as exc:
             self._subscriber_failed(None, None, exc)
             return
-        for handler in list(self._subscribers):
+        for handler, types in list(self._subscribers):
+            events = committed if types is None else committed.filter(pl.col("event_type").is_in(types))
+            if events.height == 0:
+                continue
             try:
-                handler(committed)
+                handler(events)
             except Exception as exc:  # a subscriber's bug must not look like a failed append
-                self._subscriber_failed(handler, committed, exc)
+                self._subscriber_failed(handler, events, exc)
 
     def _subscriber_failed(self, handler: object, events: pl.DataFrame | None, exc: Exception) -> None:
         positions = () if events is None else tuple(events["position"].to_list())

@@ -460,3 +460,15 @@ def test_snapshots_restore_fields_that_handlers_add(empty_lake: Lake, monkeypatc
     assert calls == [1]  # from the snapshot
     assert loaded == load(empty_lake, Ticket, "t-1", use_snapshots=False)
     assert loaded.state() == {"status": "closed", "closed_by": "ada"}
+
+
+def test_a_subscriber_can_ask_for_some_event_types(empty_lake: Lake) -> None:
+    seen: list[list[str]] = []
+    empty_lake.subscribe(lambda events: seen.append(events["event_type"].to_list()), types=["MoneyWithdrawn"])
+    account = new_account(empty_lake)
+    account.deposit(5, "a")
+    account.withdraw(3, "b")
+    Repository(empty_lake, BankAccount).save(account)
+    assert seen == [["MoneyWithdrawn"]]
+    with pytest.raises(InvalidArgumentError, match="types must be an event type or a list of them"):
+        empty_lake.subscribe(print, types=[1])  # type: ignore[list-item]
