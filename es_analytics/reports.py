@@ -57,6 +57,8 @@ __all__ = [
 
 MASK = "‹personal›"
 MAX_ROWS_SHOWN = 500
+_AUDIT_SHOWN = ["position", "occurred_at", "recorded_at", "actor", "command", "event_type", "stream", "why",
+                "correlation_id", "details"]
 _AUDIT_COLUMNS = ["position", "occurred_at", "recorded_at", "actor", "command", "event_type", "aggregate_type",
                   "aggregate_id", "aggregate_version", "why", "correlation_id", "causation_id", "details"]
 
@@ -140,8 +142,21 @@ def _cell(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, datetime):
-        return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f UTC")
+        return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%fZ")
     return str(value)
+
+
+_WIDE = frozenset({"data", "metadata", "details", "path", "value"})
+_PROSE = frozenset({"why", "detail", "note", "then", "now"})
+
+
+def _css_class(column: str, mono: Sequence[str]) -> str:
+    """Payloads wrap in a wide cell, prose wraps, everything else (ids, times, numbers) stays on one line."""
+    if column in _WIDE:
+        return "mono wide" if column in mono else "wide"
+    if column in _PROSE:
+        return ""
+    return "mono nowrap" if column in mono else "nowrap"
 
 
 def _table(frame: pl.DataFrame, mono: Sequence[str] = ()) -> dict[str, Any]:
@@ -149,7 +164,7 @@ def _table(frame: pl.DataFrame, mono: Sequence[str] = ()) -> dict[str, Any]:
     return {
         "columns": shown.columns,
         "rows": [[_cell(v) for v in row] for row in shown.iter_rows()],
-        "mono": [c in mono for c in shown.columns],
+        "classes": [_css_class(c, mono) for c in shown.columns],
         "truncated": frame.height > shown.height,
         "total": frame.height,
     }
@@ -203,9 +218,11 @@ def _chart_per_day(frame: pl.DataFrame, title: str) -> str | None:
 
     per_day = (frame.with_columns(pl.col("occurred_at").dt.convert_time_zone("UTC").dt.date().alias("day"))
                .group_by("day", "event_type").len("events").sort("day"))
+    peak = int(per_day.group_by("day").agg(pl.col("events").sum())["events"].max())  # type: ignore[arg-type]
+    ticks = list(range(peak + 1)) if peak <= 8 else None  # whole numbers only on small counts
     chart = alt.Chart(per_day).mark_bar().encode(
         x=alt.X("day:T", title="Day (UTC, occurred_at)"),
-        y=alt.Y("events:Q", title="Events", stack=True),
+        y=alt.Y("events:Q", title="Events", stack=True, axis=alt.Axis(values=ticks, format="d")),
         color=alt.Color("event_type:N", title="Event type"),
         tooltip=["day:T", "event_type:N", "events:Q"],
     )
@@ -213,6 +230,10 @@ def _chart_per_day(frame: pl.DataFrame, title: str) -> str | None:
 
 
 # -- inputs ---------------------------------------------------------------------------------------
+def _stream_label() -> pl.Expr:
+    return pl.format("{} {} v{}", "aggregate_type", "aggregate_id", "aggregate_version").alias("stream")
+
+
 def _window(since: datetime | None, until: datetime | None) -> tuple[datetime | None, datetime | None]:
     start, end = to_utc_or_none(since, "since"), to_utc_or_none(until, "until")
     if start is not None and end is not None and start > end:
@@ -329,7 +350,8 @@ def audit_trail(
                  svg=_chart_per_day(frame, "Events per day")),
         _section("Trail", paragraphs=[f"In commit order. Personal fields are shown as {MASK}; "
                                       "see the data-subject access report for a person's own data."],
-                 table=frame.select(_AUDIT_COLUMNS), mono=("aggregate_id", "correlation_id", "causation_id", "details")),
+                 table=frame.with_columns(_stream_label()).select(_AUDIT_SHOWN),
+                 mono=("stream", "correlation_id", "details")),
     ]
     return _render(lake, "audit_trail", f"Audit trail: {what} {value}", f"Period: {period}", sections,
                    stamp=[("Selector", f"{what} = {value}")], data={"trail": frame},
