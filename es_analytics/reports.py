@@ -219,10 +219,10 @@ def _chart_per_day(frame: pl.DataFrame, title: str) -> str | None:
     per_day = (frame.with_columns(pl.col("occurred_at").dt.convert_time_zone("UTC").dt.date().alias("day"))
                .group_by("day", "event_type").len("events").sort("day"))
     peak = int(per_day.group_by("day").agg(pl.col("events").sum())["events"].max())  # type: ignore[arg-type]
-    ticks = list(range(peak + 1)) if peak <= 8 else None  # whole numbers only on small counts
+    axis = alt.Axis(values=list(range(peak + 1)), format="d") if peak <= 8 else alt.Axis(format="d")
     chart = alt.Chart(per_day).mark_bar().encode(
         x=alt.X("day:T", title="Day (UTC, occurred_at)"),
-        y=alt.Y("events:Q", title="Events", stack=True, axis=alt.Axis(values=ticks, format="d")),
+        y=alt.Y("events:Q", title="Events", stack=True, axis=axis),
         color=alt.Color("event_type:N", title="Event type"),
         tooltip=["day:T", "event_type:N", "events:Q"],
     )
