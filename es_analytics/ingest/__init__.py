@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import polars as pl
+import pyarrow as pa
 
 from ..errors import InvalidArgumentError
 from . import _sources as src
@@ -194,7 +195,7 @@ def ingest(
         for file_no, item in enumerate(sources):
             opened = _open(item, format, table, mapping, batch_size)
             labels.append(opened.source.label)
-            read += _run_one(opened, file_no, writer, log, timezone, progress)
+            read += _run_one(opened, file_no, writer, log, timezone, progress, batch_size)
             _drain_rejects(writer, labels, log)
         writer.finish()
         _drain_rejects(writer, labels, log)
@@ -326,8 +327,11 @@ def _count(con: Any, name: str, postgres: bool) -> int | None:
 
 
 def _run_one(opened: _Opened, file_no: int, writer: LakeWriter, log: _RejectLog, timezone: str | None,
-             progress: bool) -> int:
-    """Read and validate in a background thread (DuckDB releases the GIL) while the lake imports."""
+             progress: bool, batch_size: int) -> int:
+    """Read and validate in a background thread (DuckDB releases the GIL) while the lake imports.
+
+    Valid rows are gathered up to ``batch_size`` before they go to the lake: each import has a fixed cost.
+    """
     validator = opened.validator
     validator.timezone = timezone
     queue: Queue[Any] = Queue(maxsize=1)
@@ -346,7 +350,8 @@ def _run_one(opened: _Opened, file_no: int, writer: LakeWriter, log: _RejectLog,
     bar = _bar(opened.source, progress)
     thread = threading.Thread(target=produce, name="es-analytics-ingest-reader", daemon=True)
     thread.start()
-    read = 0
+    read = held = 0
+    gathered: list[pa.Table] = []
     try:
         while (item := queue.get()) is not None:
             if isinstance(item, BaseException):
@@ -355,9 +360,15 @@ def _run_one(opened: _Opened, file_no: int, writer: LakeWriter, log: _RejectLog,
             read += rows
             for line, reason, record in rejects:
                 log.add(opened.source.label, line, reason, record)
-            writer.write(valid, file_no)
+            gathered.append(valid)
+            held += valid.num_rows
+            if held >= batch_size:
+                writer.write(pa.concat_tables(gathered, promote_options="permissive"), file_no)
+                gathered, held = [], 0
             if bar is not None:
                 bar.update(step)
+        if gathered:
+            writer.write(pa.concat_tables(gathered, promote_options="permissive"), file_no)
     finally:
         stop.set()
         while thread.is_alive():

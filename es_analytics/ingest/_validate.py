@@ -34,8 +34,7 @@ _ISO = r"\d{4}-\d\d-\d\d([T ]\d\d:\d\d.*)?"
 def _text_expr(name: str, kind: str, json_index: int | None) -> str:
     """SQL giving the field as text (or NULL), whatever the source's encoding."""
     if json_index is not None:
-        cell = f"_j[{json_index}]"
-        return f"CASE json_type({cell}) WHEN 'VARCHAR' THEN {cell}->>'$' WHEN 'NULL' THEN NULL ELSE {cell}::VARCHAR END"
+        return f"_j[{json_index}]"
     if kind == "nested":
         return f"to_json({name})::VARCHAR"
     if kind in ("timestamp", "naive"):
@@ -46,8 +45,7 @@ def _text_expr(name: str, kind: str, json_index: int | None) -> str:
 def _json_expr(name: str, json_index: int | None, kind: str) -> str:
     """SQL giving a payload field as JSON text: an object stays JSON; a string is taken as JSON text."""
     if json_index is not None:
-        cell = f"_j[{json_index}]"
-        return f"CASE json_type({cell}) WHEN 'VARCHAR' THEN {cell}->>'$' WHEN 'NULL' THEN NULL ELSE {cell}::VARCHAR END"
+        return f"_j[{json_index}]"
     if kind == "nested":
         return f"to_json({name})::VARCHAR"
     return f"{name}::VARCHAR"
@@ -105,9 +103,9 @@ def _reason_sql(kind: str) -> str:
         f"{naive}"
         "WHEN occurred_at_ts IS NULL THEN 'occurred_at ' || " + quoted("occurred_at") + " || ' is not an ISO 8601 time' "
         "WHEN data IS NULL OR data = '' THEN 'data is missing' "
-        "WHEN coalesce(CASE WHEN json_valid(data) THEN json_type(data) END, '') != 'OBJECT' THEN 'data is not a JSON object' "
+        "WHEN NOT (starts_with(ltrim(data), '{') AND json_valid(data)) THEN 'data is not a JSON object' "
         f"WHEN strlen(data) > {MAX_JSON_BYTES} THEN 'data is larger than {MAX_JSON_BYTES} bytes' "
-        "WHEN coalesce(CASE WHEN json_valid(metadata) THEN json_type(metadata) END, '') != 'OBJECT' THEN 'metadata is not a JSON object' "
+        "WHEN NOT (starts_with(ltrim(metadata), '{') AND json_valid(metadata)) THEN 'metadata is not a JSON object' "
         f"WHEN strlen(metadata) > {MAX_JSON_BYTES} THEN 'metadata is larger than {MAX_JSON_BYTES} bytes' "
         "END"
     )
@@ -141,8 +139,11 @@ class Validator:
                 text[name] = _text_expr(name, self.kinds.get(name, ""), index.get(name))
         occurred_kind = "" if self.json_lines else self.kinds.get("occurred_at", "")
         if self.json_lines:
-            parsed = "coalesce(CASE WHEN json_valid(_record) THEN json_type(_record) = 'OBJECT' END, false)"
-            base = f"SELECT _line, _record, {parsed} AS _parsed, CASE WHEN {parsed} THEN json_extract(_record, $paths) END AS _j FROM raw"
+            # One parse for validity, one to pull every field out as text (json_extract_string gives the
+            # text of strings and numbers, and the minified JSON of objects).
+            parsed = "(json_valid(_record) AND starts_with(ltrim(_record), '{'))"
+            base = (f"SELECT _line, _record, {parsed} AS _parsed, "
+                    f"CASE WHEN {parsed} THEN json_extract_string(_record, $paths) END AS _j FROM raw")
             occurred_src = "NULL"
         else:
             base = "SELECT *, true AS _parsed FROM raw"
@@ -152,7 +153,7 @@ class Validator:
         record = "_record" if self.json_lines else "to_json(struct_pack(" + ", ".join(
             f"{name} := {name}" for name in FIELDS if name in self.columns) + "))::VARCHAR"
         return (
-            f"WITH b AS ({base}), "
+            f"WITH b AS MATERIALIZED ({base}), "
             f"t AS (SELECT _line, _parsed, {record} AS _raw, {occurred_src} AS occurred_at_src, {fields}, "
             f"{metadata} AS metadata FROM b), "
             "n AS (SELECT *, "
@@ -163,9 +164,16 @@ class Validator:
             "SELECT _line, _reason, CASE WHEN _reason IS NOT NULL THEN left(rtrim(_raw, chr(13) || chr(10)), 500) END AS _raw, "
             "event_id, event_type, schema_version_n::INTEGER AS schema_version, aggregate_type, aggregate_id, "
             "aggregate_version_n AS aggregate_version, occurred_at_ts AS occurred_at, "
-            "CASE WHEN _reason IS NULL THEN json(data)::VARCHAR END AS data, "
-            "CASE WHEN _reason IS NULL THEN json(metadata)::VARCHAR END AS metadata FROM r"
+            f"CASE WHEN _reason IS NULL THEN {self._minified('data')} END AS data, "
+            f"CASE WHEN _reason IS NULL THEN {self._minified('metadata')} END AS metadata FROM r"
         )
+
+    def _minified(self, name: str) -> str:
+        """Payload JSON as stored: objects read from JSON Lines come minified already (JSON text inside a
+        string is kept as written); other sources' text is minified here."""
+        if self.json_lines:
+            return name
+        return f"json({name})::VARCHAR"
 
     def params(self) -> dict[str, Any]:
         params: dict[str, Any] = {"tz": self.timezone}
