@@ -203,7 +203,8 @@ def _event_times(rng: np.random.Generator, lo: np.ndarray, hi: np.ndarray, t0: i
     weekday = (day + 3) % 7  # 1970-01-01 was a Thursday; 0 = Monday
     weekend = weekday >= 5
     shift = rng.random(day.size) < 0.45
-    day = np.where(weekend & shift, day - (weekday - 4), day)
+    # move some weekend activity to a random weekday of the same week (quieter weekends, flat weekdays)
+    day = np.where(weekend & shift, day - weekday + rng.integers(0, 5, day.size), day)
     hour = rng.choice(24, size=day.size, p=_HOUR_P)
     micros = day * _DAY + hour * _HOUR + rng.integers(0, _HOUR, day.size)
     return np.clip(micros, lo, None)
