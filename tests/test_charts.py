@@ -111,7 +111,7 @@ def test_heatmap(lake: Lake) -> None:
     spec = check_common(charts.heatmap(result), title="All events: weekday × hour")
     assert mark_type(spec) == "rect"
     assert spec["encoding"]["color"]["field"] == "average"
-    assert spec["encoding"]["y"]["sort"] == {"field": "weekday", "order": "ascending"}
+    assert spec["encoding"]["y"]["sort"] == {"field": "weekday", "op": "min", "order": "ascending"}
     assert data_rows(spec) == 168
     assert charts.heatmap(result, value="count").to_dict()["encoding"]["color"]["field"] == "count"
     with pytest.raises(InvalidArgumentError, match="value must be"):
@@ -143,7 +143,7 @@ def test_anomalies_facets_by_type(lake: Lake) -> None:
 def test_latency(lake: Lake) -> None:
     result = patterns.latency(lake, "AccountOpened", "AccountClosed")
     spec = check_common(charts.latency(result), title="AccountOpened → AccountClosed")
-    assert spec["encoding"]["x"]["sort"] == {"field": "order"}
+    assert spec["encoding"]["x"]["sort"] == {"field": "order", "op": "min"}
     assert sum(r["aggregates"] for r in next(iter(spec["datasets"].values()))) == result.converted == 5
     assert "p50 " in spec["title"]["subtitle"] and "5 of 20 aggregates (25.0%)" in spec["title"]["subtitle"]
 
@@ -172,7 +172,11 @@ def test_mix(lake: Lake) -> None:
     spec = check_common(charts.mix(result), title="Event-type mix over time")
     assert spec["encoding"]["y"]["stack"] == "normalize"
     assert spec["encoding"]["color"]["field"] == "event_type"
+    assert (mark_type(spec), spec["encoding"]["x"]["field"]) == ("bar", "label")
+    assert spec["encoding"]["x"]["sort"] == {"field": "period", "op": "min"}
     assert charts.mix(result, normalize=False).to_dict()["encoding"]["y"]["stack"] == "zero"
+    daily = charts.mix(patterns.mix(lake, START, END, every="day")).to_dict()
+    assert (mark_type(daily), daily["encoding"]["x"]["type"]) == ("area", "temporal")
 
 
 def test_top(lake: Lake) -> None:

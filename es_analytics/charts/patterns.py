@@ -149,7 +149,7 @@ def heatmap(result: HeatmapResult, *, value: str = "average") -> Any:
     title = "Average events per day" if value == "average" else "Events"
     chart = alt.Chart(data).mark_rect().encode(
         x=alt.X("hour:O", title=f"Hour of day ({result.tz})", axis=alt.Axis(labelAngle=0)),
-        y=alt.Y("day_name:O", title=None, sort=alt.EncodingSortField("weekday", order="ascending")),
+        y=alt.Y("day_name:O", title=None, sort=alt.EncodingSortField("weekday", op="min", order="ascending")),
         color=alt.Color(f"{value}:Q", title=title, scale=alt.Scale(scheme=SEQUENTIAL_SCHEME)),
         tooltip=[alt.Tooltip("day_name:N", title="Weekday"), alt.Tooltip("hour:O", title="Hour"),
                  alt.Tooltip("count:Q", title="Events", format=","),
@@ -223,7 +223,7 @@ def latency(result: LatencyResult) -> Any:
     data = check_rows(result.histogram, "charts.latency", required=("bucket", "order", "aggregates"))
     data = data.with_columns((pl.col("aggregates") / max(result.converted, 1)).alias("share"))
     chart = alt.Chart(data).mark_bar().encode(
-        x=alt.X("bucket:N", title="Time to the next step", sort=alt.EncodingSortField("order"),
+        x=alt.X("bucket:N", title="Time to the next step", sort=alt.EncodingSortField("order", op="min"),
                 axis=alt.Axis(labelAngle=-30)),
         y=alt.Y("aggregates:Q", title="Aggregates"),
         tooltip=[alt.Tooltip("bucket:N", title="Latency"), alt.Tooltip("aggregates:Q", title="Aggregates", format=","),
@@ -243,7 +243,7 @@ def funnel(result: FunnelResult) -> Any:
         pl.col("median_seconds").map_elements(format_duration, return_dtype=pl.String, skip_nulls=False)
         .alias("median_time"),
     )
-    base = alt.Chart(data).encode(y=alt.Y("label:N", title=None, sort=alt.EncodingSortField("step")))
+    base = alt.Chart(data).encode(y=alt.Y("label:N", title=None, sort=alt.EncodingSortField("step", op="min")))
     bars = base.mark_bar().encode(
         x=alt.X("aggregates:Q", title="Aggregates"),
         tooltip=[alt.Tooltip("label:N", title="Step"), alt.Tooltip("aggregates:Q", title="Aggregates", format=","),
@@ -285,11 +285,23 @@ def cohorts(result: CohortResult) -> Any:
 
 # -- mix ----------------------------------------------------------------------------------------
 def mix(result: MixResult, *, normalize: bool = True) -> Any:
-    """Stacked bars of event types per period, as shares (``normalize=True``) or counts."""
+    """The mix of event types per period, as shares (``normalize=True``) or counts.
+
+    Months and weeks are stacked bars (one per period); days are a stacked area.
+    """
     data = check_rows(result.table, "charts.mix", required=("period", "event_type", "count", "share"))
-    chart = alt.Chart(data).mark_bar().encode(
-        x=alt.X("period:T", title=f"{result.grain.capitalize()} ({result.tz})",
-                axis=alt.Axis(format="%b %d" if result.grain != "month" else "%b %Y", labelAngle=0)),
+    label = "%b %Y" if result.grain == "month" else "%d %b"
+    data = data.with_columns(pl.col("period").dt.strftime(label).alias("label"))
+    title = f"{result.grain.capitalize()} ({result.tz})" + (", starting Monday" if result.grain == "week" else "")
+    if result.grain == "day":
+        x = alt.X("period:T", title=title, axis=alt.Axis(format="%b %d", labelAngle=0))
+        base = alt.Chart(data).mark_area()
+    else:
+        x = alt.X("label:O", title=title, sort=alt.EncodingSortField("period", op="min"),
+                  axis=alt.Axis(labelAngle=0 if result.grain == "month" else -45))
+        base = alt.Chart(data).mark_bar()
+    chart = base.encode(
+        x=x,
         y=alt.Y("count:Q", title="Share of events" if normalize else "Events",
                 stack="normalize" if normalize else "zero", axis=alt.Axis(format=".0%" if normalize else ",")),
         color=alt.Color("event_type:N", title="Event type"),
