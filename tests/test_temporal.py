@@ -340,3 +340,17 @@ def test_auto_reads_checkpoints_only_once_they_were_built(sample_lake: Path, tmp
         state = checkpoints.CheckpointSet.load(folder)
         assert state is not None and state.position == built["position"] + 1
         assert frame.filter(pl.col("aggregate_id") == "acc-new")["balance"].item() == Decimal(5)
+
+
+def test_a_checkpoint_set_with_a_missing_file_is_rebuilt(sample_lake: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "lake"
+    shutil.copytree(sample_lake, copy)
+    with Lake.open(copy) as lake:
+        built = lake.checkpoint(BankAccount)
+        state = checkpoints.CheckpointSet.load(Path(built["folder"]))
+        assert state is not None
+        (state.folder / state.files[0]).unlink()  # as lake.forget purges derived files
+        assert checkpoints.CheckpointSet.load(state.folder) is None
+        scan = lake.states(BankAccount, method="auto")  # no usable set: auto scans
+        assert_frame_equal(lake.states(BankAccount, method="checkpoint"), scan)  # rebuilt
+        assert checkpoints.CheckpointSet.load(state.folder) is not None

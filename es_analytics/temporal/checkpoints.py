@@ -94,6 +94,9 @@ class CheckpointSet:
             return None
         if body.get("format") != _FORMAT:
             return None
+        named = [n for n, _, _ in body["inputs"]] + list(body["files"])
+        if not all((folder / name).is_file() for name in named):
+            return None  # a file was removed (by lake.forget's purge of derived files, say): rebuild
         return cls(folder, int(body["position"]), from_micros(int(body["recorded_at"])), str(body["every"]),
                    tuple((str(n), int(a), int(u)) for n, a, u in body["inputs"]), int(body["checkpoint_position"]),
                    from_micros(int(body["checkpoint_recorded_at"])),
@@ -118,7 +121,7 @@ def exists(lake: LakeLike, aggregate_type: str, reducers: Reducers) -> bool:
     Building one reads and parses every event of the type once (~40 s for 10M events), so ``auto`` never
     starts that on its own: ``lake.checkpoint(cls)`` does, once; afterwards it stays current by itself.
     """
-    return (folder_for(lake, aggregate_type, reducers) / "state.json").exists()
+    return CheckpointSet.load(folder_for(lake, aggregate_type, reducers)) is not None
 
 
 def clear(lake: LakeLike) -> int:
