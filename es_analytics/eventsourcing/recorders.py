@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import threading
+import warnings
 from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
@@ -28,7 +29,7 @@ from eventsourcing.persistence import (
     TrackingRecorder,
 )
 
-from ..errors import ConcurrencyError
+from ..errors import ConcurrencyError, LakeError
 from ..events import check_identifier
 from ..store.hot import NewRow
 from .datastore import LakeDatastore, decode_state
@@ -86,7 +87,10 @@ class LakeAggregateRecorder(LakeRecorder, AggregateRecorder):
                 raise _in_originator_versions(exc, rows, stored_events) from exc
             if first is None:
                 return []
-            ds.store.maybe_auto_seal(first + len(rows) - 1)
+            try:
+                ds.store.maybe_auto_seal(first + len(rows) - 1)
+            except LakeError as exc:  # the events are committed: do not report the write as failed
+                warnings.warn(f"the lake could not seal ({exc}); the next write retries", RuntimeWarning, stacklevel=3)
         ds.notify()
         return list(range(first, first + len(rows)))
 
@@ -117,9 +121,10 @@ class LakeAggregateRecorder(LakeRecorder, AggregateRecorder):
             table = table.sort_by([("aggregate_version", "descending")])
         if limit is not None:
             table = table.slice(0, max(limit, 0))
+        same_id = originator_id if isinstance(originator_id, UUID) else ds.originator_id(aggregate_id)
         return [
             StoredEvent(
-                originator_id=ds.originator_id(aggregate_id) if not isinstance(originator_id, UUID) else originator_id,
+                originator_id=same_id,
                 originator_version=version + offset,
                 topic=topic,
                 state=decode_state(data, metadata),
