@@ -395,13 +395,14 @@ class Lake:
         aggregate_id: str,
         *,
         as_of: datetime | None = None,
-        known_at: datetime | None = None,
+        known_at: datetime | Watermark | None = None,
         version: int | None = None,
     ) -> A | None:
         """The aggregate rebuilt as it was as of ``as_of``, known at ``known_at`` (or at ``version``).
 
         Folds the stream's events with ``occurred_at <= as_of`` and ``recorded_at <= known_at`` in version
         order, starting from the newest snapshot that lies at or before that point on both clocks.
+        ``known_at`` may be a :meth:`watermark` (the lake exactly as it was at that position).
         Returns ``None`` if the aggregate did not exist yet.
 
         Examples
@@ -427,7 +428,7 @@ class Lake:
         aggregate_id: str,
         *,
         as_of: datetime | None = None,
-        known_at: datetime | None = None,
+        known_at: datetime | Watermark | None = None,
         version: int | None = None,
     ) -> pl.DataFrame:
         """The aggregate's state after each event, one row per event (for chasing how a state came about).
@@ -676,16 +677,18 @@ class Lake:
         ...     lake.project(account_summary)["status"].to_list()
         ['active']
         """
-        from . import projections
+        from .materialized import read
+        from .projections import build
         from .temporal.bounds import make_bounds
 
         bounds = make_bounds(as_of, known_at)
         if bounds == make_bounds() and self._is_materialized(projection):
-            return projections.read(self, projection)
-        return projections.build(self, projection, bounds)
+            return read(self, projection)
+        return build(self, projection, bounds)
 
     def _is_materialized(self, projection: object) -> bool:
-        from .projections import Projection, folder_of
+        from .materialized import folder_of
+        from .projections import Projection
 
         return isinstance(projection, Projection) and (folder_of(self, projection.name) / "state.json").exists()
 
@@ -695,7 +698,7 @@ class Lake:
         It then is a DuckDB view of the projection's name in :meth:`sql`, and :meth:`refresh` keeps it
         current by applying only newer events. Returns ``name, position, rows, mode``.
         """
-        from .projections import materialize
+        from .materialized import materialize
 
         return materialize(self, projection)
 
@@ -705,34 +708,35 @@ class Lake:
         ``projection`` is a projection, the name of one defined in this process, or ``None`` for every
         materialised projection of the lake defined in this process.
         """
-        from . import projections
+        from .materialized import refresh
+        from .projections import registered
 
         if projection is None:
-            known = projections.registered()
+            known = registered()
             names = [n for n in self.projections()["name"].to_list() if n in known]
-            return [projections.refresh(self, known[n]) for n in names]
+            return [refresh(self, known[n]) for n in names]
         if isinstance(projection, str):
-            found = projections.registered().get(projection)
+            found = registered().get(projection)
             if found is None:
                 raise InvalidArgumentError(
                     f"no projection named {projection!r} is defined in this process; pass the projection itself")
             projection = found
-        return [projections.refresh(self, projection)]
+        return [refresh(self, projection)]
 
     def rebuild(self, projection: Projection) -> dict[str, Any]:
         """Throw a materialised projection's stored table away and build it again from every event."""
-        from .projections import rebuild
+        from .materialized import rebuild
 
         return rebuild(self, projection)
 
     def projections(self) -> pl.DataFrame:
         """The projections materialised in this lake: ``name, kind, position, rows, behind, files``."""
-        from .projections import materialized
+        from .materialized import materialized
 
         return materialized(self)
 
     def _install_projection_views(self) -> None:
-        from .projections import install_views
+        from .materialized import install_views
 
         install_views(self, self._projection_views)
 

@@ -22,7 +22,7 @@ import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, Protocol, TypeVar
 
 import polars as pl
 
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from .store.hot import SQLiteHotTier
+    from .temporal.bounds import Watermark
 
 __all__ = ["EventSource", "Repository", "Snapshot", "SnapshotStore", "history", "load"]
 
@@ -51,6 +52,7 @@ CREATE TABLE IF NOT EXISTS snapshots (
     aggregate_type TEXT NOT NULL,
     max_occurred_at INTEGER NOT NULL,
     max_recorded_at INTEGER NOT NULL,
+    max_position INTEGER NOT NULL,
     state TEXT NOT NULL,
     taken_at INTEGER NOT NULL,
     PRIMARY KEY (aggregate_id, fingerprint, aggregate_version)
@@ -92,6 +94,7 @@ class Snapshot:
     aggregate_type: str
     max_occurred_at: int
     max_recorded_at: int
+    max_position: int
     state: str
 
 
@@ -105,45 +108,55 @@ class SnapshotStore:
     def _exists(self) -> bool:
         """Whether the table exists (reads never create it, so a lake nobody snapshots stays unchanged)."""
         if not self._ready:
-            self._ready = self.hot.con.execute(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'snapshots'").fetchone() is not None
+            columns = {row[1] for row in self.hot.con.execute("PRAGMA table_info(snapshots)")}
+            if columns and "max_position" not in columns:  # a table from before max_position: start afresh
+                with self.hot.write() as con:
+                    con.execute("DROP TABLE snapshots")
+                columns = set()
+            self._ready = bool(columns)
         return self._ready
 
     def save(self, snapshot: Snapshot, *, keep: int) -> None:
         """Store ``snapshot`` and keep only the newest ``keep`` of its aggregate and fingerprint."""
-        with translate_errors("saving a snapshot"), self.hot.write() as con:
-            con.execute(_SCHEMA)
+        with translate_errors("saving a snapshot"):
+            self._exists()
+            with self.hot.write() as con:
+                con.execute(_SCHEMA)
+                con.execute(
+                    "INSERT OR REPLACE INTO snapshots VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (snapshot.aggregate_id, snapshot.fingerprint, snapshot.aggregate_version, snapshot.aggregate_type,
+                     snapshot.max_occurred_at, snapshot.max_recorded_at, snapshot.max_position, snapshot.state,
+                     to_micros(now_utc())),
+                )
+                self._prune(con, snapshot, keep)
             self._ready = True
-            con.execute(
-                "INSERT OR REPLACE INTO snapshots VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (snapshot.aggregate_id, snapshot.fingerprint, snapshot.aggregate_version, snapshot.aggregate_type,
-                 snapshot.max_occurred_at, snapshot.max_recorded_at, snapshot.state, to_micros(now_utc())),
-            )
-            con.execute(
-                "DELETE FROM snapshots WHERE aggregate_id = ? AND fingerprint = ? AND aggregate_version NOT IN "
-                "(SELECT aggregate_version FROM snapshots WHERE aggregate_id = ? AND fingerprint = ? "
-                " ORDER BY aggregate_version DESC LIMIT ?)",
-                (snapshot.aggregate_id, snapshot.fingerprint, snapshot.aggregate_id, snapshot.fingerprint, keep),
-            )
+
+    @staticmethod
+    def _prune(con: Any, snapshot: Snapshot, keep: int) -> None:
+        """Keep the newest ``keep`` snapshots of the aggregate and fingerprint."""
+        con.execute(
+            "DELETE FROM snapshots WHERE aggregate_id = ? AND fingerprint = ? AND aggregate_version NOT IN "
+            "(SELECT aggregate_version FROM snapshots WHERE aggregate_id = ? AND fingerprint = ? "
+            " ORDER BY aggregate_version DESC LIMIT ?)",
+            (snapshot.aggregate_id, snapshot.fingerprint, snapshot.aggregate_id, snapshot.fingerprint, keep),
+        )
 
     def best(
-        self, aggregate_id: str, fingerprint: str, *, as_of: int | None, known_at: int | None, version: int | None
+        self, aggregate_id: str, fingerprint: str, *, as_of: int | None, known_at: int | None, version: int | None,
+        position: int | None = None,
     ) -> Snapshot | None:
-        """The newest snapshot at or before the point on both clocks (and at or before ``version``)."""
+        """The newest snapshot at or before the point on both clocks (times in µs), ``version`` and ``position``."""
         with translate_errors("reading snapshots"):
             if not self._exists():
                 return None
-            row = self._best(aggregate_id, fingerprint, as_of, known_at, version)
-        return None if row is None else Snapshot(*row[:7])
-
-    def _best(self, aggregate_id: str, fingerprint: str, as_of: int | None, known_at: int | None,
-              version: int | None) -> Any:
-        return self.hot.con.execute(
-            "SELECT * FROM snapshots WHERE aggregate_id = ? AND fingerprint = ? "
-            "AND (? IS NULL OR max_occurred_at <= ?) AND (? IS NULL OR max_recorded_at <= ?) "
-            "AND (? IS NULL OR aggregate_version <= ?) ORDER BY aggregate_version DESC LIMIT 1",
-            (aggregate_id, fingerprint, as_of, as_of, known_at, known_at, version, version),
-        ).fetchone()
+            row = self.hot.con.execute(
+                "SELECT * FROM snapshots WHERE aggregate_id = ? AND fingerprint = ? "
+                "AND (? IS NULL OR max_occurred_at <= ?) AND (? IS NULL OR max_recorded_at <= ?) "
+                "AND (? IS NULL OR aggregate_version <= ?) AND (? IS NULL OR max_position <= ?) "
+                "ORDER BY aggregate_version DESC LIMIT 1",
+                (aggregate_id, fingerprint, as_of, as_of, known_at, known_at, version, version, position, position),
+            ).fetchone()
+        return None if row is None else Snapshot(*row[:8])
 
     def versions(self, aggregate_id: str) -> pl.DataFrame:
         """The snapshots of one aggregate: ``fingerprint, aggregate_version, max_occurred_at, max_recorded_at``."""
@@ -189,13 +202,14 @@ def load(
     aggregate_id: str,
     *,
     as_of: datetime | None = None,
-    known_at: datetime | None = None,
+    known_at: datetime | Watermark | None = None,
     version: int | None = None,
     use_snapshots: bool = True,
 ) -> A | None:
     """Aggregate ``cls`` ``aggregate_id`` as of ``as_of``, known at ``known_at`` (or at ``version``).
 
-    Returns ``None`` when no event of the stream passes the filters (it did not exist yet). An aggregate
+    ``known_at`` may be a :class:`~es_analytics.temporal.Watermark`: the lake exactly as it was at that
+    position (as for ``lake.states``). Returns ``None`` when no event of the stream passes the filters (it did not exist yet). An aggregate
     rebuilt with any of the three filters is historical: a repository refuses to save it.
 
     Raises
@@ -205,16 +219,16 @@ def load(
     UnknownEventTypeError, UpcastError
         An event cannot be applied.
     """
-    aggregate_id, as_of, known_at = _check_args(cls, aggregate_id, as_of, known_at, version)
+    aggregate_id, point = _check_args(cls, aggregate_id, as_of, known_at, version)
     snapshot = None
     if use_snapshots:
         snapshot = source.snapshots.best(
-            aggregate_id, fingerprint(cls, source.upcasters), version=version,
-            as_of=None if as_of is None else to_micros(as_of),
-            known_at=None if known_at is None else to_micros(known_at),
+            aggregate_id, fingerprint(cls, source.upcasters), version=point.version, position=point.position,
+            as_of=None if point.as_of is None else to_micros(point.as_of),
+            known_at=None if point.known_at is None else to_micros(point.known_at),
         )
     start = 0 if snapshot is None else snapshot.aggregate_version
-    frame = _stream(source, aggregate_id, start, as_of, known_at, version)
+    frame = _stream(source, aggregate_id, start, point)
     if snapshot is None and frame.height == 0:
         return None
     _check_type(cls, aggregate_id, frame, snapshot)
@@ -225,7 +239,7 @@ def load(
     for event in domain_events(frame):
         aggregate.apply(event)
     aggregate._saved_version = aggregate.version
-    aggregate._historical = not (as_of is None and known_at is None and version is None)
+    aggregate._historical = point != _Point(None, None, None, None)
     return aggregate
 
 
@@ -235,7 +249,7 @@ def history(
     aggregate_id: str,
     *,
     as_of: datetime | None = None,
-    known_at: datetime | None = None,
+    known_at: datetime | Watermark | None = None,
     version: int | None = None,
 ) -> pl.DataFrame:
     """The state after each event of the fold: one row per applied event, in version order.
@@ -244,8 +258,8 @@ def history(
     state field (the state *after* that event). The same events as :func:`load` with the same filters,
     so the last row is the state ``load`` returns. Empty if the aggregate did not exist yet.
     """
-    aggregate_id, as_of, known_at = _check_args(cls, aggregate_id, as_of, known_at, version)
-    frame = _stream(source, aggregate_id, 0, as_of, known_at, version)
+    aggregate_id, point = _check_args(cls, aggregate_id, as_of, known_at, version)
+    frame = _stream(source, aggregate_id, 0, point)
     head = ["aggregate_version", "position", "event_type", "occurred_at", "recorded_at"]
     aggregate = cls(aggregate_id)
     if frame.height == 0:
@@ -258,23 +272,38 @@ def history(
     return pl.concat([frame.select(head), pl.DataFrame(states, infer_schema_length=None)], how="horizontal")
 
 
+class _Point(NamedTuple):
+    """Where a fold stops: business time, system time (and, for a watermark, its position), version."""
+
+    as_of: datetime | None
+    known_at: datetime | None
+    position: int | None
+    version: int | None
+
+
 def _check_args(
-    cls: object, aggregate_id: str, as_of: datetime | None, known_at: datetime | None, version: int | None
-) -> tuple[str, datetime | None, datetime | None]:
+    cls: object, aggregate_id: str, as_of: datetime | None, known_at: Any, version: int | None
+) -> tuple[str, _Point]:
+    """Validate the arguments of a fold. ``known_at`` may be a datetime or a watermark (``position``,
+    ``recorded_at``), which bounds the events by position: the lake exactly as it was at that position."""
     if not (isinstance(cls, type) and issubclass(cls, Aggregate)):
         raise InvalidArgumentError(f"aggregate_class must be an Aggregate subclass, got {cls!r}")
     check_version(version, "version", allow_none=True)
-    return check_aggregate_id(aggregate_id), to_utc_or_none(as_of, "as_of"), to_utc_or_none(known_at, "known_at")
+    position = None
+    if hasattr(known_at, "position") and hasattr(known_at, "recorded_at"):
+        position = check_version(known_at.position, "known_at.position")
+        known_at = known_at.recorded_at
+    point = _Point(to_utc_or_none(as_of, "as_of"), to_utc_or_none(known_at, "known_at"), position, version)
+    return check_aggregate_id(aggregate_id), point
 
 
-def _stream(
-    source: EventSource, aggregate_id: str, start: int, as_of: datetime | None, known_at: datetime | None,
-    version: int | None,
-) -> pl.DataFrame:
-    """The stream's events after ``start`` that pass the filters on both clocks and the version."""
-    frame = source.events(aggregate_id, from_version=start, until=as_of, known_at=known_at)
-    if version is not None:
-        frame = frame.filter(pl.col("aggregate_version") <= version)
+def _stream(source: EventSource, aggregate_id: str, start: int, point: _Point) -> pl.DataFrame:
+    """The stream's events after version ``start`` that pass the filters on both clocks and the version."""
+    frame = source.events(aggregate_id, from_version=start, until=point.as_of, known_at=point.known_at)
+    if point.version is not None:
+        frame = frame.filter(pl.col("aggregate_version") <= point.version)
+    if point.position is not None:
+        frame = frame.filter(pl.col("position") <= point.position)
     return frame.sort("aggregate_version")  # the fold's order (position order agrees for appends)
 
 
@@ -350,7 +379,7 @@ class Repository(Generic[A]):
         aggregate_id: str,
         *,
         as_of: datetime | None = None,
-        known_at: datetime | None = None,
+        known_at: datetime | Watermark | None = None,
         version: int | None = None,
     ) -> A | None:
         """The aggregate rebuilt (as of / known at / at version), or ``None`` if it does not exist (yet)."""
@@ -407,9 +436,10 @@ class Repository(Generic[A]):
         frame = self.lake.events(aggregate.aggregate_id).filter(pl.col("aggregate_version") <= aggregate.version)
         if frame.height != aggregate.version:  # the stream is not what this object folded; take none
             return
-        times = frame.select(pl.col("occurred_at", "recorded_at").max().dt.epoch("us")).row(0)
+        times = frame.select(pl.col("occurred_at", "recorded_at").max().dt.epoch("us"), pl.col("position").max())
+        occurred, recorded, position = (int(v) for v in times.row(0))
         snapshot = Snapshot(aggregate.aggregate_id, fingerprint(type(aggregate), self.lake.upcasters),
-                            aggregate.version, type(aggregate).aggregate_type, int(times[0]), int(times[1]),
+                            aggregate.version, type(aggregate).aggregate_type, occurred, recorded, position,
                             encode_state(aggregate.state()))
         try:
             self.lake.snapshots.save(snapshot, keep=self.keep_snapshots)

@@ -472,3 +472,31 @@ def test_a_subscriber_can_ask_for_some_event_types(empty_lake: Lake) -> None:
     assert seen == [["MoneyWithdrawn"]]
     with pytest.raises(InvalidArgumentError, match="types must be an event type or a list of them"):
         empty_lake.subscribe(print, types=[1])  # type: ignore[list-item]
+
+
+def test_known_at_a_watermark_is_the_lake_exactly_at_that_position(empty_lake: Lake) -> None:
+    repo = Repository(empty_lake, BankAccount, snapshot_every=1)
+    account = new_account(empty_lake)
+    account.deposit(5, "a")
+    repo.save(account)
+    mark = empty_lake.watermark()
+    account.deposit(7, "b")
+    repo.save(account)
+    assert empty_lake.aggregate(BankAccount, "acc-1", known_at=mark).balance == 105
+    assert empty_lake.aggregate(BankAccount, "acc-1").balance == 112
+    assert empty_lake.aggregate_history(BankAccount, "acc-1", known_at=mark)["aggregate_version"].to_list() == [1, 2]
+    same_time = type(mark)(mark.position - 1, mark.recorded_at)  # a position inside what that time knew
+    assert empty_lake.aggregate(BankAccount, "acc-1", known_at=same_time).balance == 100
+    assert load(empty_lake, BankAccount, "acc-1", known_at=same_time, use_snapshots=False).balance == 100
+
+
+def test_a_snapshots_table_from_before_max_position_is_replaced(empty_lake: Lake) -> None:
+    with empty_lake._store.hot.write() as con:
+        con.execute("CREATE TABLE snapshots (aggregate_id TEXT, fingerprint TEXT, aggregate_version INTEGER, "
+                    "aggregate_type TEXT, max_occurred_at INTEGER, max_recorded_at INTEGER, state TEXT, "
+                    "taken_at INTEGER)")
+        con.execute("INSERT INTO snapshots VALUES ('acc-1', 'x', 1, 'BankAccount', 0, 0, '{}', 0)")
+    repo = Repository(empty_lake, BankAccount, snapshot_every=1)
+    new_account(empty_lake)
+    assert repo.get("acc-1").balance == 100
+    assert empty_lake.snapshots.versions("acc-1")["aggregate_version"].to_list() == [1]
