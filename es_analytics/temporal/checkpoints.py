@@ -159,7 +159,9 @@ def states(lake: LakeLike, reducers: Reducers, aggregate_type: str, bounds: Boun
     with reader.lock, translate_errors(f"states of {aggregate_type} from checkpoints"):
         names["live"], live_sources = _live_source(lake, aggregate_type, current.position, tag)
         with _views(lake, {**{k: v for k, v in sources.items() if v}, **live_sources}):
-            result: pl.DataFrame = reader.con.sql(sql.format(**names), params=params).pl()
+            for key, name in names.items():  # plain replace: declared constants may hold braces
+                sql = sql.replace("{" + key + "}", name)
+            result: pl.DataFrame = reader.con.sql(sql, params=params).pl()
     return result
 
 
@@ -290,7 +292,9 @@ def refresh(lake: LakeLike, reducers: Reducers, aggregate_type: str, *, every: E
             tmp = folder / f".state.{uuid.uuid4().hex}.tmp"
             tmp.write_text(current.to_json(), encoding="utf-8")
             os.replace(tmp, folder / "state.json")
-        keep = {*(n for n, _, _ in current.inputs), *current.files, "state.json", "lock"}
+        # The previous generation's checkpoints stay until the next rebuild: a reader in another process
+        # may have loaded the old state.json a moment ago.
+        keep = {*(n for n, _, _ in current.inputs), *current.files, *(old.files if old else ()), "state.json", "lock"}
         for path in folder.iterdir():
             if path.name not in keep:
                 path.unlink(missing_ok=True)
