@@ -185,7 +185,7 @@ def duplicate_event_ids(lake: LakeLike, incoming: pl.DataFrame | None = None) ->
     stream = pl.col("aggregate_id") if "aggregate_id" in incoming.columns else pl.lit(None, pl.String)
     rows = incoming.select(pl.col("event_id").cast(pl.String), data.alias("data"), stream.alias("aggregate_id"))
     ids = rows["event_id"].unique().to_list()
-    stored = lake._present(lake._query("SELECT * FROM events WHERE list_contains(?, event_id)", [ids],  # type: ignore[attr-defined]
+    stored = lake._present(lake._query("SELECT * FROM events WHERE list_contains(?, event_id)", [ids],
                                        what="duplicate event ids")).select("event_id", "data", "aggregate_id")
     both = pl.concat([rows.with_columns(source=pl.lit("input")), stored.with_columns(source=pl.lit("lake"))])
     repeated = both.filter(pl.len().over("event_id") > 1)

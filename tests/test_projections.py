@@ -16,7 +16,8 @@ from polars.testing import assert_frame_equal
 from es_analytics import Event, Lake
 from es_analytics.errors import InvalidArgumentError
 from es_analytics.examples.bank import BankAccount, account_summary, account_transactions
-from es_analytics.projections import EventProjection, StateProjection, build, compact
+from es_analytics.materialized import compact
+from es_analytics.projections import EventProjection, StateProjection, build
 from es_analytics.temporal import Count, Json, Last, Reducers, Sum
 from es_analytics.temporal.bounds import Bounds
 from tests.strategies import T0, bank_histories, import_batch

@@ -35,7 +35,7 @@ def lateness(frame: pl.DataFrame) -> Any:
     >>> from datetime import timedelta
     >>> from es_analytics.ordering import LATENESS_BUCKETS
     >>> frame = pl.DataFrame({"bucket": [b for _, b in LATENESS_BUCKETS], "upper_seconds": [u for u, _ in LATENESS_BUCKETS],
-    ...                       "events": [0, 90, 5, 3, 1, 1, 0, 0], "share": [0, .9, .05, .03, .01, .01, 0, 0],
+    ...                       "events": [0, 90, 5, 3, 1, 1, 0, 0], "share": [0.0, .9, .05, .03, .01, .01, 0.0, 0.0],
     ...                       "max_lateness": [None] + [timedelta(seconds=1)] * 7})
     >>> lateness(frame).to_dict()["mark"]["type"]
     'bar'
