@@ -148,7 +148,9 @@ class LakeWriter:
         return frame.join(stored.select("event_id"), on="event_id", how="anti")
 
     def _drop_slot_repeats(self, frame: pl.DataFrame) -> pl.DataFrame:
-        repeat = ~pl.struct("aggregate_id", "aggregate_version").is_first_distinct()
+        """Sort by stream and version (kept by the later steps) and drop a version given twice."""
+        frame = frame.sort("aggregate_id", "aggregate_version", "_ord")
+        repeat = _same_stream() & (pl.col("aggregate_version") == pl.col("aggregate_version").shift(1))
         if not frame.select(repeat.any()).item():
             return frame
         self._reject(frame.filter(repeat), pl.format(
@@ -157,19 +159,26 @@ class LakeWriter:
         return frame.filter(~repeat)
 
     def _check_heads(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """Join each row with its stream's stored head; drop rows of another type or at a taken version."""
         heads = self._heads(frame["aggregate_id"].unique().to_list())
-        frame = frame.join(heads, on="aggregate_id", how="left").with_columns(pl.col("head").fill_null(0))
-        first_type = pl.col("aggregate_type").first().over("aggregate_id", order_by="_ord")
+        frame = frame.join(heads, on="aggregate_id", how="left", maintain_order="left").with_columns(
+            pl.col("head").fill_null(0))
+        # A new stream's type is that of its lowest version in the input (rows are sorted by version).
+        first_type = pl.when(~_same_stream()).then(pl.col("aggregate_type")).forward_fill()
         stream_type = pl.coalesce("head_type", first_type)
         wrong = pl.col("aggregate_type") != stream_type
-        self._reject(frame.filter(wrong), pl.format(
-            "stream {} is a {}, not a {}", pl.col("aggregate_id"), stream_type, pl.col("aggregate_type")))
-        frame = frame.filter(~wrong)
         stale = pl.col("aggregate_version") <= pl.col("head")
-        self._reject(frame.filter(stale), pl.format(
-            "stream {} is already at version {} and holds another event at version {}",
-            pl.col("aggregate_id"), pl.col("head"), pl.col("aggregate_version")))
-        return frame.filter(~stale)
+        flags = frame.select(wrong.alias("wrong"), stale.alias("stale"))
+        if flags["wrong"].any():
+            self._reject(frame.filter(flags["wrong"]), pl.format(
+                "stream {} is a {}, not a {}", pl.col("aggregate_id"), stream_type, pl.col("aggregate_type")))
+        if flags["stale"].any():
+            self._reject(frame.filter(flags["stale"] & ~flags["wrong"]), pl.format(
+                "stream {} is already at version {} and holds another event at version {}",
+                pl.col("aggregate_id"), pl.col("head"), pl.col("aggregate_version")))
+        if flags["wrong"].any() or flags["stale"].any():
+            frame = frame.filter(~flags["wrong"] & ~flags["stale"])
+        return frame
 
     def _heads(self, aggregate_ids: Sequence[str]) -> pl.DataFrame:
         """Stored (type, version) of the given streams, read from the hot tier's stream table."""
@@ -187,10 +196,14 @@ class LakeWriter:
                             orient="row")
 
     def _split_contiguous(self, frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
-        frame = frame.sort("aggregate_id", "aggregate_version").with_columns(
-            pl.int_range(1, pl.len() + 1, dtype=pl.Int64).over("aggregate_id").alias("rank"))
-        ok = pl.col("aggregate_version") == pl.col("head") + pl.col("rank")
-        return frame.filter(ok).drop("rank"), frame.filter(~ok).drop("rank", "head", "head_type")
+        """Rows that continue their stream without a gap, and rows that must wait (sorted by stream, version)."""
+        index = pl.int_range(0, pl.len(), dtype=pl.Int64)
+        first_index = pl.when(~_same_stream()).then(index).forward_fill()
+        ok = pl.col("aggregate_version") == pl.col("head") + index - first_index + 1
+        mask = frame.select(ok.alias("ok"))["ok"]
+        if mask.all():
+            return frame, frame.clear().drop("head", "head_type")
+        return frame.filter(mask), frame.filter(~mask).drop("head", "head_type")
 
     def _park(self, waiting: pl.DataFrame) -> None:
         """Keep rows ahead of a gap for later chunks, within ``max_pending``."""
@@ -208,8 +221,19 @@ class LakeWriter:
             "missing or were rejected)", pl.col("aggregate_id"), pl.col("head"), pl.col("aggregate_version")))
 
 
+def _same_stream() -> pl.Expr:
+    """True where a row continues the previous row's stream (rows sorted by aggregate_id)."""
+    return (pl.col("aggregate_id") == pl.col("aggregate_id").shift(1)).fill_null(False)
+
+
 def _commit_order(ready: pl.DataFrame) -> pl.DataFrame:
-    """Source order, except that each stream's rows take its slots in ascending version order."""
-    ordered = ready.sort("aggregate_id", "aggregate_version").with_columns(
-        pl.col("_ord").sort().over("aggregate_id").alias("_slot"))
-    return ordered.sort("_slot").select(_IMPORT_COLUMNS)
+    """Source order, except that each stream's rows take its slots in ascending version order.
+
+    ``ready`` is sorted by (aggregate_id, aggregate_version). In the usual case each stream's versions
+    already rise with the source order, and the commit order is simply the source order.
+    """
+    in_order = (pl.col("_ord") > pl.col("_ord").shift(1)) | ~_same_stream()
+    if ready.select(in_order.all()).item():
+        return ready.sort("_ord").select(_IMPORT_COLUMNS)
+    slots = ready.sort("aggregate_id", "_ord")["_ord"]
+    return ready.with_columns(slots.alias("_slot")).sort("_slot").select(_IMPORT_COLUMNS)
