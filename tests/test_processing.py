@@ -169,3 +169,17 @@ def test_bad_arguments(bank_lake: Lake) -> None:
         with pytest.raises(InvalidArgumentError, match="polars DataFrame"):
             processor.deliver([])  # type: ignore[arg-type]
         assert processor.checkpoint == 0
+
+
+def test_position_gaps_are_recorded_not_waited_for(bank_lake: Lake) -> None:
+    with bank_lake._store.hot.write():
+        bank_lake._store.hot.con.execute("DELETE FROM events WHERE position IN (4, 5)")  # acc-2 versions 1-2
+    model = Balances()
+    with EventProcessor(bank_lake, "balances", model, hold_timeout=3600) as processor:
+        result = processor.poll()
+        gaps = processor.gaps()
+        assert gaps.filter(pl.col("kind") == "position").select("after", "next", "missing").rows() == [(3, 6, 2)]
+        assert result.checkpoint == 8 and result.held == 2  # acc-2 versions 3 and 4 wait for 1 and 2
+        assert gaps.filter(pl.col("kind") == "version").select("aggregate_id", "after", "next").rows() == [
+            ("acc-2", 0, 3)]
+        assert model.balances == {"acc-1": Decimal(120), "acc-3": Decimal(500)}

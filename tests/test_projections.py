@@ -254,3 +254,16 @@ def test_bad_definitions_and_arguments_raise_typed_errors(bank_lake: Lake) -> No
     assert StateProjection("holders", aggregate_type="BankAccount", fields=holder,
                            columns=["aggregate_id", "holder"]).columns == ["aggregate_id", "holder"]
     assert not (bank_lake.path / "projections").exists()  # nothing was written by the failures
+
+
+def test_safe_sql_lakes_materialise_through_arrow_datasets(lake_path: Path) -> None:
+    with Lake.open(lake_path, safe_sql=True) as lake:
+        account = BankAccount("s-1")
+        account.open_account(5, "Sam")
+        lake.append("s-1", list(account.pending_events), expected_version=0, aggregate_type="BankAccount")
+        lake.materialize(account_transactions)
+        lake.append("s-1", [Event("MoneyDeposited", {"amount": 2, "description": "", "newBalance": 7})],
+                    expected_version=1, aggregate_type="BankAccount")
+        assert lake.refresh(account_transactions)[0]["events"] == 1
+        view = lake.sql("SELECT balance_after FROM account_transactions ORDER BY position")
+        assert view["balance_after"].to_list() == [Decimal("5"), Decimal("7")]
