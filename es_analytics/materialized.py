@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import shutil
 import uuid
@@ -70,6 +71,7 @@ __all__ = [
 
 FOLDER = "projections"
 _FORMAT = 1
+_log = logging.getLogger("es_analytics")
 
 
 # -- materialised projections ------------------------------------------------------------------
@@ -401,8 +403,13 @@ def install_views(lake: LakeLike, cache: dict[str, Any]) -> None:
             reader.con.unregister(f"_projection_{name}")
         for name in stamps:
             state = _State.load(root / name)
-            if state is not None and state.name == name:
+            if state is None or state.name != name:
+                continue
+            try:
                 _install_view(reader.con, root / name, state)
+            except (OSError, pa.ArrowException, InvalidArgumentError) as exc:
+                # one damaged projection must not break every query of the lake
+                _log.warning("projection view %s not installed: %s (rebuild it with lake.rebuild)", name, exc)
     cache.update(con=con_id, stamps=stamps)
 
 

@@ -267,3 +267,16 @@ def test_safe_sql_lakes_materialise_through_arrow_datasets(lake_path: Path) -> N
         assert lake.refresh(account_transactions)[0]["events"] == 1
         view = lake.sql("SELECT balance_after FROM account_transactions ORDER BY position")
         assert view["balance_after"].to_list() == [Decimal("5"), Decimal("7")]
+
+
+def test_a_damaged_projection_does_not_break_other_queries(bank_lake: Lake, caplog: pytest.LogCaptureFixture) -> None:
+    bank_lake.materialize(account_summary)
+    path = bank_lake.path
+    bank_lake.close()
+    for file in (path / "projections" / "account_summary").glob("*.parquet"):
+        file.unlink()
+    with Lake.open(path) as again:
+        assert again.sql("SELECT count(*) AS n FROM events")["n"].item() == 8
+        assert "account_summary" in caplog.text and "rebuild" in caplog.text
+        again.rebuild(account_summary)
+        assert again.sql("SELECT count(*) AS n FROM account_summary")["n"].item() == 3
