@@ -10,8 +10,8 @@ value, the event id and the field path bound as associated data)::
 
     {"$enc": "A256GCM", "sub": "user-1", "iv": "<base64>", "ct": "<base64>"}
 
-Readers with the key see the plaintext; once the key is deleted (:func:`forget` in ``_forget.py`` via
-``lake.forget``) every reader sees :data:`ERASED` instead. The stored events never change, so the hash
+Readers with the key see the plaintext; once the key is deleted (``lake.forget``, see
+:mod:`es_analytics.forgetting`) every reader sees :data:`ERASED` instead. The stored events never change, so the hash
 chain over them (``integrity.py``) still verifies after a subject is forgotten.
 
 Declarations are per (event type, schema version) of the *stored* payload, because encryption happens

@@ -315,7 +315,7 @@ def audit_trail(
     Raises
     ------
     InvalidArgumentError
-        Not exactly one selector, or ``since`` after ``until``.
+        Not exactly one selector, ``since`` after ``until``, or an ``aggregate_id`` the lake does not hold.
     UnknownSubjectError
         ``subject_id`` names no data subject of the lake.
     """
@@ -330,6 +330,8 @@ def audit_trail(
     value = check_aggregate_id(value, what)
     start, end = _window(since, until)
     if what == "aggregate_id":
+        if lake.current_version(value) == 0:
+            raise InvalidArgumentError(f"the lake holds no stream {value!r}; check the aggregate id")
         where, params = "aggregate_id = ?", [value]
     elif what == "actor":
         where, params = "json_extract_string(metadata, '$.user_id') = ?", [value]

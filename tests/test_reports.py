@@ -100,6 +100,8 @@ def test_audit_trail_rejects_bad_input(lake: Lake) -> None:
         reports.audit_trail(lake, actor="teller-1", since=datetime(2025, 1, 1))
     with pytest.raises(UnknownSubjectError, match="'u-404'"):
         reports.audit_trail(lake, subject_id="u-404")
+    with pytest.raises(InvalidArgumentError, match="no stream 'acc-404'"):
+        reports.audit_trail(lake, aggregate_id="acc-404")
 
 
 def test_subject_access_report_decrypts_only_the_subjects_data(lake: Lake) -> None:
