@@ -334,3 +334,26 @@ def test_forget_removes_derived_copies_and_reports_what_it_cannot_remove(empty_l
     assert certificate["verified"] is False  # the clear-text event cannot be shredded, and it says so
     assert {f["path"] for f in certificate["scan"]["found"]} == {"hot.sqlite"}
     assert files_holding(lake.path, "derived.w4@example.org") == []
+
+
+def test_a_materialised_projection_holds_no_plaintext_and_reads_erased_after_forget(empty_lake: Lake) -> None:
+    from es_analytics.projections import StateProjection
+    from es_analytics.temporal import Json, Last, Reducers
+
+    emails = StateProjection(
+        "privacy_test_user_emails", aggregate_type="User",
+        fields=Reducers(email=Last(Json("profile.email"), on="UserRegistered")),
+        columns=["aggregate_id", "version", "email"], personal={"email": "profile.email"},
+    )
+    register(empty_lake, "u-1", "proj.a1@example.org", "Proj One")
+    register(empty_lake, "u-2", "proj.b2@example.org", "Proj Two")
+    empty_lake.materialize(emails)
+    assert dict(empty_lake.project(emails).select("aggregate_id", "email").iter_rows()) == {
+        "u-1": "proj.a1@example.org", "u-2": "proj.b2@example.org"}
+    assert files_holding(empty_lake.path, "proj.a1@example.org") == []
+
+    certificate = empty_lake.forget("u-1")
+
+    assert certificate["verified"] and certificate["remedies"] == []  # nothing derived held plaintext
+    assert dict(empty_lake.project(emails).select("aggregate_id", "email").iter_rows()) == {
+        "u-1": ERASED, "u-2": "proj.b2@example.org"}
