@@ -64,7 +64,9 @@ __all__ = [
     "install_views",
     "materialize",
     "materialized",
+    "newest_position",
     "read",
+    "read_range",
     "rebuild",
     "refresh",
 ]
@@ -355,13 +357,17 @@ def _hide(reader: Any, name: str) -> None:
 
 
 @contextmanager
-def _delta(lake: LakeLike, after: int, upto: int, aggregate_type: str) -> Iterator[str]:
-    """A view of the events with ``after < position <= upto``, reading only the files that can hold them."""
+def _delta(lake: LakeLike, after: int, upto: int, aggregate_type: str | None) -> Iterator[str]:
+    """A view of the events with ``after < position <= upto``, reading only the files that can hold them.
+
+    The caller holds the reader's lock.
+    """
     store = lake._store
     reader = store.reader
     con = reader.con
     paths = [str(store.folder / f.path) for f in store.manifest().files
-             if f.max_position > after and f.min_position <= upto and f.aggregate_type == aggregate_type]
+             if f.max_position > after and f.min_position <= upto
+             and aggregate_type in (None, f.aggregate_type)]
     view = f"_delta_{uuid.uuid4().hex[:8]}"
     con.register(f"{view}_hot", reader.hot)
     parts = [f"SELECT * FROM {view}_hot"]
@@ -377,6 +383,23 @@ def _delta(lake: LakeLike, after: int, upto: int, aggregate_type: str) -> Iterat
         con.unregister(f"{view}_hot")
         if paths:
             _hide(reader, f"{view}_files")
+
+
+def read_range(lake: LakeLike, after: int, upto: int, aggregate_type: str | None = None) -> pl.DataFrame:
+    """The events with ``after < position <= upto`` (of one aggregate type), by position, as readers see them.
+
+    Reads the hot rows and only the sealed files whose positions overlap the range (what processors poll).
+    """
+    reader = lake._store.reader
+    where, params = ("WHERE aggregate_type = ?", [aggregate_type]) if aggregate_type else ("", [])
+    with reader.lock, translate_errors("reading events by position"), _delta(lake, after, upto, aggregate_type) as view:
+        frame = reader.con.sql(f"SELECT * FROM {view} {where} ORDER BY position", params=params).pl()
+    return lake._present(frame)
+
+
+def newest_position(lake: LakeLike) -> int:
+    """The newest committed position (after bringing the lake's snapshot up to date)."""
+    return _snapshot_position(lake)
 
 
 def install_views(lake: LakeLike, cache: dict[str, Any]) -> None:

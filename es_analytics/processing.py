@@ -207,19 +207,16 @@ class EventProcessor:
     # -- consuming ------------------------------------------------------------------------------
     def poll(self, *, max_batches: int | None = None) -> ProcessResult:
         """Process the lake's events after the checkpoint, ``batch_size`` at a time, until none are left."""
+        from .materialized import newest_position, read_range
+
         totals = _Totals()
         batches = 0
-        while max_batches is None or batches < max_batches:
+        newest = newest_position(self.lake)
+        while (max_batches is None or batches < max_batches) and self.checkpoint < newest:
             after = self.checkpoint
-            clauses, params = ["position > ?"], [after]
-            if self.aggregate_type is not None:
-                clauses.append("aggregate_type = ?")
-                params.append(self.aggregate_type)  # type: ignore[arg-type]
-            sql = f"SELECT * FROM events WHERE {' AND '.join(clauses)} ORDER BY position LIMIT ?"
-            frame = self.lake._present(self.lake._query(sql, [*params, self.batch_size], what=f"processor {self.name}"))
-            if frame.height == 0:
-                break
-            self._process(frame, totals, after=after)
+            upto = min(newest, after + self.batch_size)  # positions are unique: at most batch_size events
+            frame = read_range(self.lake, after, upto, self.aggregate_type)
+            self._process(frame, totals, after=after, upto=upto)
             batches += 1
         if batches == 0:
             with self._tx():
@@ -279,13 +276,16 @@ class EventProcessor:
     def _tx(self) -> Any:
         return _Transaction(self.con)
 
-    def _process(self, frame: pl.DataFrame, totals: _Totals, *, after: int | None) -> None:
+    def _process(self, frame: pl.DataFrame, totals: _Totals, *, after: int | None, upto: int | None = None) -> None:
         if "position" in frame.columns and after is None:
             frame = frame.sort("position", nulls_last=True, maintain_order=True)
         rows = _rows(frame)
         with self._tx():
-            if after is not None:
-                self._note_position_gaps(frame["position"], after)
+            if upto is not None and self.aggregate_type is None and frame.height:
+                row = self.con.execute("SELECT value FROM meta WHERE key = 'last_position'").fetchone()
+                self._note_position_gaps(frame["position"], int(row[0]) if row else 0)
+                self.con.execute("INSERT INTO meta VALUES ('last_position', ?) ON CONFLICT (key) DO UPDATE SET "
+                                 "value = excluded.value", [int(frame["position"].max())])  # type: ignore[arg-type]
             versions = self._applied_for({r["aggregate_id"] for r in rows})
             for event in rows:
                 totals.received += 1
@@ -293,10 +293,9 @@ class EventProcessor:
             self._release_expired(totals, versions)
             self.con.executemany("INSERT INTO applied VALUES (?, ?) ON CONFLICT (aggregate_id) DO UPDATE SET "
                                  "version = excluded.version", list(versions.items()))
-            if after is not None and frame.height:
-                newest = int(frame["position"].max())  # type: ignore[arg-type]
+            if upto is not None:
                 self.con.execute("INSERT INTO meta VALUES ('checkpoint', ?) ON CONFLICT (key) DO UPDATE SET "
-                                 "value = excluded.value", [newest])
+                                 "value = excluded.value", [upto])
 
     def _applied_for(self, ids: set[str]) -> dict[str, int]:
         found: dict[str, int] = {}

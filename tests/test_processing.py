@@ -175,7 +175,7 @@ def test_position_gaps_are_recorded_not_waited_for(bank_lake: Lake) -> None:
     with bank_lake._store.hot.write():
         bank_lake._store.hot.con.execute("DELETE FROM events WHERE position IN (4, 5)")  # acc-2 versions 1-2
     model = Balances()
-    with EventProcessor(bank_lake, "balances", model, hold_timeout=3600) as processor:
+    with EventProcessor(bank_lake, "balances", model, hold_timeout=3600, batch_size=2) as processor:
         result = processor.poll()
         gaps = processor.gaps()
         assert gaps.filter(pl.col("kind") == "position").select("after", "next", "missing").rows() == [(3, 6, 2)]
