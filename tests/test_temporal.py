@@ -354,3 +354,15 @@ def test_a_checkpoint_set_with_a_missing_file_is_rebuilt(sample_lake: Path, tmp_
         scan = lake.states(BankAccount, method="auto")  # no usable set: auto scans
         assert_frame_equal(lake.states(BankAccount, method="checkpoint"), scan)  # rebuilt
         assert checkpoints.CheckpointSet.load(state.folder) is not None
+
+
+def test_the_compiled_bank_query_matches_its_golden_file() -> None:
+    """The one query ``states(BankAccount, as_of=, known_at=)`` runs; review SQL changes in the diff."""
+    from es_analytics.temporal.bounds import make_bounds
+    from es_analytics.temporal.states import scan_sql
+
+    golden = Path(__file__).parent / "snapshots" / "temporal_bank_states.sql"
+    sql, params = scan_sql(BankAccount.reducers, make_bounds(FEB15, MAR1), "BankAccount")
+    assert params == ["BankAccount", FEB15, MAR1]  # times are bound, never pasted
+    assert sql + "\n" == golden.read_text(encoding="utf-8"), (
+        f"the compiled SQL changed; if intended, write it to {golden}")
