@@ -366,3 +366,12 @@ def test_the_compiled_bank_query_matches_its_golden_file() -> None:
     assert params == ["BankAccount", FEB15, MAR1]  # times are bound, never pasted
     assert sql + "\n" == golden.read_text(encoding="utf-8"), (
         f"the compiled SQL changed; if intended, write it to {golden}")
+
+
+def test_folding_a_large_type_warns_and_names_the_cheaper_call(corrected: Lake, monkeypatch: pytest.MonkeyPatch) -> None:
+    from es_analytics.temporal import states as states_module
+
+    monkeypatch.setattr(states_module, "FOLD_WARN_EVENTS", 2)
+    with pytest.warns(states_module.PerformanceWarning, match=r"declare Plain.reducers"):
+        frame = corrected.states(Plain)
+    assert frame.height == 2

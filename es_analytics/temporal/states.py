@@ -8,6 +8,7 @@ one ``GROUP BY aggregate_id`` over the ``events`` view, or by a checkpoint plus 
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Literal
 
 import polars as pl
@@ -17,10 +18,15 @@ from ..events import check_aggregate_type
 from .bounds import Bounds, LakeLike
 from .reducers import Reducers
 
-__all__ = ["Method", "aggregate_type_of", "reducers_of", "scan_sql", "states"]
+__all__ = ["FOLD_WARN_EVENTS", "Method", "PerformanceWarning", "aggregate_type_of", "reducers_of", "scan_sql", "states"]
 
 Method = Literal["auto", "scan", "checkpoint", "fold"]
 _METHODS = ("auto", "scan", "checkpoint", "fold")
+FOLD_WARN_EVENTS = 1_000_000
+
+
+class PerformanceWarning(UserWarning):
+    """Warned when an allowed call will be slow and a cheaper one exists (it names the cheaper one)."""
 
 
 def aggregate_type_of(cls: type) -> str:
@@ -80,6 +86,13 @@ def fold_states(lake: LakeLike, cls: type, bounds: Bounds) -> pl.DataFrame:
     if not issubclass(cls, Aggregate):
         raise InvalidArgumentError(f"{cls.__name__} is not an Aggregate subclass and declares no reducers")
     aggregate_type = aggregate_type_of(cls)
+    sealed = sum(f.rows for f in lake._store.manifest().files if f.aggregate_type == aggregate_type)
+    if sealed > FOLD_WARN_EVENTS:
+        warnings.warn(
+            f"states({cls.__name__}) folds {sealed:,} events in Python, which takes minutes and holds them all "
+            f"in memory; declare {cls.__name__}.reducers (es_analytics.temporal) for a one-query rebuild",
+            PerformanceWarning, stacklevel=4,
+        )
     clauses, params = bounds.where()
     where = " AND ".join(["aggregate_type = ?", *clauses])
     sql = f"SELECT * FROM events WHERE {where} ORDER BY aggregate_id, aggregate_version"
