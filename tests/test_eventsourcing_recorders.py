@@ -41,7 +41,8 @@ class LakeFixture:
         super().tearDown()  # type: ignore[misc]
         try:
             for factory in self._factories:  # whatever a suite did, the lake passes its own fsck
-                report = factory.lake.check()
+                with factory.datastore.lock:  # a suite's reader threads may still be finishing a read
+                    report = factory.lake.check()
                 assert report["ok"], report["problems"]
         finally:
             for factory in self._factories:
