@@ -229,7 +229,7 @@ def test_diff_between_two_business_times_names_fields_and_causes(corrected: Lake
     frame = corrected.diff(BankAccount, FEB1, FEB15)
     acc1 = frame.filter(pl.col("aggregate_id") == "acc-1")
     assert acc1.select("change", "field", "old", "new", "old_version", "new_version").rows() == [
-        ("changed", "balance", "100.0000", "175.0000", 1, 3)]
+        ("changed", "balance", "100", "175", 1, 3)]
     assert [e["aggregate_version"] for e in acc1["events"][0]] == [2, 3]
     acc2 = frame.filter(pl.col("aggregate_id") == "acc-2")
     assert set(acc2["field"]) == {"balance", "status", "account_holder"} and set(acc2["change"]) == {"created"}
@@ -237,7 +237,7 @@ def test_diff_between_two_business_times_names_fields_and_causes(corrected: Lake
 
 def test_diff_between_two_knowledge_times_shows_the_correction(corrected: Lake) -> None:
     frame = corrected.diff(BankAccount, MAR1, MAR5, clock="known_at", as_of=FEB15)
-    assert frame.select("aggregate_id", "field", "old", "new").rows() == [("acc-1", "balance", "150.0000", "175.0000")]
+    assert frame.select("aggregate_id", "field", "old", "new").rows() == [("acc-1", "balance", "150", "175")]
     cause = frame["events"][0].to_list()
     assert [(e["aggregate_version"], e["occurred_at"], e["recorded_at"]) for e in cause] == [(3, FEB12, MAR5)]
 

@@ -112,8 +112,8 @@ def _field_changes(old: pl.DataFrame, new: pl.DataFrame) -> pl.DataFrame:
             "aggregate_id",
             change.alias("change"),
             pl.lit(f).alias("field"),
-            pl.col(f"{f}__old").cast(pl.String).alias("old"),
-            pl.col(f).cast(pl.String).alias("new"),
+            _text(pl.col(f"{f}__old"), joined.schema[f"{f}__old"]).alias("old"),
+            _text(pl.col(f), joined.schema[f]).alias("new"),
             pl.col("version__old").alias("old_version"),
             pl.col("version").alias("new_version"),
         )
@@ -122,6 +122,14 @@ def _field_changes(old: pl.DataFrame, new: pl.DataFrame) -> pl.DataFrame:
     schema = {"aggregate_id": pl.String, "change": pl.String, "field": pl.String, "old": pl.String,
               "new": pl.String, "old_version": pl.Int64, "new_version": pl.Int64}
     return pl.concat([f.cast(schema) for f in frames]) if frames else pl.DataFrame(schema=schema)  # type: ignore[arg-type]
+
+
+def _text(expr: pl.Expr, dtype: pl.DataType) -> pl.Expr:
+    """A value as text; decimals without their padding zeros (``175``, ``12.5``, not ``175.0000``)."""
+    text = expr.cast(pl.String)
+    if isinstance(dtype, pl.Decimal):
+        text = text.str.replace(r"(\.\d*?)0+$", "${1}").str.replace(r"\.$", "")
+    return text
 
 
 def _causes(lake: LakeLike, aggregate_type: str, bounds: Bounds, window: tuple[str, str],
