@@ -283,3 +283,37 @@ def test_lab_command_line(lake_copy: Path, tmp_path: Path) -> None:
     assert out.startswith(f"ES_ANALYTICS_LAKE={lake_copy} ")
     assert "-m jupyterlab --notebook-dir=" in out and "--no-browser" in out and "--port=8899" in out
     assert ("--allow-root" in out) == (os.geteuid() == 0)
+
+
+def test_lab_starts_jupyterlab_with_the_lake(lake_copy: Path, tmp_path: Path) -> None:
+    """The installed entry point starts a real JupyterLab server on the notebooks, with the lake set."""
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    notebooks = tmp_path / "nb"
+    notebooks.mkdir()
+    (notebooks / "hello.ipynb").write_text('{"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}')
+    env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt"), "JUPYTER_CONFIG_DIR": str(tmp_path / "cfg"),
+           "JUPYTER_DATA_DIR": str(tmp_path / "data"), "JUPYTER_TOKEN": "test-token"}
+    server = subprocess.Popen(
+        [str(BIN), "lab", "--lake", str(lake_copy), "--notebooks", str(notebooks), "--no-browser", "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        listing = None
+        while time.monotonic() < deadline and listing is None:
+            try:
+                url = f"http://127.0.0.1:{port}/api/contents?token=test-token"
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    listing = json.loads(response.read())
+            except OSError:
+                time.sleep(0.5)
+        assert listing is not None, "JupyterLab did not answer"
+        assert [item["name"] for item in listing["content"]] == ["hello.ipynb"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

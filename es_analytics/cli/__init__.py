@@ -69,7 +69,7 @@ def reference_markdown() -> str:
     for name in cli.list_commands(root):
         command = cli.get_command(root, name)
         assert command is not None
-        ctx = command.make_context(name, [], parent=root, resilient_parsing=True, **settings)  # type: ignore[arg-type]
+        ctx = command.make_context(name, [], parent=root, resilient_parsing=True, **settings)
         block(command, ctx)
         for sub in getattr(command, "commands", {}):
             child = command.commands[sub]  # type: ignore[attr-defined]

@@ -276,7 +276,7 @@ def patterns(lake_path: Path, event_type: str | None, start: datetime, end: date
 
 def text_bars(frame: pl.DataFrame, key: str, value: str, *, label: Any = str, width: int = 40) -> str:
     """A horizontal bar chart in text, one line per row."""
-    peak = max(int(frame[value].max() or 0), 1)
+    peak = max(int(frame[value].max() or 0), 1)  # type: ignore[arg-type]
     lines = []
     for k, v in frame.select(key, value).iter_rows():
         bar = "█" * round(width * v / peak)

@@ -32,7 +32,7 @@ LAKE_ENV = "ES_ANALYTICS_LAKE"
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class Moment(click.ParamType):
+class Moment(click.ParamType):  # type: ignore[type-arg]
     """A point in time: ISO 8601 with a zone (``2025-06-01T12:00:00Z``, ``…+02:00``), a date (midnight
     UTC), or ``now``. Times without a zone are refused rather than guessed."""
 
