@@ -207,7 +207,8 @@ def _event_times(rng: np.random.Generator, lo: np.ndarray, hi: np.ndarray, t0: i
     day = np.where(weekend & shift, day - weekday + rng.integers(0, 5, day.size), day)
     hour = rng.choice(24, size=day.size, p=_HOUR_P)
     micros = day * _DAY + hour * _HOUR + rng.integers(0, _HOUR, day.size)
-    return np.clip(micros, lo, None)
+    clipped: np.ndarray = np.clip(micros, lo, None)
+    return clipped
 
 
 def _accounts(rng: np.random.Generator, spec: SampleSpec, t0: int, lo_id: int, hi_id: int) -> pl.DataFrame:

@@ -212,9 +212,9 @@ class LakeStore:
     def _index_event_ids(self, entry: FileEntry) -> None:
         """Add a new sealed file's event ids to the compact hash index (hashed in DuckDB, not Python)."""
         ids = pq.read_table(self.folder / entry.path, columns=["event_id", "position"])
-        hashed = duckdb.sql(
-            f"SELECT {EVENT_ID_HASH_SQL} AS id_hash, position FROM ids ORDER BY id_hash, position"
-        ).fetchall()
+        relation = duckdb.sql(f"SELECT {EVENT_ID_HASH_SQL} AS id_hash, position FROM ids ORDER BY id_hash, position")
+        assert relation is not None
+        hashed = relation.fetchall()
         self.hot.con.executemany("INSERT OR IGNORE INTO event_ids (id_hash, position) VALUES (?, ?)", hashed)
 
     def _sync_streams(self, entries: Sequence[FileEntry]) -> None:

@@ -311,7 +311,7 @@ class SQLiteHotTier:
     def _known(self, events: Sequence[Event], lookup_sealed: Any) -> dict[str, StoredMatch]:
         """The stored events, among those given, keyed by event id: hot rows and sealed positions are
         looked up in one statement per chunk of ids; sealed hits are confirmed by reading them."""
-        ids = [e.event_id for e in events]
+        ids = [str(e.event_id) for e in events]
         found: dict[str, StoredMatch] = {}
         positions: list[int] = []
         for start in range(0, len(ids), _KNOWN_CHUNK):
@@ -322,7 +322,7 @@ class SQLiteHotTier:
                 f"occurred_at, data, metadata, NULL FROM events WHERE event_id IN ({marks}) UNION ALL "
                 "SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, position FROM event_ids "
                 f"WHERE id_hash IN ({marks})",
-                chunk + [event_id_hash(i) for i in chunk],  # type: ignore[operator]
+                [*chunk, *(event_id_hash(i) for i in chunk)],
             ).fetchall()
             for r in rows:
                 if r[9] is None:

@@ -115,7 +115,8 @@ class DuckReader:
         """Run one read-only statement and return its result as a polars DataFrame."""
         with self.lock, translate_errors(what):
             self._check_read_only(sql)
-            return self.con.sql(sql, params=params).pl()
+            frame: pl.DataFrame = self.con.sql(sql, params=params).pl()
+            return frame
 
     def relation(self, sql: str, params: Sequence[Any] | None = None) -> duckdb.DuckDBPyRelation:
         """A lazy relation for the package's own generated SQL (callers hold ``lock``)."""
