@@ -46,8 +46,13 @@ class LakeWriter:
         self._seen = duckdb.connect(config={"threads": 2})
         self._seen.execute("CREATE TABLE seen (h UBIGINT)")
         self._load_seen()
+        # No compaction between batches (it would rewrite a type's files again and again); the lake's
+        # policy runs once at the end instead.
+        self._compact_after = self.store.compact_after_files
+        self.store.compact_after_files = 0
 
     def close(self) -> None:
+        self.store.compact_after_files = self._compact_after
         self._seen.close()
 
     def _load_seen(self) -> None:
@@ -80,6 +85,10 @@ class LakeWriter:
         if self.pending is not None and self.pending.height:
             self._reject_gaps(self.pending)
         self.pending = None
+        self.store.compact_after_files = self._compact_after
+        if self.counts["imported"]:
+            with self.store.seal_lock():
+                self.store._maybe_compact()
 
     def _write(self, frame: pl.DataFrame, attempts: int) -> None:
         frame = self._drop_repeats(frame)
