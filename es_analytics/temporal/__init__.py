@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from .bounds import Bounds, Watermark, make_bounds
 from .reducers import Column, Const, Count, First, Json, Last, Max, Min, Reducer, Reducers, Sum
+from .states import PerformanceWarning
 
 __all__ = [
     "Bounds",
@@ -25,6 +26,7 @@ __all__ = [
     "Last",
     "Max",
     "Min",
+    "PerformanceWarning",
     "Reducer",
     "Reducers",
     "Sum",
