@@ -35,7 +35,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import SubjectForgottenError, UnknownSubjectError
+from .errors import DuplicateEventError, SubjectForgottenError, UnknownSubjectError
 from .events import Event, check_aggregate_id
 from .privacy import ENVELOPE_KEY, Privacy, walk_envelopes
 
@@ -239,8 +239,11 @@ def _append_tombstone(lake: Any, subject_id: str, frame: pl.DataFrame, reason: s
         if reason:
             data["reason"] = reason
         metadata = {"command": "forget", **({"user_id": actor} if actor else {})}
-        lake.append(stream, [Event(TOMBSTONE_TYPE, data, metadata=metadata, event_id=event_id)],
-                    expected_version=None, aggregate_type=TOMBSTONE_AGGREGATE_TYPE)
+        try:
+            lake.append(stream, [Event(TOMBSTONE_TYPE, data, metadata=metadata, event_id=event_id)],
+                        expected_version=None, aggregate_type=TOMBSTONE_AGGREGATE_TYPE)
+        except DuplicateEventError:  # a concurrent forget of the same subject wrote it first
+            pass
         existing = lake.events(stream, types=TOMBSTONE_TYPE)
     return int(existing["position"][0])
 

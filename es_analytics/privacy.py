@@ -221,6 +221,8 @@ class InMemoryKeyStore:
         with self._lock:
             if subject not in self._keys:
                 raise PrivacyError(f"the key store holds no key for subject {subject!r}")
+            if self._info[subject]["state"] != "active":  # deleted already (e.g. by a concurrent forget)
+                return float(self._info[subject]["key_deleted_at"])
             self._keys[subject] = None
             when = time.time()
             self._info[subject].update(info, state="shredded", key_deleted_at=when)
@@ -315,9 +317,11 @@ class FileKeyStore:
 
     def delete_key(self, subject: str, info: Mapping[str, Any]) -> float:
         with self._lock, self._tx(write=True) as con:
-            row = con.execute("SELECT info FROM subject_keys WHERE subject = ?", (subject,)).fetchone()
+            row = con.execute("SELECT info, state FROM subject_keys WHERE subject = ?", (subject,)).fetchone()
             if row is None:
                 raise PrivacyError(f"the key store holds no key for subject {subject!r}")
+            if row[1] != "active":  # deleted already (e.g. by a concurrent forget): keep the first time
+                return float(json.loads(row[0])["key_deleted_at"])
             when = time.time()
             merged = {**json.loads(row[0]), **info, "key_deleted_at": when}
             con.execute("UPDATE subject_keys SET key = NULL, state = 'shredded', info = ? WHERE subject = ?",

@@ -357,3 +357,28 @@ def test_a_materialised_projection_holds_no_plaintext_and_reads_erased_after_for
     assert certificate["verified"] and certificate["remedies"] == []  # nothing derived held plaintext
     assert dict(empty_lake.project(emails).select("aggregate_id", "email").iter_rows()) == {
         "u-1": ERASED, "u-2": "proj.b2@example.org"}
+
+
+def test_two_concurrent_forgets_of_one_subject_agree(lake_path: Path) -> None:
+    first, second = Lake.open(lake_path), Lake.open(lake_path)  # two handles, as two processes would hold
+    register(first, "u-1", "twice.c3@example.org", "Twice Person")
+    state = second.key_store.state("u-1")[0]
+    assert state == "active"
+    # the second handle read the subject as active, then the first one forgets it completely
+    a = first.forget("u-1")
+    from es_analytics.forgetting import _append_tombstone, subject_events
+
+    class Stale:  # read the tombstone stream just before the other handle wrote to it
+        calls = 0
+
+        def events(self, *args: Any, **kwargs: Any) -> pl.DataFrame:
+            Stale.calls += 1
+            frame = second.events(*args, **kwargs)
+            return frame.clear() if Stale.calls == 1 else frame
+
+        def append(self, *args: Any, **kwargs: Any) -> int:
+            return second.append(*args, **kwargs)
+
+    position = _append_tombstone(Stale(), "u-1", subject_events(second, "u-1"), None, None)
+    assert position == a["tombstone_position"] and second.events(tombstone_stream("u-1")).height == 1
+    assert second.key_store.delete_key("u-1", {}) == first.key_store.state("u-1")[1]["key_deleted_at"]
