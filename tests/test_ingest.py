@@ -493,3 +493,13 @@ def test_eventsourcing_postgres_round_trip(pg_schema: Any, empty_lake: Lake, pos
         check_eventsourcing_round_trip(empty_lake, app, dogs)
     finally:
         app.close()
+
+
+def test_lines_longer_than_a_block_and_a_progress_bar(tmp_path: Path, empty_lake: Lake,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    rows = make_rows(streams=1, per_stream=3)
+    rows[1]["data"] = {"note": "x" * 300_000}  # longer than the 64 KiB read block of batch_size=1
+    result = ingest(empty_lake, write_jsonl(tmp_path / "long.jsonl", rows), batch_size=1, progress=True)
+    assert (result.imported, result.rejected) == (3, 0)
+    assert len(json.loads(empty_lake.events("acc-0")["data"][1])["note"]) == 300_000
+    assert "ingest long.jsonl" in capsys.readouterr().err  # the tqdm bar

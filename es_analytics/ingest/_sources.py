@@ -193,8 +193,10 @@ def read_jsonl(path: Path, mapping: Mapping[str, str], block_bytes: int) -> tupl
         line, filled = 1, 0
         with open(path, "rb") as handle:
             while True:
-                if filled == len(buffer):
-                    buffer.extend(bytes(len(buffer)))  # a line longer than the block: grow
+                if filled == len(buffer):  # a line longer than the block: a buffer twice the size
+                    grown = bytearray(2 * len(buffer))
+                    grown[:filled] = buffer
+                    buffer = grown
                 got = handle.readinto(memoryview(buffer)[filled:])
                 if not got:
                     break
