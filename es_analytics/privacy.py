@@ -11,8 +11,9 @@ value, the event id and the field path bound as associated data)::
     {"$enc": "A256GCM", "sub": "user-1", "iv": "<base64>", "ct": "<base64>"}
 
 Readers with the key see the plaintext; once the key is deleted (``lake.forget``, see
-:mod:`es_analytics.forgetting`) every reader sees :data:`ERASED` instead. The stored events never change, so the hash
-chain over them (``integrity.py``) still verifies after a subject is forgotten.
+:mod:`es_analytics.forgetting`) every reader sees :data:`ERASED` instead. The stored events never
+change, so the hash chain over them (:mod:`es_analytics.integrity`) still verifies afterwards. Paths
+run through JSON objects only (not into lists); ``lake.sql`` shows envelopes, every other field as is.
 
 Declarations are per (event type, schema version) of the *stored* payload, because encryption happens
 before anything is stored and decryption happens before upcasting on read; ``schema_version=None`` covers
@@ -65,8 +66,10 @@ __all__ = [
     "SubjectState",
     "declare_personal",
     "declarations",
+    "is_envelope",
     "personal_fields",
     "undeclare_personal",
+    "walk_envelopes",
 ]
 
 ERASED = "[erased]"
