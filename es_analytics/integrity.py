@@ -291,15 +291,25 @@ def _extend(lake: Any, recorded: dict[str, Any], fresh: pa.Table, head: str, tot
     return int(last)
 
 
-def checkpoint(lake: Any) -> dict[str, Any]:
+FIRST_CHECKPOINT_LIMIT = 2_000_000
+"""``lake.seal()`` starts a lake's chain on its own only up to this many events (a few seconds of hashing);
+a larger lake without a checkpoint starts it with ``lake.verify()``."""
+
+
+def checkpoint(lake: Any, *, start_limit: int | None = None) -> dict[str, Any]:
     """Extend the checkpoint over the events recorded since, without re-verifying older ones.
 
     Cheap (it reads only the new events), so ``lake.seal()`` runs it after every seal: events become
     tamper-evident as soon as they are sealed. Returns ``position``, ``events``, ``head`` and ``added``.
+    With ``start_limit``, a lake without a checkpoint that holds more events than that is left alone
+    (``{"skipped": ...}``): its first checkpoint hashes everything once, which ``verify`` does on request.
     """
     store = lake._store
     with store.seal_lock():
         recorded = store.manifest().extra.get(EXTRA_KEY) or {}
+        if not recorded and start_limit is not None and store.hot.max_position() > start_limit:
+            return {"skipped": f"no checkpoint yet and more than {start_limit:,} events; run lake.verify() "
+                               "once to start the chain, later seals extend it"}
         upto = int(recorded.get("position", 0))
         con = _open_events(lake)
         try:

@@ -257,10 +257,10 @@ class Lake:
             result = self._store.seal()
         if not result.get("sealed_events"):
             return result
-        from .integrity import checkpoint
+        from .integrity import FIRST_CHECKPOINT_LIMIT, checkpoint
 
         try:
-            result["integrity"] = checkpoint(self)
+            result["integrity"] = checkpoint(self, start_limit=FIRST_CHECKPOINT_LIMIT)
         except (EsAnalyticsError, OSError) as exc:  # the seal itself succeeded; verify() will report
             _log.warning("could not extend the integrity checkpoint after sealing: %r", exc)
             result["integrity"] = {"error": str(exc)}

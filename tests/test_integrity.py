@@ -204,3 +204,17 @@ def test_verify_does_not_hold_the_seal_lock_while_it_compares(sealed_lake: Lake,
 
     monkeypatch.setattr(integrity, "_check", spy)
     assert sealed_lake.verify()["ok"] and free == [True]
+
+
+def test_seal_leaves_the_first_checkpoint_of_a_large_lake_to_verify(empty_lake: Lake,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import es_analytics.integrity as integrity
+
+    monkeypatch.setattr(integrity, "FIRST_CHECKPOINT_LIMIT", 5)
+    fill(empty_lake, accounts=2)
+    assert "run lake.verify()" in empty_lake.seal()["integrity"]["skipped"]
+    assert "integrity" not in empty_lake._store.manifest().extra
+    assert empty_lake.verify()["checkpoint_extended_to"] == 10
+    empty_lake.append("acc-9", [Event("MoneyDeposited", {"amount": 1}, occurred_at=T0)], expected_version=0,
+                      aggregate_type="BankAccount")
+    assert empty_lake.seal()["integrity"]["added"] == 1  # once started, every seal extends it
