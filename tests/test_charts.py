@@ -185,6 +185,24 @@ def test_top(lake: Lake) -> None:
     assert spec["encoding"]["y"]["sort"] == "-x" and data_rows(spec) == 2
 
 
+def test_every_chart_draws_an_empty_result(tmp_path: Path) -> None:
+    with Lake.open(tmp_path / "empty") as empty:
+        made = [
+            charts.hourly(patterns.analyze(empty, "X", START, END)),
+            charts.daily(patterns.analyze(empty, "X", START, END)),
+            charts.heatmap(patterns.heatmap(empty, None, START, END)),
+            charts.trend(patterns.trend(empty, "X", START, END)),
+            charts.anomalies(patterns.anomalies(empty, START, END, event_type="X")),
+            charts.latency(patterns.latency(empty, "A", "B")),
+            charts.funnel(patterns.funnel(empty, ["A", "B"])),
+            charts.cohorts(patterns.cohorts(empty)),
+            charts.mix(patterns.mix(empty, START, END)),
+            charts.top(patterns.top(empty)),
+        ]
+    for chart in made:
+        assert charts.to_svg(chart).lstrip().startswith("<svg")
+
+
 def test_charts_refuse_too_many_rows() -> None:
     big = pl.DataFrame({"date": pl.date_range(datetime(2000, 1, 1), datetime(2020, 1, 1), "1d", eager=True)})
     result = patterns.PatternResult("X", START, END, "UTC", None, 0,

@@ -92,7 +92,7 @@ def hourly(result: PatternResult) -> Any:
         (pl.col("count") / total).alias("share"),
         pl.format("{}:00–{}:59", pl.col("hour").cast(pl.String).str.zfill(2),
                   pl.col("hour").cast(pl.String).str.zfill(2)).alias("hours"),
-        (pl.col("hour") == result.peak_hour).alias("peak"),
+        (pl.col("hour") == result.peak_hour if result.peak_hour is not None else pl.lit(False)).alias("peak"),
     )
     chart = alt.Chart(data).mark_bar().encode(
         x=alt.X("hour:O", title=f"Hour of day ({result.tz})", axis=alt.Axis(labelAngle=0)),
