@@ -236,7 +236,7 @@ def _accounts(rng: np.random.Generator, spec: SampleSpec, t0: int, lo_id: int, h
     tx = tx.sort(["owner", "recorded_at"])
     initial = np.where(rng.random(n) < 0.1, 0, rng.lognormal(10.5, 1.0, n).astype(np.int64))
     amounts = _balances(rng, tx, initial)
-    tx = tx.with_columns(amount=amounts[0], new_balance=amounts[1])
+    tx = tx.with_columns(amount=amounts[0], new_balance=amounts[1], kind=pl.Series(amounts[2], dtype=pl.Int8))
     open_rows = pl.DataFrame({"owner": np.arange(n), "occurred_at": opened, "recorded_at": opened + 150_000,
                               "kind": np.full(n, _OPENED, np.int8), "correction": np.zeros(n, bool),
                               "amount": initial, "new_balance": initial})
@@ -252,6 +252,7 @@ def _accounts(rng: np.random.Generator, spec: SampleSpec, t0: int, lo_id: int, h
     close = drain.with_columns(occurred_at=pl.col("occurred_at") + 60_000_000,
                                recorded_at=pl.col("recorded_at") + 60_000_000,
                                kind=pl.lit(_CLOSED, pl.Int8), amount=pl.lit(0, pl.Int64))
+    drain = drain.filter(pl.col("amount") > 0)  # an empty account closes without a final withdrawal
     frame = pl.concat([open_rows, tx.select(open_rows.columns), drain.select(open_rows.columns),
                        close.select(open_rows.columns)])
     frame = frame.sort(["owner", "recorded_at"]).with_columns(
@@ -262,8 +263,11 @@ def _accounts(rng: np.random.Generator, spec: SampleSpec, t0: int, lo_id: int, h
     return _decorate(rng, frame)
 
 
-def _balances(rng: np.random.Generator, tx: pl.DataFrame, initial: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Amounts (cents) and balances after each transaction, in version order, never overdrawn."""
+def _balances(
+    rng: np.random.Generator, tx: pl.DataFrame, initial: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Amounts (cents), balances after each transaction and final kinds, in version order, never
+    overdrawn, no withdrawal of nothing."""
     owner = tx["owner"].to_numpy()
     kind = tx["kind"].to_numpy()
     index = tx.select(pl.int_range(0, pl.len()).over("owner")).to_series().to_numpy()
@@ -278,11 +282,14 @@ def _balances(rng: np.random.Generator, tx: pl.DataFrame, initial: np.ndarray) -
     for k in range(width):
         col = grid_kind[:, k]
         take = np.where(col == _WITHDRAWN, (balance * share[:, k]).astype(np.int64), 0)
+        # a withdrawal that would move nothing (an empty account) becomes a deposit instead
+        col = np.where((col == _WITHDRAWN) & (take == 0), _DEPOSITED, col).astype(np.int8)
+        grid_kind[:, k] = col
         give = np.where(col == _DEPOSITED, deposits[:, k], 0)
         amount[:, k] = take + give
         balance = balance - take + give
         after[:, k] = balance
-    return amount[owner, index], after[owner, index]
+    return amount[owner, index], after[owner, index], grid_kind[owner, index]
 
 
 def _users(rng: np.random.Generator, spec: SampleSpec, t0: int) -> pl.DataFrame:

@@ -93,3 +93,11 @@ def test_plan_refuses_bad_arguments(tmp_path: Path) -> None:
         lake.append("x", [Event("X", {})], expected_version=0, aggregate_type="T")
         with pytest.raises(InvalidArgumentError, match="needs an empty lake"):
             generate(lake, events=1000)
+
+
+def test_every_money_movement_moves_money(sample: Path) -> None:
+    with Lake.open(sample) as lake:
+        amounts = lake.sql(
+            "SELECT CAST(data->>'amount' AS DECIMAL(18, 2)) AS amount FROM events "
+            "WHERE event_type IN ('MoneyDeposited', 'MoneyWithdrawn')")["amount"]
+    assert amounts.min() > 0
