@@ -163,6 +163,8 @@ def test_zone_with_an_offset_in_seconds_is_bucketed_row_by_row(make_lake: object
         ({"start": utc(2025, 2, 1), "end": utc(2025, 1, 1)}, "must be before end"),
         ({"start": utc(2025, 1, 1), "end": utc(2025, 2, 1), "tz": "Mars/Olympus"}, "not a known IANA time zone"),
         ({"start": utc(2025, 1, 1), "end": utc(2025, 2, 1), "tz": ""}, "tz must be an IANA"),
+        ({"start": utc(2025, 1, 1), "end": utc(2025, 2, 1), "tz": "localtime"}, "not a known IANA time zone"),
+        ({"start": utc(2025, 1, 1), "end": utc(2025, 2, 1), "tz": "../../etc/passwd"}, "not a known IANA time zone"),
         ({"start": utc(2025, 1, 1), "end": utc(2025, 2, 1), "event_type": 7}, "event_type must be"),
         ({"start": utc(2025, 1, 1), "end": utc(2025, 2, 1), "event_type": []}, "event_type must be"),
         ({"start": utc(2025, 1, 1), "end": utc(2025, 2, 1), "aggregate_id": ""}, "aggregate_id must be"),

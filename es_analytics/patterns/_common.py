@@ -1,4 +1,4 @@
-"""Shared by the pattern analyses: input checks, the WHERE clause, and event counts per local time slot."""
+"""Shared by the pattern analyses: input checks, the WHERE clause with bound parameters, the calendar."""
 
 from __future__ import annotations
 
@@ -27,7 +27,8 @@ def _zone(tz: object) -> str:
         raise InvalidArgumentError(f"tz must be an IANA time zone name such as 'Europe/Berlin', got {tz!r}")
     try:
         ZoneInfo(tz)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
+        pl.Series([datetime(2000, 1, 1)]).dt.replace_time_zone(tz)  # polars converts the slots: it must know it too
+    except (ZoneInfoNotFoundError, ValueError, OSError, pl.exceptions.PolarsError) as exc:
         raise InvalidArgumentError(
             f"tz {tz!r} is not a known IANA time zone; use a name such as 'UTC' or 'America/New_York'"
         ) from exc
@@ -69,7 +70,8 @@ class _Filter:
 
     def sql(self, alias: str = "") -> tuple[str, list[Any]]:
         p = f"{alias}." if alias else ""
-        clauses, params = ["TRUE"], []  # type: tuple[list[str], list[Any]]
+        clauses: list[str] = ["TRUE"]
+        params: list[Any] = []
         if self.start is not None:
             clauses.append(f"{p}occurred_at >= ?")
             params.append(self.start)
