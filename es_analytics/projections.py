@@ -314,8 +314,8 @@ class EventProjection(Projection):
             return f"SELECT {self._select(running)} FROM {source} WHERE {conditions} ORDER BY position"
         running = {c: f"coalesce(c.{_q(c)}, 0) + sum({v}) {window}" for c, (v, _) in self.running.items()}
         last = ", ".join(f"arg_max({_q(c)}, position) AS {_q(c)}" for c in self.running)
-        before = (f"(SELECT aggregate_id, {last} FROM {carry} WHERE aggregate_id IN "
-                  f"(SELECT aggregate_id FROM {source}) GROUP BY aggregate_id) AS c")
+        before = (f"(SELECT aggregate_id, {last} FROM {carry} JOIN (SELECT DISTINCT aggregate_id FROM {source}) "
+                  "USING (aggregate_id) GROUP BY aggregate_id) AS c")
         return (f"SELECT {self._select(running)} FROM {source} LEFT JOIN {before} USING (aggregate_id) "
                 f"WHERE {conditions} ORDER BY position")
 
