@@ -82,6 +82,7 @@ def sample_lake(path: str | os.PathLike[str] | None = None, *, events: int | Non
     progress
         Show a progress bar while generating.
     """
+    from . import patterns
     from .sample import generate
 
     count = events if events is not None else int(os.environ.get(SAMPLE_EVENTS_ENV) or 20_000)
@@ -89,6 +90,7 @@ def sample_lake(path: str | os.PathLike[str] | None = None, *, events: int | Non
     try:
         if lake._store.hot.max_position() == 0:
             generate(lake, events=count, seed=seed, progress=progress)
+            patterns.prepare(lake)  # pattern rollups of the new files, so the first chart is quick
     except BaseException:
         lake.close()
         raise

@@ -208,6 +208,18 @@ def test_analyze_agrees_with_a_row_by_row_count(tmp_path: object, times: list[da
     assert result.days == len(patterns.calendar_days(start, end, tz))
 
 
+def test_prepare_builds_the_missing_rollups(tmp_path: Path) -> None:
+    with Lake.open(tmp_path / "lake") as lake:
+        fill(lake, DST_HISTORY, seal=True)
+        fill(lake, LIFECYCLE, seal=True)
+        done = patterns.prepare(lake, progress=False)
+        assert (done["files"], done["built"]) == (2, 2)
+        assert len(list((tmp_path / "lake" / ROLLUP_DIR).glob("*.parquet"))) == 2
+        assert patterns.prepare(lake)["built"] == 0
+        assert patterns.analyze(lake, None, utc(2025, 1, 1), utc(2026, 1, 1)).total_events == len(DST_HISTORY) + len(
+            LIFECYCLE)
+
+
 def test_rollups_of_sealed_files_are_cached_and_follow_the_snapshot(tmp_path: Path) -> None:
     window = (utc(2025, 10, 24), utc(2025, 10, 30))
     with Lake.open(tmp_path / "lake") as lake:
@@ -223,6 +235,8 @@ def test_rollups_of_sealed_files_are_cached_and_follow_the_snapshot(tmp_path: Pa
         assert len(list((tmp_path / "lake" / ROLLUP_DIR).glob("*.parquet"))) == 2
         lake.compact()
         assert patterns.analyze(lake, "MoneyDeposited", *window).daily.equals(second.daily)
+    with Lake.open(tmp_path / "lake") as lake:
+        assert patterns.prepare(lake)["built"] == 0  # every sealed file has its rollup
     # A damaged cache file is computed again (and rewritten) by the next reader.
     for path in (tmp_path / "lake" / ROLLUP_DIR).glob("*.parquet"):
         path.write_bytes(b"not parquet")

@@ -27,6 +27,7 @@ from __future__ import annotations
 from datetime import date, datetime
 
 from ._common import _calendar, _window, _zone
+from ._rollup import prepare
 from .distributions import (
     AnomalyResult,
     HeatmapResult,
@@ -59,6 +60,7 @@ __all__ = [
     "heatmap",
     "latency",
     "mix",
+    "prepare",
     "top",
     "trend",
 ]

@@ -14,10 +14,11 @@ zone in use today) and no single stream is asked for; otherwise the caller scans
 from __future__ import annotations
 
 import os
+import time
 import uuid
 import weakref
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
@@ -27,7 +28,7 @@ from ._common import SLOT_US, _Filter
 if TYPE_CHECKING:
     from ..lake import Lake
 
-__all__ = ["ROLLUP_DIR", "local_slots", "rollup_counts"]
+__all__ = ["ROLLUP_DIR", "local_slots", "prepare", "rollup_counts"]
 
 ROLLUP_DIR = Path("cache") / "pattern-slots"
 _KEYS = ["aggregate_type", "event_type", "slot"]
@@ -94,6 +95,42 @@ def rollup_counts(lake: Lake, where: _Filter, *, by_type: bool) -> pl.DataFrame 
     keys = ["slot", "event_type"] if by_type else ["slot"]
     both = pl.concat([sealed.filter(wanted), hot.cast(_SCHEMA)])  # type: ignore[arg-type]
     return both.group_by(keys).agg(pl.col("count").sum())
+
+
+def prepare(lake: Lake, *, progress: bool = False) -> dict[str, Any]:
+    """Build the rollups of every sealed file that has none yet, so the next distribution query is fast.
+
+    Distribution queries build missing rollups themselves; call this after sealing or importing a lot of
+    history (the first query over 10M fresh events otherwise pays ~3 s). Returns ``files`` (sealed files),
+    ``built`` (rollups made now) and ``seconds``.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from es_analytics import Lake
+    >>> from es_analytics.sample import generate
+    >>> with Lake.open(tempfile.mkdtemp()) as lake:
+    ...     _ = generate(lake, events=1_000)
+    ...     first, again = prepare(lake), prepare(lake)
+    >>> first["built"] == first["files"] > 0, again["built"]
+    (True, 0)
+    """
+    began = time.perf_counter()
+    store = lake._store
+    store.refresh()
+    with store.reader.lock:
+        files = tuple(store.reader.files)
+    missing = [rel for rel in files if not (lake.path / ROLLUP_DIR / _cache_name(rel)).is_file()]
+    if missing:
+        iterator: Any = missing
+        if progress:
+            from tqdm.auto import tqdm
+
+            iterator = tqdm(missing, unit="file", desc="pattern rollups")
+        for rel in iterator:
+            _file_rollup(lake.path, rel)
+        _combined(lake, files)
+    return {"files": len(files), "built": len(missing), "seconds": round(time.perf_counter() - began, 3)}
 
 
 def _combined(lake: Lake, files: tuple[str, ...]) -> pl.DataFrame:
