@@ -15,6 +15,9 @@ keeps it current from the events after its checkpoint (:mod:`es_analytics.materi
 mergeable (sums add, "last" keeps the value with the highest version), so a refreshed table equals a full
 rebuild exactly.
 
+Projections read the payloads as stored, like the temporal engine's reducers: for an event type with
+old schema versions, give ``Json`` the other versions' paths as ``alternatives``.
+
 Personal fields (see :mod:`es_analytics.privacy`) are stored as they are in the events, encrypted, and
 opened on read, so a materialised projection never holds plaintext personal data and a forgotten subject
 reads as ``[erased]``.
