@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import timedelta
 from decimal import Decimal
@@ -280,3 +281,26 @@ def test_a_damaged_projection_does_not_break_other_queries(bank_lake: Lake, capl
         assert "account_summary" in caplog.text and "rebuild" in caplog.text
         again.rebuild(account_summary)
         assert again.sql("SELECT count(*) AS n FROM account_summary")["n"].item() == 3
+
+
+def test_a_crash_before_publishing_leaves_the_old_table(bank_lake: Lake, monkeypatch: pytest.MonkeyPatch) -> None:
+    import es_analytics.materialized as materialized
+
+    bank_lake.materialize(account_summary)
+    before = bank_lake.sql("SELECT * FROM account_summary ORDER BY account_id")
+    bank_lake.append("acc-3", [Event("MoneyDeposited", {"amount": 9, "description": "", "newBalance": 0})],
+                     expected_version=1, aggregate_type="BankAccount")
+
+    def crash(*args: object, **kwargs: object) -> None:
+        raise OSError("power cut")
+
+    monkeypatch.setattr(materialized, "_publish", crash)
+    with pytest.raises(OSError, match="power cut"):
+        bank_lake.refresh(account_summary)
+    monkeypatch.undo()
+    assert_frame_equal(bank_lake.sql("SELECT * FROM account_summary ORDER BY account_id"), before)
+    assert bank_lake.projections()["behind"].item() == 1
+    assert bank_lake.refresh(account_summary)[0]["events"] == 1  # the unpublished file is simply redone
+    assert_frame_equal(bank_lake.project(account_summary), build(bank_lake, account_summary, Bounds()))
+    listed = set(json.loads((bank_lake.path / "projections" / "account_summary" / "state.json").read_text())["files"])
+    assert {p.name for p in (bank_lake.path / "projections" / "account_summary").glob("*.parquet")} == listed
