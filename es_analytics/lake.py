@@ -711,15 +711,16 @@ class Lake:
         """Apply the events after each materialised projection's checkpoint; returns what each did.
 
         ``projection`` is a projection, the name of one defined in this process, or ``None`` for every
-        materialised projection of the lake defined in this process.
+        materialised projection of the lake (those whose definition this process has not imported are
+        listed with ``mode`` ``"skipped: not defined here"``).
         """
         from .materialized import refresh
         from .projections import registered
 
-        if projection is None:
+        if projection is None:  # projections not defined in this process are reported, not guessed
             known = registered()
-            names = [n for n in self.projections()["name"].to_list() if n in known]
-            return [refresh(self, known[n]) for n in names]
+            return [refresh(self, known[n]) if n in known else {"name": n, "mode": "skipped: not defined here"}
+                    for n in self.projections()["name"].to_list()]
         if isinstance(projection, str):
             found = registered().get(projection)
             if found is None:
