@@ -304,3 +304,16 @@ def test_a_crash_before_publishing_leaves_the_old_table(bank_lake: Lake, monkeyp
     assert_frame_equal(bank_lake.project(account_summary), build(bank_lake, account_summary, Bounds()))
     listed = set(json.loads((bank_lake.path / "projections" / "account_summary" / "state.json").read_text())["files"])
     assert {p.name for p in (bank_lake.path / "projections" / "account_summary").glob("*.parquet")} == listed
+
+
+def test_refresh_all_reports_projections_this_process_does_not_define(bank_lake: Lake) -> None:
+    from es_analytics import projections
+
+    other = StateProjection("deposits_only", aggregate_type="BankAccount",
+                            fields=Reducers(deposits=Count(on="MoneyDeposited")), columns=["aggregate_id", "deposits"])
+    bank_lake.materialize(other)
+    bank_lake.materialize(account_summary)
+    del projections._REGISTRY["deposits_only"]  # as in a process that never imported its definition
+    done = {r["name"]: r["mode"] for r in bank_lake.refresh()}
+    assert done == {"account_summary": "current", "deposits_only": "skipped: not defined here"}
+    assert bank_lake.sql("SELECT sum(deposits) AS n FROM deposits_only")["n"].item() == 2  # its view still works
