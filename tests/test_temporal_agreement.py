@@ -72,8 +72,8 @@ class Ledger(Aggregate):
     @when("MoneyWithdrawn")
     def _withdrawn(self, event: DomainEvent) -> None:
         amount = Decimal(str(event.data["amount"]))
-        self.largest_withdrawal = max(amount, self.largest_withdrawal or amount)
-        self.smallest_withdrawal = min(amount, self.smallest_withdrawal or amount)
+        self.largest_withdrawal = amount if self.largest_withdrawal is None else max(amount, self.largest_withdrawal)
+        self.smallest_withdrawal = amount if self.smallest_withdrawal is None else min(amount, self.smallest_withdrawal)
         self.last_description = event.data.get("description")
         self.last_activity = event.occurred_at
 
@@ -106,8 +106,9 @@ def _ledger_step(state: dict[str, Any], event_type: str, data: dict[str, Any], o
             state["deposits"] += 1
             state["first_deposit"] = state["first_deposit"] if state["first_deposit"] is not None else amount
         else:
-            state["largest_withdrawal"] = max(amount, state["largest_withdrawal"] or amount)
-            state["smallest_withdrawal"] = min(amount, state["smallest_withdrawal"] or amount)
+            low, high = state["smallest_withdrawal"], state["largest_withdrawal"]
+            state["largest_withdrawal"] = amount if high is None else max(amount, high)
+            state["smallest_withdrawal"] = amount if low is None else min(amount, low)
 
 
 INITIAL = {

@@ -146,11 +146,17 @@ def states(lake: LakeLike, reducers: Reducers, aggregate_type: str, bounds: Boun
     tag = uuid.uuid4().hex[:8]
     names = {k: f"_cp_{k}_{tag}" for k in ("old_inputs", "new_inputs", "checkpoint")}
     parts, params, checkpoint = _parts(current, reducers, aggregate_type, bounds)
-    merged = ",\n  ".join(["aggregate_id", "max(version) AS version", *reducers.merge_select()])
+    merge = ",\n  ".join(["aggregate_id", "max(version) AS version", *reducers.merge_select()])
     final = ", ".join(["aggregate_id", "version", *reducers.finish_select()])
+    # The later events are merged among themselves, then set beside the checkpoint (one row per aggregate)
+    # by a full outer join: cheaper than grouping the checkpoint's rows again.
     sql = (f"WITH parts AS ({' UNION ALL BY NAME '.join(parts)}),\n"
-           f"merged AS (SELECT {merged} FROM parts GROUP BY aggregate_id)\n"
-           f"SELECT {final} FROM merged ORDER BY aggregate_id")
+           f"delta AS (SELECT {merge} FROM parts GROUP BY aggregate_id)")
+    if checkpoint is not None:
+        combined = ", ".join(reducers.combine_select("c", "d"))
+        sql += (f",\nmerged AS (SELECT {combined} FROM {{checkpoint}} c "
+                "FULL OUTER JOIN delta d ON c.aggregate_id = d.aggregate_id)")
+    sql += f"\nSELECT {final} FROM {'merged' if checkpoint is not None else 'delta'} ORDER BY aggregate_id"
     sources = {names["old_inputs"]: [folder / n for n in current.input_files(newer=False)],
                names["new_inputs"]: [folder / n for n in current.input_files(newer=True)]}
     if checkpoint is not None:
@@ -188,8 +194,8 @@ def _parts(
 ) -> tuple[list[str], list[Any], str | None]:
     """The SQL of each part to merge, its params, and the checkpoint file it reads.
 
-    Parts: the checkpoint at the last boundary B <= as_of; the inputs it already holds, from B on; the
-    inputs extracted since it was built; the events after the inputs. ``{old_inputs}``, ``{new_inputs}``,
+    Parts (besides the checkpoint at the last boundary B <= as_of): the inputs it already holds, from B
+    on; the inputs extracted since it was built; the events after the inputs. ``{old_inputs}``, ``{new_inputs}``,
     ``{checkpoint}`` and ``{live}`` name the views.
     """
     head = "SELECT aggregate_id, max(aggregate_version) AS version, "
@@ -203,8 +209,7 @@ def _parts(
     params: list[Any] = []
     old_clauses: list[str] = []
     old_params: list[Any] = []
-    if found is not None:
-        parts.append("SELECT * FROM {checkpoint}")
+    if found is not None:  # joined beside the merged later events by the caller
         old_clauses.append("occurred_at >= ?")
         old_params.append(found[0])
     if not usable:

@@ -369,6 +369,27 @@ class Reducers:
                 out.append(f"{_sum_cast(r, f'sum({v})') if r.kind == 'sum' else f'{r.kind}({v})'} AS {v}")
         return out
 
+    def combine_select(self, left: str, right: str) -> list[str]:
+        """SELECT items combining two partial rows of one aggregate side by side (after a full outer join).
+
+        The two sides hold disjoint events, so versions never tie; ``greatest``/``least`` skip NULLs.
+        """
+        out = [f"coalesce({left}.aggregate_id, {right}.aggregate_id) AS aggregate_id",
+               f"greatest({left}.version, {right}.version) AS version"]
+        for name, r in self.fields.items():
+            v, k = _q(name), _q(name + "__k")
+            a, b = f"{left}.{v}", f"{right}.{v}"
+            if r.kind in ("last", "first"):
+                newer, pick = (">", "greatest") if r.kind == "last" else ("<", "least")
+                ka, kb = f"{left}.{k}", f"{right}.{k}"
+                out.append(f"CASE WHEN {kb} IS NOT NULL AND ({ka} IS NULL OR {kb} {newer} {ka}) THEN {b} ELSE {a} END AS {v}")
+                out.append(f"{pick}({ka}, {kb}) AS {k}")
+            elif r.kind in ("sum", "count"):
+                out.append(f"CASE WHEN {b} IS NULL THEN {a} WHEN {a} IS NULL THEN {b} ELSE {a} + {b} END AS {v}")
+            else:
+                out.append(f"{'least' if r.kind == 'min' else 'greatest'}({a}, {b}) AS {v}")
+        return out
+
     def finish_select(self) -> list[str]:
         """SELECT items turning a partial row into the final field values."""
         return [
