@@ -335,7 +335,8 @@ def check_event_type(value: object) -> str:
 
 
 def registered() -> dict[str, Projection]:
-    """Projections defined in this process, by name (``lake.refresh`` finds them here)."""
+    """Projections defined in this process, by name (``lake.refresh`` finds them here; the last definition
+    of a name wins)."""
     return dict(_REGISTRY)
 
 
