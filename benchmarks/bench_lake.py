@@ -1,0 +1,223 @@
+"""Event lake benchmarks against a SQLite row store (the seed's ``events`` table) in the same run.
+
+    python benchmarks/bench_lake.py [--lake /work/bench/lake-10m] [--appends 2000]
+
+Prints one table: each operation, our figure, the baseline's, the ratio and the target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import duckdb
+
+from es_analytics import Event, Lake
+
+from make_lake import DEFAULT, ensure_lake
+
+ROW_STORE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT UNIQUE NOT NULL,
+    aggregate_id TEXT NOT NULL,
+    aggregate_type TEXT NOT NULL,
+    event_type TEXT NOT NULL,
+    event_data TEXT NOT NULL,
+    metadata TEXT,
+    timestamp TEXT NOT NULL,
+    aggregate_version INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS idx_stream ON events (aggregate_id, aggregate_version);
+"""
+
+
+def row_store(path: Path) -> sqlite3.Connection:
+    con = sqlite3.connect(path, isolation_level=None)
+    con.execute("PRAGMA journal_mode=WAL")
+    con.execute("PRAGMA synchronous=FULL")
+    con.executescript(ROW_STORE_SCHEMA)
+    return con
+
+
+def row_store_append(con: sqlite3.Connection, aggregate_id: str, events: list[Event], expected: int) -> None:
+    con.execute("BEGIN IMMEDIATE")
+    current = con.execute("SELECT coalesce(max(aggregate_version), 0) FROM events WHERE aggregate_id = ?",
+                          (aggregate_id,)).fetchone()[0]
+    if current != expected:
+        con.execute("ROLLBACK")
+        raise RuntimeError("conflict")
+    con.executemany(
+        "INSERT INTO events (event_id, aggregate_id, aggregate_type, event_type, event_data, metadata, timestamp, "
+        "aggregate_version) VALUES (?,?,?,?,?,?,?,?)",
+        [(e.event_id, aggregate_id, "BankAccount", e.event_type, e.data_json, e.metadata_json,
+          e.occurred_at.isoformat(), expected + i) for i, e in enumerate(events, 1)],  # type: ignore[union-attr]
+    )
+    con.execute("COMMIT")
+
+
+def _events(n: int, tag: str) -> list[Event]:
+    return [Event("MoneyDeposited", {"amount": 10 + i, "description": "Salary", "newBalance": 100 + i},
+                  metadata={"user_id": "teller-01", "correlation_id": f"c-{tag}-{i}"}) for i in range(n)]
+
+
+def bench_single_appends(n: int) -> list[tuple[str, float, float, str]]:
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        base = row_store(Path(tmp) / "rows.sqlite")
+        events = _events(n, "r")
+        started = time.perf_counter()
+        for i, e in enumerate(events):
+            row_store_append(base, f"acc-{i % 100}", [e], i // 100)
+        baseline = n / (time.perf_counter() - started)
+        for durability in ("full", "normal"):
+            with Lake.open(Path(tmp) / f"lake-{durability}", durability=durability) as lake:
+                events = _events(n, durability)
+                started = time.perf_counter()
+                for i, e in enumerate(events):
+                    lake.append(f"acc-{i % 100}", [e], expected_version=i // 100, aggregate_type="BankAccount")
+                ours = n / (time.perf_counter() - started)
+            target = ">= 1.0x row store" if durability == "full" else "(faster mode)"
+            rows.append((f"single-event appends/s, durability={durability}", ours, baseline, target))
+    return rows
+
+
+def bench_batched_appends(batches: int) -> tuple[str, float, float, str]:
+    with tempfile.TemporaryDirectory() as tmp:
+        base = row_store(Path(tmp) / "rows.sqlite")
+        started = time.perf_counter()
+        for b in range(batches):
+            row_store_append(base, f"acc-{b}", _events(1000, f"rb{b}"), 0)
+        baseline = batches * 1000 / (time.perf_counter() - started)
+        with Lake.open(Path(tmp) / "lake") as lake:
+            prepared = [_events(1000, f"b{b}") for b in range(batches)]
+            started = time.perf_counter()
+            for b, events in enumerate(prepared):
+                lake.append(f"acc-{b}", events, expected_version=0, aggregate_type="BankAccount")
+            ours = batches * 1000 / (time.perf_counter() - started)
+    return ("batched appends (1,000/append) events/s", ours, baseline, ">= 100,000/s")
+
+
+def build_row_store_copy(lake_path: Path, target: Path) -> sqlite3.Connection:
+    """The same events in the row store (made once, cached next to the lake)."""
+    if target.exists():
+        return sqlite3.connect(target)
+    tmp = target.with_suffix(".partial")
+    tmp.unlink(missing_ok=True)
+    con = sqlite3.connect(tmp, isolation_level=None)
+    con.execute("PRAGMA journal_mode=OFF")
+    con.execute("PRAGMA synchronous=OFF")
+    con.executescript(ROW_STORE_SCHEMA.replace("CREATE UNIQUE INDEX", "-- ").split("-- ")[0])
+    with Lake.open(lake_path) as lake:
+        files = [str(lake_path / f.path) for f in lake._store.manifest().files]
+    duck = duckdb.connect()
+    reader = duck.sql(
+        "SELECT event_id, aggregate_id, aggregate_type, event_type, data, metadata, "
+        "strftime(occurred_at, '%Y-%m-%dT%H:%M:%S.%fZ'), aggregate_version FROM read_parquet(?) ORDER BY position",
+        params=[files],
+    ).to_arrow_reader(batch_size=200_000)
+    con.execute("BEGIN")
+    for batch in reader:
+        con.executemany("INSERT INTO events (event_id, aggregate_id, aggregate_type, event_type, event_data, "
+                        "metadata, timestamp, aggregate_version) VALUES (?,?,?,?,?,?,?,?)",
+                        zip(*(batch.column(i).to_pylist() for i in range(8))))
+    con.execute("COMMIT")
+    con.execute("CREATE UNIQUE INDEX idx_stream ON events (aggregate_id, aggregate_version)")
+    con.close()
+    tmp.rename(target)
+    return sqlite3.connect(target)
+
+
+def bench_stream_reads(lake_path: Path, samples: int) -> list[tuple[str, float, float, str]]:
+    base = build_row_store_copy(lake_path, lake_path.parent / (lake_path.name + "-rowstore.sqlite"))
+    with Lake.open(lake_path) as lake:
+        ids = lake.sql("SELECT aggregate_id FROM events WHERE aggregate_type = 'BankAccount' "
+                       "AND aggregate_version = 1 ORDER BY hash(aggregate_id) LIMIT ?", [samples])["aggregate_id"].to_list()
+        for i in ids[:20]:
+            lake.events(i)
+        ours, baseline, duck_times, sizes = [], [], [], []
+        for i in ids:
+            t = time.perf_counter()
+            frame = lake.events(i)
+            ours.append(time.perf_counter() - t)
+            sizes.append(frame.height)
+            t = time.perf_counter()
+            base.execute("SELECT * FROM events WHERE aggregate_id = ? ORDER BY aggregate_version", (i,)).fetchall()
+            baseline.append(time.perf_counter() - t)
+        files = [str(lake_path / f.path) for f in lake._store.manifest().files]
+        duck = duckdb.connect()
+        duck.execute("SET parquet_metadata_cache = true")
+        for i in ids[: min(50, len(ids))]:
+            t = time.perf_counter()
+            duck.sql("SELECT * FROM read_parquet(?) WHERE aggregate_id = ? ORDER BY aggregate_version",
+                     params=[files, i]).fetchall()
+            duck_times.append(time.perf_counter() - t)
+    med = statistics.median
+    label = f"read one stream (~{statistics.mean(sizes):.0f} events), median ms"
+    return [
+        (label + " vs row store", med(ours) * 1000, med(baseline) * 1000, "<= 2 ms"),
+        (label + " vs DuckDB on the Parquet", med(ours) * 1000, med(duck_times) * 1000, "<= 2 ms"),
+    ]
+
+
+def bench_sql_scan(lake_path: Path, repeats: int = 3) -> tuple[str, float, float, str]:
+    query = ("SELECT event_type, count(*) AS n, sum(aggregate_version) AS v, max(length(data)) AS longest "
+             "FROM {src} GROUP BY event_type ORDER BY event_type")
+    with Lake.open(lake_path) as lake:
+        files = [str(lake_path / f.path) for f in lake._store.manifest().files]
+        duck = duckdb.connect()
+        ours, direct = [], []
+        lake.sql(query.format(src="events"))
+        duck.sql(query.format(src="read_parquet(?)"), params=[files]).fetchall()
+        for _ in range(repeats):
+            t = time.perf_counter()
+            a = lake.sql(query.format(src="events"))
+            ours.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            b = duck.sql(query.format(src="read_parquet(?)"), params=[files]).pl()
+            direct.append(time.perf_counter() - t)
+        assert a.equals(b)
+    return ("lake.sql full scan of every event, s", min(ours), min(direct), "<= 1.1x DuckDB direct")
+
+
+def bench_storage(lake_path: Path) -> tuple[str, float, float, str]:
+    with Lake.open(lake_path) as lake:
+        manifest = lake._store.manifest()
+        sealed = sum(f.bytes for f in manifest.files) / sum(f.rows for f in manifest.files)
+    rows = lake_path.parent / (lake_path.name + "-rowstore.sqlite")
+    con = sqlite3.connect(rows)
+    n = con.execute("SELECT count(*) FROM events").fetchone()[0]
+    con.close()
+    return ("storage, bytes per event (sealed)", sealed, rows.stat().st_size / n, "<= 80")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--lake", type=Path, default=DEFAULT)
+    parser.add_argument("--appends", type=int, default=2000)
+    parser.add_argument("--batches", type=int, default=100)
+    parser.add_argument("--reads", type=int, default=1000)
+    args = parser.parse_args()
+    lake_path = ensure_lake(args.lake)
+    with Lake.open(lake_path) as lake:
+        events = lake.sql("SELECT count(*) AS n FROM events")["n"].item()
+    results = bench_single_appends(args.appends)
+    results.append(bench_batched_appends(args.batches))
+    results += bench_stream_reads(lake_path, args.reads)
+    results.append(bench_sql_scan(lake_path))
+    results.append(bench_storage(lake_path))
+    print(f"lake: {lake_path} ({events:,} events)")
+    print(f"| {'operation':<62} | {'es_analytics':>12} | {'baseline':>10} | {'ratio':>6} | target |")
+    print(f"|{'-' * 64}|{'-' * 14}|{'-' * 12}|{'-' * 8}|--------|")
+    for name, ours, base, target in results:
+        print(f"| {name:<62} | {ours:>12,.2f} | {base:>10,.2f} | {ours / base:>6.2f} | {target} |")
+    print(json.dumps({name: [round(o, 4), round(b, 4)] for name, o, b, _ in results}))
+
+
+if __name__ == "__main__":
+    main()
