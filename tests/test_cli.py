@@ -158,6 +158,11 @@ def test_state_of_one_and_of_all_as_of_and_known_at(sample_path: Path) -> None:
     frame = pl.read_csv(io.StringIO(every))
     assert frame["aggregate_id"].to_list() == expected_all["aggregate_id"].to_list()
     assert frame["version"].to_list() == expected_all["version"].to_list()
+    by_class = invoke("state", "--lake", str(sample_path), "--class", "es_analytics.examples.bank:BankAccount",
+                      "--as-of", "2025-06-01", "--known-at", "2025-06-15", "--format", "csv").output
+    assert by_class == every
+    bad_class = CliRunner().invoke(cli, ["state", "--lake", str(sample_path), "--class", "no.such.module:Thing"])
+    assert bad_class.exit_code == 1 and "cannot import 'no.such.module:Thing'" in bad_class.output
     gone = CliRunner().invoke(cli, ["state", "--lake", str(sample_path), account, "--as-of", "2000-01-01"])
     assert gone.exit_code == 1 and "did not exist at that time" in gone.output
     unknown = CliRunner().invoke(cli, ["state", "--lake", str(sample_path), "--type", "Spaceship"])
@@ -217,6 +222,7 @@ def test_seal_verify_and_tamper_detection(lake_copy: Path) -> None:
     assert sealed["sealed_events"] == 1
     ok = json.loads(invoke("verify", "--lake", str(lake_copy), "--format", "json").output)
     assert ok["ok"] is True and ok["first_bad_event"] is None
+    assert ok["fsck_ok"] is True and ok["checked_events"] == sealed["sealed_position"]
     import pyarrow.parquet as pq
 
     with Lake.open(lake_copy) as lake:
