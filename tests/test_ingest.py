@@ -503,3 +503,33 @@ def test_lines_longer_than_a_block_and_a_progress_bar(tmp_path: Path, empty_lake
     assert (result.imported, result.rejected) == (3, 0)
     assert len(json.loads(empty_lake.events("acc-0")["data"][1])["note"]) == 300_000
     assert "ingest long.jsonl" in capsys.readouterr().err  # the tqdm bar
+
+
+def test_a_concurrent_append_between_check_and_import_is_caught(tmp_path: Path, empty_lake: Lake,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another writer extends a stream after the ingest read its head: the import's own continuity check
+    fails, the batch is checked again, and the event whose slot was taken is rejected, not duplicated."""
+    from es_analytics import Event
+    from es_analytics.ingest import _writer
+
+    rows = make_rows(streams=2, per_stream=2)
+    original = _writer.LakeWriter._check_heads
+    raced = []
+
+    def racing(self: Any, frame: pl.DataFrame) -> pl.DataFrame:
+        checked = original(self, frame)
+        if not raced:
+            raced.append(empty_lake.append("acc-0", [Event("AccountOpened", {"amount": 1}, event_id="other",
+                                                          occurred_at=T0)],
+                                           expected_version=0, aggregate_type="BankAccount"))
+        return checked
+
+    monkeypatch.setattr(_writer.LakeWriter, "_check_heads", racing)
+    result = ingest(empty_lake, write_jsonl(tmp_path / "e.jsonl", rows))
+    assert raced == [1]
+    # acc-1 v1, v2 and acc-0 v2 (which now continues the other writer's v1) are imported; acc-0 v1 is not.
+    assert (result.imported, result.rejected) == (3, 1)
+    reasons = result.rejects["reason"].to_list()
+    assert any("stream acc-0 is already at version 1 and holds another event at version 1" in r for r in reasons)
+    assert empty_lake.sql("SELECT count(*) AS n FROM events WHERE aggregate_id = 'acc-0'")["n"].item() == 2
+    assert empty_lake.check()["ok"]
