@@ -15,13 +15,14 @@ if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
   $SUDO apt-get update >&2 && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y postgresql >&2
 fi
 VERSION="$(ls /usr/lib/postgresql | sort -V | tail -1)"
-if ! pg_lsclusters -h | awk '{print $1" "$2}' | grep -qx "$VERSION main"; then
+cluster() { pg_lsclusters -h | awk -v v="$VERSION" -v f="$1" '$1==v && $2=="main" {print $f}'; }
+if [ -z "$(cluster 2)" ]; then
   pg_createcluster "$VERSION" main -p "$PORT" >&2
 fi
-if ! pg_lsclusters -h | awk -v v="$VERSION" '$1==v && $2=="main" {print $4}' | grep -qx online; then
+if [ "$(cluster 4)" != online ]; then
   pg_ctlcluster "$VERSION" main start >&2
 fi
-PORT="$(pg_lsclusters -h | awk -v v="$VERSION" '$1==v && $2=="main" {print $3}')"
+PORT="$(cluster 3)"
 for _ in $(seq 1 50); do
   as_postgres psql -p "$PORT" -qtAc "SELECT 1" >/dev/null 2>&1 && break
   sleep 0.2
