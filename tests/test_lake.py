@@ -311,3 +311,29 @@ def test_check_reports_damage_it_cannot_repair(tmp_path: Path) -> None:
         details = " ".join(p["detail"] for p in report["problems"])
         assert "no readable Parquet footer" in details and "bytes, the manifest says" in details
         assert (tmp_path / "l" / entry.path).exists()  # never deleted: that would lose history
+
+
+def test_seal_hooks_see_new_files_and_cannot_break_a_seal(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from es_analytics.store import engine
+
+    seen: list[list[str]] = []
+
+    def record(folder: Path, files: object) -> None:
+        seen.append(list(files))  # type: ignore[call-overload]
+
+    def broken(folder: Path, files: object) -> None:
+        raise RuntimeError("cache disk full")
+
+    engine.SEAL_HOOKS.extend([record, broken])
+    try:
+        with Lake.open(tmp_path / "l") as lake:
+            lake.append("s", [deposit(1)], expected_version=0, aggregate_type="T")
+            lake.seal()
+            assert seen == [[f.path for f in lake._store.manifest().files]]
+            assert "cache disk full" in caplog.text
+            assert lake.events("s").height == 1
+            lake.seal()  # nothing new: hooks are not called
+            assert len(seen) == 1
+    finally:
+        engine.SEAL_HOOKS.remove(record)
+        engine.SEAL_HOOKS.remove(broken)

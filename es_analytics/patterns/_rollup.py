@@ -17,12 +17,14 @@ import os
 import time
 import uuid
 import weakref
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
 from .._time import to_micros
+from ..store.engine import SEAL_HOOKS
 from ._common import SLOT_US, _Filter
 
 if TYPE_CHECKING:
@@ -194,3 +196,12 @@ def _file_rollup(folder: Path, rel: str) -> pl.DataFrame:
     except OSError:
         pass  # a read-only lake folder: keep the rollup in memory only
     return rollup
+
+
+def _on_seal(folder: Path, new_files: Sequence[str]) -> None:
+    """Seal hook: count the slots of newly published files right away, so ``analyze`` never has to."""
+    for rel in new_files:
+        _file_rollup(folder, rel)
+
+
+SEAL_HOOKS.append(_on_seal)

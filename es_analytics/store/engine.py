@@ -10,6 +10,7 @@ with (finish). Readers never see a mix: the view is the manifest's files plus ho
 from __future__ import annotations
 
 import fcntl
+import logging
 import json
 import os
 import time
@@ -33,7 +34,12 @@ from .manifest import FileEntry, Manifest, read_manifest, write_manifest
 from .reader import DuckReader, hot_rows_to_arrow, translate_errors
 from .sealed import ParquetSealedTier, row_group_index
 
-__all__ = ["LakeStore", "MARKER"]
+__all__ = ["MARKER", "SEAL_HOOKS", "LakeStore", "SealHook"]
+
+logger = logging.getLogger(__name__)
+# Called as hook(lake_folder, new_file_paths) after seals, imports and compactions publish files.
+SealHook = Callable[[Path, Sequence[str]], None]
+SEAL_HOOKS: list[SealHook] = []
 
 MARKER = "lake.json"
 HOT_NAME = "hot.sqlite"
@@ -67,6 +73,7 @@ class LakeStore:
         self.sealed = ParquetSealedTier(folder)
         self.reader = DuckReader(folder, safe=safe_sql)
         self._manifest_key: tuple[int, int, int] | None = None
+        self._fresh_files: list[str] = []
         self._manifest = Manifest()
         # Set by the privacy layer: encrypts declared personal fields of bulk-imported events.
         self.encrypt_table: Callable[[pa.Table], pa.Table] | None = None
@@ -147,8 +154,25 @@ class LakeStore:
         return self._manifest
 
     def _publish(self, manifest: Manifest) -> None:
+        before = {f.path for f in self.manifest().files}
         write_manifest(self.folder, manifest)
         self._manifest_key = None
+        self._fresh_files += [f.path for f in manifest.files if f.path not in before]
+
+    def _run_seal_hooks(self) -> None:
+        """Give files published since the last call to the registered hooks (after every lock is released).
+
+        A hook builds derived data such as cached rollups; one that fails is logged and never undoes the
+        seal, which is already committed.
+        """
+        fresh, self._fresh_files = self._fresh_files, []
+        listed = {f.path for f in self.manifest().files}
+        fresh = [p for p in fresh if p in listed]
+        for hook in tuple(SEAL_HOOKS) if fresh else ():
+            try:
+                hook(self.folder, fresh)
+            except Exception:  # a derived cache must never break sealing
+                logger.exception("seal hook %r failed for %d new files", hook, len(fresh))
 
     # -- recovery -----------------------------------------------------------------------------
     def recover(self) -> dict[str, Any]:
@@ -275,6 +299,7 @@ class LakeStore:
                     break
             compacted = self._maybe_compact()
             self._drop_retired(self.manifest())
+        self._run_seal_hooks()
         return {
             "sealed_events": total,
             "files": files,
@@ -330,6 +355,7 @@ class LakeStore:
             for name in types:
                 self._compact_type(name)
             self._drop_retired(self.manifest())
+        self._run_seal_hooks()
         return types
 
     def _compact_type(self, aggregate_type: str) -> None:
@@ -418,6 +444,7 @@ class LakeStore:
                 self._publish(manifest)
                 self._apply(manifest, indexes)
             compacted = self._maybe_compact()
+        self._run_seal_hooks()
         return {"imported_events": n, "first_position": first, "last_position": first + n - 1, "compacted": compacted}
 
     def _validate_import(self, table: pa.Table, *, check_event_ids: bool = True) -> None:
