@@ -8,6 +8,7 @@ from .events import Event
 from .lake import Lake
 from .repository import Repository
 from .upcasting import UpcasterRegistry, upcaster
+from . import patterns as _patterns  # noqa: F401  (registers its seal hook: slot rollups built at seal time)
 
 __all__ = [
     "Aggregate",
