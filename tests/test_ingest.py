@@ -533,3 +533,25 @@ def test_a_concurrent_append_between_check_and_import_is_caught(tmp_path: Path, 
     assert any("stream acc-0 is already at version 1 and holds another event at version 1" in r for r in reasons)
     assert empty_lake.sql("SELECT count(*) AS n FROM events WHERE aggregate_id = 'acc-0'")["n"].item() == 2
     assert empty_lake.check()["ok"]
+
+
+def test_eventsourcing_aggregate_recorder_table_without_rowid(tmp_path: Path, empty_lake: Lake) -> None:
+    """The library's aggregate recorder table is WITHOUT ROWID: read in stream order instead."""
+    import uuid
+
+    db = tmp_path / "agg.db"
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE stored_events (originator_id TEXT, originator_version INTEGER, topic TEXT, "
+                "state BLOB, PRIMARY KEY (originator_id, originator_version)) WITHOUT ROWID")
+    dog = uuid.uuid4()
+    state = '{{"timestamp":{{"_type_":"datetime_iso","_data_":"2024-03-0{v}T10:00:00+00:00"}},"n":{v}}}'
+    con.executemany("INSERT INTO stored_events VALUES (?, ?, ?, ?)",
+                    [(dog.hex, v, "app:Dog.Barked", state.format(v=v).encode()) for v in (2, 1, 3)])
+    con.commit()
+    con.close()
+    result = ingest(empty_lake, db)
+    assert (result.imported, result.rejected) == (3, 0)
+    events = empty_lake.events(str(dog))
+    assert events["aggregate_version"].to_list() == [1, 2, 3]
+    assert [json.loads(d)["n"] for d in events["data"]] == [1, 2, 3]
+    assert events["event_id"][0] == f"{dog}:1"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -268,7 +269,7 @@ def _open_database(item: str, kind: str, table: str | None, mapping: dict[str, s
         columns = {f: f for f in ("event_id", "event_type", "schema_version", "aggregate_type", "aggregate_id",
                                   "aggregate_version", "occurred_at", "data", "metadata")}
         select = ", ".join(src.quote_ident(c) for c in EVENTSOURCING_COLUMNS)
-        order = _order(available, postgres, ("notification_id",), ("originator_id", "originator_version"))
+        order = _order(con, name, available, postgres, ("notification_id",), ("originator_id", "originator_version"))
         query = f"SELECT {select} FROM {src.quote_ident(name)} ORDER BY {order}"
         batches = (decode_rows(rows, first) for rows, first in _numbered(src.read_sql_rows(con, query, [], batch_size, postgres)))
     else:
@@ -276,7 +277,8 @@ def _open_database(item: str, kind: str, table: str | None, mapping: dict[str, s
         columns = src.resolve_columns(available, {**defaults, **mapping}, label)
         cast = "::text" if postgres else ""
         select = ", ".join(f"{src.quote_ident(check_column(c))}{cast}" for c in columns.values())
-        order = _order(available, postgres, ("position",), (columns["occurred_at"], columns["aggregate_id"], columns["aggregate_version"]))
+        order = _order(con, name, available, postgres, ("position",),
+                       (columns["occurred_at"], columns["aggregate_id"], columns["aggregate_version"]))
         query = f"SELECT {select} FROM {src.quote_ident(name)} ORDER BY {order}"
         names = list(columns)
         batches = (src.rows_to_batch(rows, names, first) for rows, first in _numbered(src.read_sql_rows(con, query, [], batch_size, postgres)))
@@ -292,13 +294,18 @@ def check_column(name: str) -> str:
     return check_identifier(name, "column")
 
 
-def _order(available: Sequence[str], postgres: bool, preferred: Sequence[str], fallback: Sequence[str]) -> str:
-    """Commit order if the table keeps one (rowid in SQLite, a position column), else a stable fallback."""
+def _order(con: Any, table: str, available: Sequence[str], postgres: bool, preferred: Sequence[str],
+           fallback: Sequence[str]) -> str:
+    """Commit order if the table keeps one (a position column, SQLite's rowid), else a stable fallback."""
     for column in preferred:
         if column in available:
             return src.quote_ident(column)
     if not postgres:
-        return "rowid"
+        try:
+            con.execute(f"SELECT rowid FROM {src.quote_ident(table)} LIMIT 0").fetchall()
+            return "rowid"
+        except sqlite3.OperationalError:  # a WITHOUT ROWID table (the library's aggregate recorder)
+            pass
     return ", ".join(src.quote_ident(check_column(c)) for c in fallback)
 
 

@@ -362,10 +362,10 @@ def has_table(con: Any, table: str, postgres: bool) -> bool:
 def table_columns(con: Any, table: str, postgres: bool) -> list[str]:
     """Column names of ``table`` (an identifier, possibly schema-qualified in PostgreSQL)."""
     if postgres:
-        schema, _, name = table.rpartition(".")
+        # The table the search path resolves the name to (to_regclass), not every schema's table of that name.
         rows = con.execute(
-            "SELECT column_name FROM information_schema.columns WHERE table_name = %s "
-            "AND (%s = '' OR table_schema = %s) ORDER BY ordinal_position", (name, schema, schema)
+            "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attnum > 0 "
+            "AND NOT attisdropped ORDER BY attnum", (table,)
         ).fetchall()
         con.rollback()
     else:
