@@ -555,3 +555,23 @@ def test_eventsourcing_aggregate_recorder_table_without_rowid(tmp_path: Path, em
     assert events["aggregate_version"].to_list() == [1, 2, 3]
     assert [json.loads(d)["n"] for d in events["data"]] == [1, 2, 3]
     assert events["event_id"][0] == f"{dog}:1"
+
+
+def test_bulk_import_refuses_gaps_and_type_changes(empty_lake: Lake) -> None:
+    """The lake's own continuity check under its lock, which ingest relies on against concurrent writers."""
+    def table(aggregate_type: str, versions: list[int]) -> pa.Table:
+        n = len(versions)
+        return pa.table({
+            "event_id": [f"{aggregate_type}-{v}" for v in versions], "event_type": ["Happened"] * n,
+            "schema_version": pa.array([1] * n, pa.int32()), "aggregate_type": [aggregate_type] * n,
+            "aggregate_id": ["s-1"] * n, "aggregate_version": pa.array(versions, pa.int64()),
+            "occurred_at": pa.array([T0] * n, pa.timestamp("us", tz="UTC")), "data": ["{}"] * n, "metadata": ["{}"] * n,
+        })
+
+    store = empty_lake._store
+    with pytest.raises(InvalidArgumentError, match="stream 's-1': imported versions start at 3 but the stream is at version 0"):
+        store.import_table(table("BankAccount", [3, 4]), check_event_ids=False)
+    store.import_table(table("BankAccount", [1, 2]), check_event_ids=False)
+    with pytest.raises(InvalidArgumentError, match=r"start at 3 but the stream is at version 2 \(type 'BankAccount'\)"):
+        store.import_table(table("User", [3]), check_event_ids=False)
+    assert empty_lake.current_version("s-1") == 2
