@@ -102,17 +102,19 @@ def rollup_counts(lake: Lake, where: _Filter, *, by_type: bool) -> pl.DataFrame 
 def prepare(lake: Lake, *, progress: bool = False) -> dict[str, Any]:
     """Build the rollups of every sealed file that has none yet, so the next distribution query is fast.
 
-    Distribution queries build missing rollups themselves; call this after sealing or importing a lot of
-    history (the first query over 10M fresh events otherwise pays ~3 s). Returns ``files`` (sealed files),
-    ``built`` (rollups made now) and ``seconds``.
+    Sealing, imports and compaction already count every file they publish (a seal hook), and
+    distribution queries build missing rollups themselves; call this for a lake sealed by a process that
+    did not import es_analytics, or after deleting the cache (the first query over 10M events otherwise
+    pays ~3 s). Returns ``files`` (sealed files), ``built`` (rollups made now) and ``seconds``.
 
     Examples
     --------
-    >>> import tempfile
+    >>> import shutil, tempfile
     >>> from es_analytics import Lake
     >>> from es_analytics.sample import generate
     >>> with Lake.open(tempfile.mkdtemp()) as lake:
     ...     _ = generate(lake, events=1_000)
+    ...     shutil.rmtree(lake.path / ROLLUP_DIR)
     ...     first, again = prepare(lake), prepare(lake)
     >>> first["built"] == first["files"] > 0, again["built"]
     (True, 0)
