@@ -337,3 +337,14 @@ def test_seal_hooks_see_new_files_and_cannot_break_a_seal(tmp_path: Path, caplog
     finally:
         engine.SEAL_HOOKS.remove(record)
         engine.SEAL_HOOKS.remove(broken)
+
+
+def test_every_read_path_returns_utc_times(lake: Lake) -> None:
+    lake.append("a", [deposit(1)], expected_version=0, aggregate_type="T")
+    for _ in range(2):
+        frames = [lake.events(), lake.events("a"), lake.sql("SELECT occurred_at, recorded_at FROM events")]
+        for frame in frames:
+            assert frame.schema["occurred_at"] == pl.Datetime("us", "UTC")
+            assert frame.schema["recorded_at"] == pl.Datetime("us", "UTC")
+        assert lake.sql("SELECT hour(occurred_at) AS h FROM events")["h"].item() == (T0 + timedelta(hours=1)).hour
+        lake.seal()

@@ -79,6 +79,8 @@ class DuckReader:
             self.con.execute("SET memory_limit = ?", [memory_limit])
         self.con.execute("SET parquet_metadata_cache = true")
         self.con.execute("SET enable_progress_bar = false")  # notebooks show their own progress
+        # Every time inside the package is UTC, whatever the machine's zone (and results say "UTC").
+        self.con.execute("SET TimeZone = 'UTC'")
         if safe:
             # No file system access at all for queries; the sealed files are scanned as an Arrow dataset.
             self.con.execute("SET python_enable_replacements = false")
