@@ -27,6 +27,7 @@ __all__ = [
     "Event",
     "check_aggregate_id",
     "check_aggregate_type",
+    "check_event_types",
     "check_identifier",
     "check_version",
     "encode_json",
@@ -84,6 +85,17 @@ def check_aggregate_id(value: object, name: str = "aggregate_id") -> str:
         raise InvalidArgumentError(f"{name} must not hold control characters, got {value!r}")
     _check_utf8(value, name)
     return value
+
+
+def check_event_types(types: object) -> list[str] | None:
+    """Validate a ``types=`` filter: ``None``, one event type, or a collection of them (sorted list)."""
+    if types is None:
+        return None
+    if isinstance(types, str):
+        return [types]
+    if not isinstance(types, (list, tuple, set, frozenset)) or not all(isinstance(t, str) for t in types):
+        raise InvalidArgumentError(f"types must be an event type or a list of them, got {types!r}")
+    return sorted(types)
 
 
 def check_version(value: object, name: str, *, allow_none: bool = False) -> int | None:

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 
 from ._time import to_utc_or_none
 from .errors import EsAnalyticsError, InvalidArgumentError
-from .events import EVENT_COLUMNS, Event, check_aggregate_id, check_aggregate_type, check_version
+from .events import EVENT_COLUMNS, Event, check_aggregate_id, check_aggregate_type, check_event_types, check_version
 from .privacy import ALGORITHM, ENVELOPE_KEY, KEY_FILE, FileKeyStore, KeyStore, Privacy
 from .store.engine import LakeStore
 from .store.hot import Durability
@@ -41,14 +41,6 @@ _MAX_SUBSCRIBER_ERRORS = 100
 _ENVELOPE_MARKER = f'"{ENVELOPE_KEY}":"{ALGORITHM}"'  # what an encrypted field looks like in stored JSON
 
 
-def _check_types(types: object) -> list[str] | None:
-    if types is None:
-        return None
-    if isinstance(types, str):
-        return [types]
-    if not isinstance(types, (list, tuple, set, frozenset)) or not all(isinstance(t, str) for t in types):
-        raise InvalidArgumentError(f"types must be an event type or a list of them, got {types!r}")
-    return sorted(types)
 
 
 class Lake:
@@ -306,7 +298,7 @@ class Lake:
             Only events recorded at or before this time (``recorded_at``).
         """
         check_version(from_version, "from_version")
-        type_list = _check_types(types)
+        type_list = check_event_types(types)
         bounds = {
             "since": to_utc_or_none(since, "since"),
             "until": to_utc_or_none(until, "until"),
@@ -519,7 +511,7 @@ class Lake:
         """
         if not callable(handler):
             raise InvalidArgumentError(f"handler must be callable, got {handler!r}")
-        entry = (handler, _check_types(types))
+        entry = (handler, check_event_types(types))
         self._subscribers.append(entry)
 
         def unsubscribe() -> None:

@@ -10,6 +10,7 @@ import polars as pl
 
 from .._time import to_utc
 from ..errors import InvalidArgumentError
+from ..events import check_event_types
 from .bounds import Bounds, LakeLike, make_bounds
 from .states import Method, aggregate_type_of, states
 
@@ -19,14 +20,6 @@ Clock = Literal["as_of", "known_at"]
 _EVENT_FIELDS = ["position", "aggregate_version", "event_type", "occurred_at", "recorded_at", "event_id"]
 
 
-def _types(types: object) -> list[str] | None:
-    if types is None:
-        return None
-    if isinstance(types, str):
-        return [types]
-    if not isinstance(types, (list, tuple, set, frozenset)) or not all(isinstance(t, str) for t in types):
-        raise InvalidArgumentError(f"types must be an event type or a list of them, got {types!r}")
-    return sorted(types)
 
 
 def events_between(lake: LakeLike, start: datetime, end: datetime, *, types: str | Sequence[str] | None = None,
@@ -39,7 +32,7 @@ def events_between(lake: LakeLike, start: datetime, end: datetime, *, types: str
     clauses, params = bounds.where()
     clauses = ["occurred_at >= ?", "occurred_at <= ?", *clauses]
     params = [start, end, *params]
-    listed = _types(types)
+    listed = check_event_types(types)
     if listed is not None:
         clauses.append("list_contains(?, event_type)")
         params.append(listed)
