@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+SYSDEPS := $(VENV)/.system-deps
 
 .PHONY: demo test lab bench clean
 
@@ -15,7 +16,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/es-analytics demo --lake data/sample-lake
 
-test: $(STAMP)
+$(SYSDEPS): $(STAMP)
+	bash .ci/system-deps.sh
+	touch $(SYSDEPS)
+
+test: $(STAMP) $(SYSDEPS)
 	$(BIN)/python -m pytest -q
 
 lab: $(STAMP)
