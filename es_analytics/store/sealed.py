@@ -64,9 +64,9 @@ class ParquetSealedTier:
             table,
             tmp,
             compression="zstd",
-            compression_level=3,
+            compression_level=1,
             row_group_size=ROW_GROUP_SIZE,
-            use_dictionary=["event_type", "aggregate_type", "aggregate_id", "metadata"],
+            use_dictionary=["event_type", "aggregate_type"],  # see docs/decisions.md
             write_statistics=True,
         )
         with open(tmp, "rb+") as handle:
