@@ -88,7 +88,8 @@ class ParquetSealedTier:
         """An open ParquetFile with its footer parsed, from a small LRU cache."""
         handle = self._files.get(rel_path)
         if handle is None:
-            handle = pq.ParquetFile(self.folder / rel_path)
+            # pre_buffer off: one row group at a time reads ~10% faster without the coalescing buffer
+            handle = pq.ParquetFile(self.folder / rel_path, pre_buffer=False)
             self._files[rel_path] = handle
             if len(self._files) > self._cache_size:
                 _, old = self._files.popitem(last=False)
