@@ -304,7 +304,9 @@ def _stream(source: EventSource, aggregate_id: str, start: int, point: _Point) -
         frame = frame.filter(pl.col("aggregate_version") <= point.version)
     if point.position is not None:
         frame = frame.filter(pl.col("position") <= point.position)
-    return frame.sort("aggregate_version")  # the fold's order (position order agrees for appends)
+    versions = frame["aggregate_version"]
+    # the fold's order (position order agrees for appends); sorting a small frame costs a thread-pool trip
+    return frame if versions.is_sorted() else frame.sort("aggregate_version")
 
 
 def _check_type(cls: type[Aggregate], aggregate_id: str, frame: pl.DataFrame, snapshot: Snapshot | None) -> None:
@@ -321,7 +323,8 @@ def domain_events(frame: pl.DataFrame) -> list[DomainEvent]:
                "event_id", "metadata")
     return [
         DomainEvent(event_type, json.loads(data), version, occurred, recorded, schema, event_id, json.loads(meta))
-        for event_type, data, version, occurred, recorded, schema, event_id, meta in frame.select(columns).iter_rows()
+        for event_type, data, version, occurred, recorded, schema, event_id, meta in zip(
+            *(frame.get_column(c).to_list() for c in columns))
     ]
 
 
