@@ -418,7 +418,7 @@ class Lake:
         >>> from es_analytics.examples.bank import BankAccount
         >>> with Lake.open(tempfile.mkdtemp()) as lake:
         ...     account = BankAccount("acc-1")
-        ...     account.open_account(100, "Ada Lovelace")
+        ...     account.open_account(100, "Ada Almeida")
         ...     lake.append("acc-1", list(account.pending_events), expected_version=0, aggregate_type="BankAccount")
         ...     lake.aggregate(BankAccount, "acc-1").balance
         1
@@ -450,7 +450,7 @@ class Lake:
         >>> from es_analytics.examples.bank import BankAccount
         >>> with Lake.open(tempfile.mkdtemp()) as lake:
         ...     account = BankAccount("acc-1")
-        ...     account.open_account(100, "Ada Lovelace")
+        ...     account.open_account(100, "Ada Almeida")
         ...     account.withdraw(30, "Rent")
         ...     Repository(lake, BankAccount).save(account)
         ...     lake.aggregate_history(BankAccount, "acc-1").select("event_type", "balance", "status").rows()

@@ -352,7 +352,7 @@ class Repository(Generic[A]):
     >>> lake = Lake.open(tempfile.mkdtemp())
     >>> accounts = Repository(lake, BankAccount)
     >>> account = BankAccount("acc-1")
-    >>> account.open_account(100, "Ada Lovelace")
+    >>> account.open_account(100, "Ada Almeida")
     >>> accounts.save(account)
     1
     >>> accounts.get("acc-1").balance, accounts.get("missing")

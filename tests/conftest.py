@@ -57,7 +57,7 @@ def bank_lake(empty_lake: Lake) -> Lake:
                           aggregate_type="BankAccount")
 
     a = BankAccount("acc-1")
-    a.open_account(100, "Ada Lovelace")
+    a.open_account(100, "Ada Almeida")
     a.deposit(50, "Salary")
     a.withdraw(30, "Rent")
     save(a)

@@ -26,7 +26,7 @@ def stored(event_type: str, data: dict[str, Any], version: int) -> DomainEvent:
 
 def opened(balance: Any = 100) -> BankAccount:
     account = BankAccount("acc-1")
-    account.open_account(balance, "Ada Lovelace")
+    account.open_account(balance, "Ada Almeida")
     return account
 
 
@@ -39,7 +39,7 @@ def test_open_deposit_withdraw_close_records_the_seed_events() -> None:
     events = account.pending_events
     assert [e.event_type for e in events] == ["AccountOpened", "MoneyDeposited", "MoneyWithdrawn", "AccountClosed"]
     assert json.loads(events[0].data_json) == {"accountId": "acc-1", "initialDeposit": 100,
-                                               "accountHolder": "Ada Lovelace"}
+                                               "accountHolder": "Ada Almeida"}
     assert json.loads(events[1].data_json) == {"amount": 50, "description": "Salary", "newBalance": 150}
     assert json.loads(events[2].data_json) == {"amount": 150, "description": "Rent", "newBalance": 0}
     closed = json.loads(events[3].data_json)
@@ -51,8 +51,8 @@ def test_open_deposit_withdraw_close_records_the_seed_events() -> None:
 def test_a_new_account_is_pending_and_zero_initial_deposit_is_allowed() -> None:
     account = BankAccount("acc-1")
     assert (account.status, account.balance, account.account_holder, account.version) == ("pending", 0, None, 0)
-    account.open_account(0, "Ada Lovelace")
-    assert (account.status, account.balance, account.account_holder) == ("active", 0, "Ada Lovelace")
+    account.open_account(0, "Ada Almeida")
+    assert (account.status, account.balance, account.account_holder) == ("active", 0, "Ada Almeida")
 
 
 @pytest.mark.parametrize(
@@ -77,7 +77,7 @@ def test_a_new_account_is_pending_and_zero_initial_deposit_is_allowed() -> None:
 def test_each_rule_raises_domain_error_and_records_nothing(setup: str, command: Any, message: str) -> None:
     account = BankAccount("acc-1")
     if setup in ("opened", "closed"):
-        account.open_account(100, "Ada Lovelace")
+        account.open_account(100, "Ada Almeida")
     if setup == "closed":
         account.withdraw(100, "Empty")
         account.close_account("Done")
@@ -121,7 +121,7 @@ def test_replaying_recorded_events_gives_the_same_state() -> None:
     account.withdraw(40, "b")
     replayed = BankAccount.replay("acc-1", account.uncommitted_as_recorded())
     assert replayed == account
-    assert replayed.state() == {"balance": Decimal(60), "status": "active", "account_holder": "Ada Lovelace"}
+    assert replayed.state() == {"balance": Decimal(60), "status": "active", "account_holder": "Ada Almeida"}
 
 
 def test_mark_saved_clears_pending_and_sets_the_saved_version() -> None:
@@ -134,16 +134,16 @@ def test_mark_saved_clears_pending_and_sets_the_saved_version() -> None:
 # -- users -----------------------------------------------------------------------------------
 def test_user_register_and_suspend() -> None:
     user = User("user-1")
-    user.register("ada@example.org", "Ada Lovelace", newsletter=True)
+    user.register("ada@example.org", "Ada Almeida", newsletter=True)
     user.suspend("Chargeback dispute", "admin-2")
     registered, suspended = user.pending_events
     assert registered.schema_version == 3 and suspended.schema_version == 1
     assert json.loads(registered.data_json) == {
-        "userId": "user-1", "profile": {"email": "ada@example.org", "name": "Ada Lovelace"},
+        "userId": "user-1", "profile": {"email": "ada@example.org", "name": "Ada Almeida"},
         "preferences": {"newsletter": True},
     }
     assert json.loads(suspended.data_json) == {"reason": "Chargeback dispute", "suspendedBy": "admin-2"}
-    assert user.state() == {"email": "ada@example.org", "name": "Ada Lovelace", "newsletter": True,
+    assert user.state() == {"email": "ada@example.org", "name": "Ada Almeida", "newsletter": True,
                             "status": "suspended", "suspension_reason": "Chargeback dispute"}
 
 

@@ -59,14 +59,14 @@ def test_the_seed_bank_scenario(empty_lake: Lake) -> None:
 def test_the_seed_user_scenario(empty_lake: Lake) -> None:
     users = Repository(empty_lake, User)
     user = User("user-7")
-    user.register("grace@example.org", "Grace Hopper")
+    user.register("greta@example.org", "Greta Haas")
     users.save(user)
     loaded = users.get("user-7")
     loaded.suspend("Terms of service violation", "admin-1")
     users.save(loaded)
     final = users.get("user-7")
     assert (final.status, final.email, final.suspension_reason, final.version) == (
-        "suspended", "grace@example.org", "Terms of service violation", 2)
+        "suspended", "greta@example.org", "Terms of service violation", 2)
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +130,7 @@ def test_examples_use_public_names_only() -> None:
 def test_forgetting_a_user_removes_the_snapshots_that_held_the_plaintext(empty_lake: Lake) -> None:
     users = Repository(empty_lake, User, snapshot_every=1)
     user = User("user-9")
-    user.register("ada@example.org", "Ada Lovelace")
+    user.register("ada@example.org", "Ada Almeida")
     users.save(user)
     assert empty_lake.snapshots.versions("user-9").height == 1
     certificate = empty_lake.forget("user-9")

@@ -37,7 +37,7 @@ def test_account_summary_matches_the_seed_table(bank_lake: Lake) -> None:
     assert summary.columns == SUMMARY_COLUMNS
     assert summary["account_id"].to_list() == ["acc-1", "acc-2", "acc-3"]
     one = _row(summary, "acc-1")
-    assert (one["account_holder"], one["current_balance"], one["status"]) == ("Ada Lovelace", Decimal("120"), "active")
+    assert (one["account_holder"], one["current_balance"], one["status"]) == ("Ada Almeida", Decimal("120"), "active")
     assert (one["total_deposits"], one["total_withdrawals"], one["transaction_count"], one["version"]) == (
         Decimal("150"), Decimal("30"), 3, 3)
     closed = _row(summary, "acc-2")  # closed accounts keep their row

@@ -32,7 +32,7 @@ def at(minutes: float) -> datetime:
 def new_account(lake: Lake, aggregate_id: str = "acc-1", initial: Any = 100) -> BankAccount:
     repo = Repository(lake, BankAccount)
     account = BankAccount(aggregate_id)
-    account.open_account(initial, "Ada Lovelace")
+    account.open_account(initial, "Ada Almeida")
     repo.save(account)
     return account
 
@@ -59,7 +59,7 @@ def test_get_returns_none_for_an_absent_aggregate(empty_lake: Lake) -> None:
 def test_save_then_get_round_trips_and_nothing_pending_is_a_no_op(empty_lake: Lake) -> None:
     repo = Repository(empty_lake, BankAccount)
     account = BankAccount("acc-1")
-    account.open_account(100, "Ada Lovelace")
+    account.open_account(100, "Ada Almeida")
     account.deposit(Decimal("20.25"), "Salary")
     assert repo.save(account) == 2
     assert repo.save(account) == 2

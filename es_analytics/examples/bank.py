@@ -8,7 +8,7 @@ Examples
 --------
 >>> from decimal import Decimal
 >>> account = BankAccount("acc-1")
->>> account.open_account(100, "Ada Lovelace")
+>>> account.open_account(100, "Ada Almeida")
 >>> account.deposit(Decimal("25.50"), "Salary")
 >>> account.withdraw(500, "Rent")
 Traceback (most recent call last):

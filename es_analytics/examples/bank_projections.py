@@ -30,7 +30,7 @@ Examples
 >>> from es_analytics.examples.bank import BankAccount
 >>> with Lake.open(tempfile.mkdtemp()) as lake:
 ...     account = BankAccount("acc-1")
-...     account.open_account(100, "Ada Lovelace")
+...     account.open_account(100, "Ada Almeida")
 ...     account.withdraw(30, "Rent")
 ...     _ = lake.append("acc-1", list(account.pending_events), expected_version=0, aggregate_type="BankAccount")
 ...     summary = lake.project(account_summary)

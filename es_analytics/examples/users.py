@@ -12,7 +12,7 @@ Stored events never change.
 Examples
 --------
 >>> user = User("user-1")
->>> user.register("ada@example.org", "Ada Lovelace")
+>>> user.register("ada@example.org", "Ada Almeida")
 >>> user.suspend("Chargeback dispute", "admin-1")
 >>> user.status, user.email, user.pending_events[0].schema_version
 ('suspended', 'ada@example.org', 3)

@@ -176,7 +176,7 @@ class LakeStore:
 
     # -- recovery -----------------------------------------------------------------------------
     def recover(self) -> dict[str, Any]:
-        """Finish or undo an interrupted seal; delete temporary files and files past their grace."""
+        """Finish or undo an interrupted seal; delete temporary files and files past their grace period."""
         with self.seal_lock():
             manifest = self.manifest()
             removed = [str(p.relative_to(self.folder)) for p in self.sealed.temporary_files()]
