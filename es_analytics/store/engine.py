@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 from .._time import now_utc, to_micros
 from ..errors import InvalidArgumentError, LakeBusyError, LakeCorruptError, LakeError, NotALakeError
 from ..events import EVENT_SCHEMA
-from .hot import EVENT_ID_HASH_SQL, Durability, SQLiteHotTier, StoredMatch, event_id_hash
+from .hot import EVENT_ID_HASH_SQL, Durability, SQLiteHotTier, StoredMatch
 from .manifest import FileEntry, Manifest, read_manifest, write_manifest
 from .reader import DuckReader, hot_rows_to_arrow, translate_errors
 from .sealed import ParquetSealedTier, row_group_index
@@ -46,7 +46,6 @@ HOT_NAME = "hot.sqlite"
 LOCK_NAME = "seal.lock"
 LAKE_FORMAT = "es_analytics-lake"
 COMPACT_TARGET_ROWS = 1_000_000
-_MIN = pa.scalar(0, pa.int64())
 
 
 class LakeStore:
@@ -482,24 +481,9 @@ class LakeStore:
             )
         if not check_event_ids:
             return
-        known = self._known_event_ids(frame["event_id"].to_list())
+        known = list(self.hot.known_ids(frame["event_id"].to_list(), self.lookup_sealed))
         if known:
             raise InvalidArgumentError(f"event_id {known[0]!r} is already in the lake")
-
-    def _known_event_ids(self, event_ids: list[str]) -> list[str]:
-        con = self.hot.con
-        found = []
-        for start in range(0, len(event_ids), 500):
-            chunk = event_ids[start:start + 500]
-            marks = ",".join("?" * len(chunk))
-            found += [r[0] for r in con.execute(f"SELECT event_id FROM events WHERE event_id IN ({marks})", chunk)]
-            hashes = {event_id_hash(e): e for e in chunk}
-            keys = list(hashes)
-            positions = [r[0] for r in con.execute(
-                f"SELECT position FROM event_ids WHERE id_hash IN ({','.join('?' * len(keys))})", keys)]
-            if positions:
-                found += [m.event_id for m in self.lookup_sealed(positions) if m.event_id in set(chunk)]
-        return found
 
     # -- reads --------------------------------------------------------------------------------
     def lookup_sealed(self, positions: Sequence[int]) -> list[StoredMatch]:

@@ -309,9 +309,12 @@ class SQLiteHotTier:
         return new_version, int(last_position)
 
     def _known(self, events: Sequence[Event], lookup_sealed: Any) -> dict[str, StoredMatch]:
-        """The stored events, among those given, keyed by event id: hot rows and sealed positions are
-        looked up in one statement per chunk of ids; sealed hits are confirmed by reading them."""
-        ids = [str(e.event_id) for e in events]
+        """The stored events, among those given, keyed by event id."""
+        return self.known_ids([str(e.event_id) for e in events], lookup_sealed)
+
+    def known_ids(self, ids: Sequence[str], lookup_sealed: Any) -> dict[str, StoredMatch]:
+        """The stored events among ``ids``, keyed by event id: hot rows and sealed positions are looked
+        up in one statement per chunk of ids; sealed hits are confirmed by reading them."""
         found: dict[str, StoredMatch] = {}
         positions: list[int] = []
         for start in range(0, len(ids), _KNOWN_CHUNK):
@@ -503,9 +506,6 @@ class SQLiteHotTier:
         row = self.con.execute("SELECT max(position) FROM events").fetchone()
         hot = 0 if row is None or row[0] is None else int(row[0])
         return max(hot, int(self.meta("sealed_position", 0)))
-
-    def hot_count(self) -> int:
-        return int(self.con.execute("SELECT count(*) FROM events").fetchone()[0])
 
     def reserve_positions(self, count: int) -> int:
         """Inside a write transaction: take ``count`` fresh positions; returns the first."""
