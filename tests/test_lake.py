@@ -348,3 +348,20 @@ def test_every_read_path_returns_utc_times(lake: Lake) -> None:
             assert frame.schema["recorded_at"] == pl.Datetime("us", "UTC")
         assert lake.sql("SELECT hour(occurred_at) AS h FROM events")["h"].item() == (T0 + timedelta(hours=1)).hour
         lake.seal()
+
+
+@pytest.mark.parametrize("sealed", [False, True], ids=["hot", "sealed"])
+def test_bulk_import_refuses_a_known_event_id_and_writes_nothing(lake: Lake, sealed: bool) -> None:
+    import pyarrow as pa
+
+    lake.append("acc-1", [deposit(1)], expected_version=0, aggregate_type="BankAccount")
+    if sealed:
+        lake.seal()
+    table = pa.table({
+        "event_id": ["fresh", "e-1"], "event_type": ["MoneyDeposited"] * 2, "schema_version": pa.array([1, 1], pa.int32()),
+        "aggregate_type": ["BankAccount"] * 2, "aggregate_id": ["acc-9", "acc-9"], "aggregate_version": [1, 2],
+        "occurred_at": pa.array([T0, T0], pa.timestamp("us", tz="UTC")), "data": ["{}", "{}"], "metadata": ["{}", "{}"],
+    })
+    with pytest.raises(InvalidArgumentError, match="event_id 'e-1' is already in the lake"):
+        lake._store.import_table(table)
+    assert lake.events()["event_id"].to_list() == ["e-1"]
