@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -28,6 +30,7 @@ __all__ = [
     "check_aggregate_id",
     "check_aggregate_type",
     "check_event_types",
+    "new_event_id",
     "check_identifier",
     "check_version",
     "encode_json",
@@ -198,6 +201,26 @@ def parse_json(text: str, name: str) -> Any:
     return value
 
 
+def new_event_id() -> str:
+    """A fresh event id: a UUID version 7 (RFC 9562), time-ordered to the millisecond.
+
+    48 bits of Unix time in milliseconds, then 74 random bits. Ids made later sort later, so the hot
+    tier's unique index on ``event_id`` grows at its end instead of at random pages: a 1,000-event append
+    then writes a few index pages instead of hundreds (see docs/decisions.md).
+
+    Examples
+    --------
+    >>> a, b = new_event_id(), new_event_id()
+    >>> len(a), a[14], a != b
+    (36, '7', True)
+    """
+    millis = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (millis << 80) | (0x7 << 76) | (((rand >> 62) & 0xFFF) << 64) | (0x2 << 62) | (rand & 0x3FFF_FFFF_FFFF_FFFF)
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
 @dataclass(frozen=True)
 class Event:
     """A new event to append; validated when it is made.
@@ -213,7 +236,7 @@ class Event:
     occurred_at
         Business time, timezone-aware; defaults to now.
     event_id
-        Unique id and idempotency key; defaults to a fresh UUID.
+        Unique id and idempotency key; defaults to a fresh time-ordered UUID (:func:`new_event_id`).
     schema_version
         Version of the payload's shape, for upcasting (default 1).
 
@@ -242,7 +265,7 @@ class Event:
         version = self.schema_version
         if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= 2**31 - 1:
             raise InvalidArgumentError(f"schema_version must be a positive int, got {version!r}")
-        event_id = str(uuid.uuid4()) if self.event_id is None else self.event_id
+        event_id = new_event_id() if self.event_id is None else self.event_id
         object.__setattr__(self, "event_id", check_aggregate_id(event_id, "event_id"))
         occurred = now_utc() if self.occurred_at is None else to_utc(self.occurred_at, "occurred_at")
         object.__setattr__(self, "occurred_at", occurred)

@@ -59,12 +59,12 @@ elif point == "before-manifest":
     after(engine, "write_manifest", "before")
 elif point == "manifest-written":
     after(engine, "write_manifest", "after")
-elif point == "mid-apply":
-    original = engine.LakeStore._index_event_ids
-    def crash(self, entry):
-        original(self, entry)
+elif point == "mid-apply":  # sealed ids indexed and hot rows deleted, the transaction not committed
+    original = engine.SQLiteHotTier.delete_through
+    def crash(self, position):
+        original(self, position)
         die()
-    engine.LakeStore._index_event_ids = crash
+    engine.SQLiteHotTier.delete_through = crash
 elif point == "compaction-manifest":
     os.environ["CRASH_CALL"] = "2"
     after(engine, "write_manifest", "after")

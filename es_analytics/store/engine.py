@@ -191,11 +191,23 @@ class LakeStore:
             manifest = self._drop_retired(manifest)
         return {"removed_files": removed, "indexed_files": applied}
 
-    def _apply(self, manifest: Manifest, indexes: dict[str, pl.DataFrame]) -> int:
-        """Inside a hot write transaction: bring SQLite up to ``manifest``. Idempotent."""
+    def _apply(self, manifest: Manifest, indexes: dict[str, pl.DataFrame], *, from_hot: bool = False) -> int:
+        """Inside a hot write transaction: bring SQLite up to ``manifest``. Idempotent.
+
+        ``from_hot``: the new files hold exactly the hot rows up to the manifest's sealed position (a
+        seal), so their event ids are indexed from the hot rows' stored hashes in one statement and the
+        stream versions are current already; otherwise (imports, recovery) both come from the files.
+        """
         con = self.hot.con
         if int(self.hot.meta("manifest_generation", -1)) == manifest.generation:
             return 0
+        if from_hot:
+            con.execute(
+                "INSERT OR IGNORE INTO event_ids (id_hash, position) "
+                "SELECT coalesce(id_hash, es_event_id_hash(event_id)), position FROM events "
+                "WHERE position > ? AND position <= ? ORDER BY 1, 2",
+                (int(self.hot.meta("sealed_position", 0)), manifest.sealed_position),
+            )
         known = dict(con.execute("SELECT path, file_id FROM files").fetchall())
         listed = {f.path for f in manifest.files}
         for path, file_id in known.items():
@@ -212,12 +224,12 @@ class LakeStore:
                 "INSERT OR IGNORE INTO stream_index (aggregate_id, file_id, row_group) VALUES (?, ?, ?)",
                 ((a, file_id, g) for a, g in index.iter_rows()),
             )
-            if entry.level == 0:
+            if entry.level == 0 and not from_hot:
                 self._index_event_ids(entry)
-        if new:
+        if new and not from_hot:
             self._sync_streams(new)
         self.hot.bump_sequence(manifest.sealed_position)
-        con.execute("DELETE FROM events WHERE position <= ?", (manifest.sealed_position,))
+        self.hot.delete_through(manifest.sealed_position)
         self.hot.set_meta("sealed_position", manifest.sealed_position)
         self.hot.set_meta("last_recorded_at", max(manifest.last_recorded_at, int(self.hot.meta("last_recorded_at", 0))))
         self.hot.set_meta("manifest_generation", manifest.generation)
@@ -291,7 +303,7 @@ class LakeStore:
                 )
                 self._publish(manifest)
                 with self.hot.write():
-                    self._apply(manifest, indexes)
+                    self._apply(manifest, indexes, from_hot=True)
                 total += table.num_rows
                 files += [e.path for e in entries]
                 if table.num_rows < max_rows:
@@ -314,7 +326,7 @@ class LakeStore:
         copies in one process break each other's POSIX locks: see docs/decisions.md.)
         """
         with self.hot.read():
-            return hot_rows_to_arrow(self.hot.rows_after(after, limit=limit))
+            return self.hot.arrow_after(after, limit)
 
     def _write_by_type(self, table: pa.Table, level: int = 0) -> tuple[list[FileEntry], dict[str, pl.DataFrame]]:
         entries, indexes = [], {}

@@ -21,7 +21,7 @@ import pyarrow.dataset as ds
 
 from ..errors import LakeBusyError, LakeCorruptError, LakeError, QueryError, ReadOnlyQueryError
 from ..events import EVENT_SCHEMA
-from .hot import HotRow
+from .hot import hot_rows_to_arrow
 
 __all__ = ["DuckReader", "hot_rows_to_arrow", "translate_errors"]
 
@@ -56,15 +56,6 @@ def translate_errors(what: str) -> Iterator[None]:
         raise LakeError(f"{what}: hot tier error: {exc}") from exc
     except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as exc:
         raise LakeError(f"{what}: cannot read a lake file: {exc}") from exc
-
-
-def hot_rows_to_arrow(rows: Sequence[HotRow]) -> pa.Table:
-    """Hot-tier rows (times as µs integers) as a table of the event schema."""
-    if not rows:
-        return EVENT_SCHEMA.empty_table()
-    columns = list(zip(*rows))
-    arrays = [pa.array(col, type=f.type) for col, f in zip(columns, EVENT_SCHEMA)]
-    return pa.Table.from_arrays(arrays, schema=EVENT_SCHEMA)
 
 
 class DuckReader:
