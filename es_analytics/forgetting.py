@@ -311,6 +311,6 @@ def _delete_snapshots_securely(lake: Any, aggregate_ids: list[str]) -> int:
     try:
         deleted = _delete_snapshots(lake, aggregate_ids)
     finally:
-        con.execute(f"PRAGMA secure_delete={int(previous)}")
+        con.execute(f"PRAGMA secure_delete={('OFF', 'ON', 'FAST')[int(previous)]}")
     _wipe_sqlite(con, vacuum=False)
     return deleted

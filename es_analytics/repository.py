@@ -182,12 +182,13 @@ class SnapshotStore:
         with translate_errors("deleting snapshots"):
             if not self._exists():
                 return 0
+            previous = int(con.execute("PRAGMA secure_delete").fetchone()[0])
             con.execute("PRAGMA secure_delete = ON")
             try:
                 with self.hot.write():
                     return int(con.execute("DELETE FROM snapshots WHERE aggregate_id = ?", (aggregate_id,)).rowcount)
             finally:
-                con.execute("PRAGMA secure_delete = OFF")
+                con.execute(f"PRAGMA secure_delete = {('OFF', 'ON', 'FAST')[previous]}")
 
 
 def fingerprint(cls: type[Aggregate], registry: UpcasterRegistry) -> str:

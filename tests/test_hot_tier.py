@@ -119,3 +119,54 @@ def test_columnar_hot_reads_equal_row_reads(tmp_path_factory: pytest.TempPathFac
         assert isinstance(columnar, pa.Table)
     finally:
         hot.close()
+
+
+def _stored(lake: Lake) -> list[tuple]:
+    frame = lake.events().drop("recorded_at")
+    return sorted(frame.rows())
+
+
+@pytest.mark.parametrize("max_rows", [1_000_000, 60, 7])
+def test_a_seal_of_rows_kept_in_memory_writes_what_was_committed(tmp_path: Path, max_rows: int) -> None:
+    """Rows a handle appended are sealed from memory, in whole or in slices, exactly as committed."""
+    with Lake.open(tmp_path / "lake", auto_seal_rows=10_000) as lake:
+        lake.append("big", [Event("Ticked", {"n": n}, occurred_at=T0) for n in range(150)],
+                    expected_version=0, aggregate_type="Clock")  # kept as Arrow
+        for n in range(5):  # kept as row tuples
+            lake.append(f"small-{n % 2}", [Event("Ticked", {"n": n}, occurred_at=T0)], expected_version=None,
+                        aggregate_type="Clock")
+        before = _stored(lake)
+        assert lake._store.hot.cached_after(0, 155, 1_000) is not None
+        lake._store.seal(max_rows=max_rows)
+        assert lake._store.manifest().sealed_position == 155
+        assert lake._store.hot.cached_after(155, 155, 1_000) is None  # nothing left in memory
+        assert _stored(lake) == before
+        assert lake.check()["ok"]
+
+
+def test_interleaved_writers_make_a_seal_read_the_rows_back(tmp_path: Path) -> None:
+    path = tmp_path / "lake"
+    with Lake.open(path, auto_seal_rows=0) as first, Lake.open(path, auto_seal_rows=0) as second:
+        first._store.hot.cache_limit = second._store.hot.cache_limit = 1_000
+        first.append("a", [Event("Ticked", {"n": 1}, occurred_at=T0)], expected_version=0, aggregate_type="Clock")
+        second.append("b", [Event("Ticked", {"n": 2}, occurred_at=T0)], expected_version=0, aggregate_type="Clock")
+        first.append("a", [Event("Ticked", {"n": 3}, occurred_at=T0)], expected_version=1, aggregate_type="Clock")
+        # the first handle holds positions 1 and 3 only: it must not answer for 1..3 from memory
+        assert first._store.hot.cached_after(0, 3, 100) is None
+        before = _stored(first)
+        first._store.seal()
+        assert _stored(second) == before
+        assert sorted(first.events()["position"].to_list()) == [1, 2, 3]
+
+
+def test_the_kept_rows_never_exceed_their_limit(tmp_path: Path) -> None:
+    with Lake.open(tmp_path / "lake", auto_seal_rows=0) as lake:
+        hot = lake._store.hot
+        hot.cache_limit = 250
+        for n in range(3):
+            lake.append("a", [Event("Ticked", {"n": n, "k": k}, occurred_at=T0) for k in range(100)],
+                        expected_version=None, aggregate_type="Clock")
+        assert hot._cached_rows <= 250
+        before = _stored(lake)
+        lake._store.seal()
+        assert _stored(lake) == before

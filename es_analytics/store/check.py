@@ -160,8 +160,9 @@ def _repair(store: LakeStore) -> list[str]:
 
 def check_lake(store: LakeStore, *, repair: bool = False) -> dict[str, Any]:
     """Check every invariant of the lake; see the module docstring for what is checked and repaired."""
-    problems, files = _check_files(store)
-    problems += _check_hot(store)
+    with store.seal_lock():  # a seal in progress would show as temporary files and unsealed hot rows
+        problems, files = _check_files(store)
+        problems += _check_hot(store)
     damaged = any(p["check"] == "file" for p in problems)
     if damaged:  # the event checks would read the damaged files; report those first
         stats = {"events": None, "first_position": None, "last_position": None, "streams": None}

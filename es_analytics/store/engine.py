@@ -69,6 +69,8 @@ class LakeStore:
         self.busy_timeout = busy_timeout
         self._prepare_folder()
         self.hot = SQLiteHotTier(folder / HOT_NAME, durability=durability, busy_timeout=busy_timeout)
+        # The rows this handle appended are kept until a seal takes them, so it need not read them back.
+        self.hot.cache_limit = 2 * auto_seal_rows
         self.sealed = ParquetSealedTier(folder)
         self.reader = DuckReader(folder, safe=safe_sql)
         self._manifest_key: tuple[int, int, int] | None = None
@@ -188,6 +190,7 @@ class LakeStore:
                     removed.append(rel)
             with self.hot.write():
                 applied = self._apply(manifest, {})
+            self.hot.drop_sealed(manifest.sealed_position)  # left by a seal interrupted while dropping them
             manifest = self._drop_retired(manifest)
         return {"removed_files": removed, "indexed_files": applied}
 
@@ -195,19 +198,13 @@ class LakeStore:
         """Inside a hot write transaction: bring SQLite up to ``manifest``. Idempotent.
 
         ``from_hot``: the new files hold exactly the hot rows up to the manifest's sealed position (a
-        seal), so their event ids are indexed from the hot rows' stored hashes in one statement and the
-        stream versions are current already; otherwise (imports, recovery) both come from the files.
+        seal, which indexed their ids from the hot rows' stored hashes before publishing and drops the
+        sealed hot rows afterwards); stream versions are current already. Otherwise (imports, recovery)
+        ids and stream heads come from the files and sealed hot rows are deleted here.
         """
         con = self.hot.con
         if int(self.hot.meta("manifest_generation", -1)) == manifest.generation:
             return 0
-        if from_hot:
-            con.execute(
-                "INSERT OR IGNORE INTO event_ids (id_hash, position) "
-                "SELECT coalesce(id_hash, es_event_id_hash(event_id)), position FROM events "
-                "WHERE position > ? AND position <= ? ORDER BY 1, 2",
-                (int(self.hot.meta("sealed_position", 0)), manifest.sealed_position),
-            )
         known = dict(con.execute("SELECT path, file_id FROM files").fetchall())
         listed = {f.path for f in manifest.files}
         for path, file_id in known.items():
@@ -229,7 +226,8 @@ class LakeStore:
         if new and not from_hot:
             self._sync_streams(new)
         self.hot.bump_sequence(manifest.sealed_position)
-        self.hot.delete_through(manifest.sealed_position)
+        if not from_hot:
+            self.hot.delete_through(manifest.sealed_position)
         self.hot.set_meta("sealed_position", manifest.sealed_position)
         self.hot.set_meta("last_recorded_at", max(manifest.last_recorded_at, int(self.hot.meta("last_recorded_at", 0))))
         self.hot.set_meta("manifest_generation", manifest.generation)
@@ -295,15 +293,23 @@ class LakeStore:
                 table = self._read_hot(manifest.sealed_position, max_rows)
                 if not table.num_rows:
                     break
+                through = table["position"][-1].as_py()
                 entries, indexes = self._write_by_type(table)
+                # Short write transactions only, so appends in other threads and processes go on: index
+                # the ids first (an entry for a row not yet sealed is harmless: the hot row answers it),
+                # then publish, then apply, then drop the sealed hot rows in chunks.
+                with self.hot.write():
+                    self.hot.index_sealed_ids(manifest.sealed_position, through)
                 manifest = manifest.next(
-                    sealed_position=table["position"][-1].as_py(),
+                    sealed_position=through,
                     last_recorded_at=max(manifest.last_recorded_at, to_micros(table["recorded_at"][-1].as_py())),
                     files=manifest.files + tuple(entries),
                 )
                 self._publish(manifest)
                 with self.hot.write():
                     self._apply(manifest, indexes, from_hot=True)
+                self.hot.drop_sealed(through)
+                self.hot.forget_cached(through)
                 total += table.num_rows
                 files += [e.path for e in entries]
                 if table.num_rows < max_rows:
@@ -326,7 +332,11 @@ class LakeStore:
         copies in one process break each other's POSIX locks: see docs/decisions.md.)
         """
         with self.hot.read():
-            return self.hot.arrow_after(after, limit)
+            last = self.hot.con.execute("SELECT max(position) FROM events").fetchone()[0]
+            if last is None or last <= after:
+                return EVENT_SCHEMA.empty_table()
+            cached = self.hot.cached_after(after, int(last), limit)
+            return cached if cached is not None else self.hot.arrow_after(after, limit)
 
     def _write_by_type(self, table: pa.Table, level: int = 0) -> tuple[list[FileEntry], dict[str, pl.DataFrame]]:
         entries, indexes = [], {}

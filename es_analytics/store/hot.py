@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -120,6 +121,11 @@ def hot_rows_to_arrow(rows: Sequence[HotRow]) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=EVENT_SCHEMA)
 
 
+# One lock per hot-tier file and process, taken around every write transaction (see ``write``).
+_WRITERS: dict[str, threading.Lock] = {}
+_WRITERS_GUARD = threading.Lock()
+
+
 class _MaybeRetry(Exception):
     """Internal: the fast append path saw something that may be a retry; take the slow path."""
 
@@ -171,11 +177,24 @@ class SQLiteHotTier:
         self.path = path
         self.busy_timeout = busy_timeout
         self.same_data: Callable[[str, Event, str], bool] | None = None  # set by the privacy layer
+        with _WRITERS_GUARD:
+            self._local_writer = _WRITERS.setdefault(str(Path(path).resolve()), threading.Lock())
+        # Rows this handle appended, for the next seal (``cache_limit`` rows at most; 0 keeps none), as
+        # segments (first position, last position, Arrow table or row tuples).
+        self.cache_limit = 0
+        self._cache: list[tuple[int, int, pa.Table | list[tuple[Any, ...]]]] = []
+        self._cached_rows = 0
+        self._cache_guard = threading.Lock()
+        self._pending: list[tuple[Any, ...]] | None = None
         try:
             self.con = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
             self.con.execute("PRAGMA journal_mode=WAL")
             self.con.execute(f"PRAGMA synchronous={'FULL' if durability == 'full' else 'NORMAL'}")
             self.con.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+            # Deleted rows are zeroed where that costs no extra writes. A seal deletes rows that are in
+            # Parquet already, and Debian's SQLite defaults to ON, which rewrites every freed page: 66 ms
+            # against 9 ms to drop 50k sealed rows. Forgetting and snapshot deletion turn ON themselves.
+            self.con.execute("PRAGMA secure_delete=FAST")
             self.con.create_function("es_event_id_hash", 1, event_id_hash, deterministic=True)
             with self.write():
                 for statement in filter(str.strip, _SCHEMA.split(";")):
@@ -194,14 +213,85 @@ class SQLiteHotTier:
     # -- transactions -------------------------------------------------------------------------
     @contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction (BEGIN IMMEDIATE): committed on success, rolled back on any error."""
-        self._begin("BEGIN IMMEDIATE")
+        """One write transaction (BEGIN IMMEDIATE): committed on success, rolled back on any error.
+
+        Connections of one process to one lake (an appending thread and a background seal) first take a
+        process-wide lock: a thread waiting for it is woken when it is released, whereas SQLite's busy
+        handler polls with growing sleeps and can starve a writer behind a busy one.
+        """
+        if not self._local_writer.acquire(timeout=self.busy_timeout):
+            raise LakeBusyError(
+                f"another thread of this process held the lake's hot tier for {self.busy_timeout:.0f} s"
+            )
         try:
-            yield self.con
-        except BaseException:
-            self.con.execute("ROLLBACK")
-            raise
-        self.con.execute("COMMIT")
+            self._begin("BEGIN IMMEDIATE")
+            try:
+                yield self.con
+            except BaseException:
+                self.con.execute("ROLLBACK")
+                raise
+            self.con.execute("COMMIT")
+            committed, self._pending = self._pending, None
+        finally:
+            self._pending = None
+            self._local_writer.release()
+        if committed:
+            self._remember(committed)
+
+    # -- the rows this handle appended, kept for the next seal ------------------------------------
+    def _remember(self, rows: list[tuple[Any, ...]]) -> None:
+        """Keep committed rows (position first, contiguous) so a seal need not read them back.
+
+        A large append is kept as Arrow at once (0.75 µs per event here, against about 2 µs per event to
+        convert 50k rows at seal time); small ones as the row tuples, converted when a seal takes them.
+        """
+        payload: pa.Table | list[tuple[Any, ...]] = hot_rows_to_arrow(rows) if len(rows) >= 100 else rows
+        first, last = rows[0][0], rows[-1][0]
+        with self._cache_guard:
+            segments = self._cache
+            if segments and first != segments[-1][1] + 1:
+                segments.clear()  # another writer took the positions in between
+                self._cached_rows = 0
+            if self._cached_rows + len(rows) > self.cache_limit:
+                segments.clear()  # more than a seal will take: it reads them back instead
+                self._cached_rows = 0
+                return
+            segments.append((first, last, payload))
+            self._cached_rows += len(rows)
+
+    def cached_after(self, position: int, through: int, limit: int) -> pa.Table | None:
+        """The hot rows in ``(position, min(through, position + limit)]`` as Arrow if this handle appended
+        every one of them (``through``: the highest hot position in the caller's read snapshot)."""
+        with self._cache_guard:
+            segments = self._cache
+            if not segments or segments[0][0] > position + 1 or segments[-1][1] < through:
+                return None
+            last_wanted = min(through, position + limit)
+            parts = []
+            for first, last, payload in segments:
+                if last <= position or first > last_wanted:
+                    continue
+                lo, hi = max(position + 1, first) - first, min(last_wanted, last) - first + 1
+                if isinstance(payload, list):
+                    parts.append(hot_rows_to_arrow(payload[lo:hi]))
+                else:
+                    parts.append(payload.slice(lo, hi - lo))
+        return pa.concat_tables(parts) if parts else EVENT_SCHEMA.empty_table()
+
+    def forget_cached(self, through: int) -> None:
+        """Drop kept rows at or below ``through`` (sealed)."""
+        with self._cache_guard:
+            segments = self._cache
+            while segments and segments[0][0] <= through:
+                first, last, payload = segments[0]
+                if last <= through:
+                    segments.pop(0)
+                    self._cached_rows -= last - first + 1
+                else:
+                    cut = through - first + 1
+                    rest = payload[cut:] if isinstance(payload, list) else payload.slice(cut)
+                    segments[0] = (through + 1, last, rest)
+                    self._cached_rows -= cut
 
     @contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
@@ -288,7 +378,11 @@ class SQLiteHotTier:
         Anything that might be a retry (a sealed id hash matches, the version differs, or an id is
         already in the hot tier) raises ``_MaybeRetry`` after rolling back, for the slow path.
         """
-        hashes = [event_id_hash(e.event_id) for e in events]  # type: ignore[arg-type]
+        md5 = hashlib.md5
+        hashes = [  # event_id_hash, inlined: a function call per event costs a fifth of the hash
+            int.from_bytes(md5(e.event_id.encode("utf-8"), usedforsecurity=False).digest()[8:], "little") >> 1  # type: ignore[union-attr]
+            for e in events
+        ]
         if len(hashes) == 1:
             sql = _HEAD_ONE_SQL
         else:
@@ -340,6 +434,8 @@ class SQLiteHotTier:
             con.execute(_INSERT_SQL, rows[0])
         else:
             con.executemany(_INSERT_SQL, rows)
+        if self.cache_limit:
+            self._pending = rows
         last_position = before + len(rows)
         new_version = actual + len(events)
         con.execute(
@@ -494,10 +590,10 @@ class SQLiteHotTier:
             running[aggregate_id] = version
         recorded = max(int(time.time() * 1_000_000), self.last_recorded_at())
         before = self.last_position()
-        con.executemany(
-            _INSERT_SQL,
-            [(before + i, *r[:7], recorded, r[7], r[8], event_id_hash(r[0])) for i, r in enumerate(rows, start=1)],
-        )
+        new_rows = [(before + i, *r[:7], recorded, r[7], r[8], event_id_hash(r[0])) for i, r in enumerate(rows, start=1)]
+        con.executemany(_INSERT_SQL, new_rows)
+        if self.cache_limit:
+            self._pending = new_rows
         last = before + len(rows)
         con.executemany(
             "INSERT INTO streams (aggregate_id, aggregate_type, version) VALUES (?, ?, ?) "
@@ -505,6 +601,29 @@ class SQLiteHotTier:
             [(a, types[a], running[a]) for a in ids],
         )
         return last - len(rows) + 1
+
+    def index_sealed_ids(self, after: int, through: int) -> None:
+        """Inside a write transaction: add the hashes of the hot rows' ids in ``(after, through]`` to the
+        sealed-id index (rows from before hashes were stored are hashed by the registered function)."""
+        self.con.execute(
+            "INSERT OR IGNORE INTO event_ids (id_hash, position) "
+            "SELECT coalesce(id_hash, es_event_id_hash(event_id)), position FROM events "
+            "WHERE position > ? AND position <= ? ORDER BY 1, 2",
+            (after, through),
+        )
+
+    def drop_sealed(self, through: int, *, chunk: int = 5_000) -> None:
+        """Delete the hot rows at or below ``through`` (sealed), one short transaction per ``chunk`` rows,
+        so that appends waiting for the write lock are never held up for long."""
+        while True:
+            with self.write():
+                first, last = self.con.execute("SELECT min(position), max(position) FROM events").fetchone()
+                if first is None or first > through:
+                    return
+                if last <= through:  # nothing newer: one whole-table delete (see ``delete_through``)
+                    self.con.execute("DELETE FROM events")
+                    return
+                self.con.execute("DELETE FROM events WHERE position <= ?", (min(through, first + chunk - 1),))
 
     def delete_through(self, position: int) -> None:
         """Inside a write transaction: delete the hot rows at or below ``position`` (they are sealed).
