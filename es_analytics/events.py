@@ -42,6 +42,7 @@ MAX_JSON_BYTES = 1_048_576
 MAX_ID_LENGTH = 1024
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 _EVENT_TYPE = re.compile(r"[A-Za-z_][A-Za-z0-9_.:$<>-]{0,254}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 EVENT_SCHEMA = pa.schema(
     [
@@ -84,7 +85,7 @@ def check_aggregate_id(value: object, name: str = "aggregate_id") -> str:
         raise InvalidArgumentError(f"{name} must be a non-empty string, got {value!r}")
     if len(value) > MAX_ID_LENGTH:
         raise InvalidArgumentError(f"{name} is longer than {MAX_ID_LENGTH} characters: {value[:40]!r}…")
-    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+    if _CONTROL.search(value):
         raise InvalidArgumentError(f"{name} must not hold control characters, got {value!r}")
     _check_utf8(value, name)
     return value

@@ -149,9 +149,9 @@ class Lake:
             "FROM events GROUP BY aggregate_type ORDER BY events DESC",
             [manifest.sealed_position], what="Lake summary",
         )
-        with translate_errors("Lake summary"):  # stream counts from the hot tier's table of streams (cheap)
+        with translate_errors("Lake summary"):  # stream counts from the hot tier's stream heads (cheap)
             streams = dict(self._store.hot.con.execute(
-                "SELECT aggregate_type, count(*) FROM streams GROUP BY aggregate_type").fetchall())
+                "SELECT aggregate_type, count(*) FROM stream_heads GROUP BY aggregate_type").fetchall())
         frame = frame.with_columns(
             pl.col("aggregate_type").replace_strict(streams, default=0, return_dtype=pl.Int64).alias("streams"))
         cell = 'style="padding:2px 10px;text-align:{}"'

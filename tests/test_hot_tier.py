@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from es_analytics import DuplicateEventError, Event, Lake
+from es_analytics.errors import InvalidArgumentError
 from es_analytics.events import new_event_id
 from es_analytics.store.hot import HOT_COLUMNS, SQLiteHotTier, event_id_hash, hot_rows_to_arrow
 
@@ -170,3 +171,22 @@ def test_the_kept_rows_never_exceed_their_limit(tmp_path: Path) -> None:
         before = _stored(lake)
         lake._store.seal()
         assert _stored(lake) == before
+
+
+def test_stream_versions_come_from_hot_rows_until_a_seal_records_them(tmp_path: Path) -> None:
+    with Lake.open(tmp_path / "lake", auto_seal_rows=0) as lake:
+        con = lake._store.hot.con
+        lake.append("a", [Event("Ticked", {"n": n}) for n in range(3)], expected_version=0, aggregate_type="Clock")
+        assert con.execute("SELECT count(*) FROM streams").fetchone()[0] == 0  # an append writes no head row
+        assert lake.current_version("a") == 3
+        lake.seal()
+        assert con.execute("SELECT aggregate_id, aggregate_type, version FROM streams").fetchall() == [("a", "Clock", 3)]
+        lake.append("a", [Event("Ticked", {"n": 3})], expected_version=3, aggregate_type="Clock")
+        lake.append("b", [Event("Ticked", {"n": 0})], expected_version=0, aggregate_type="Clock")
+        heads = sorted(con.execute("SELECT * FROM stream_heads").fetchall())
+        assert heads == [("a", "Clock", 4), ("b", "Clock", 1)]
+        assert (lake.current_version("a"), lake.current_version("b"), lake.current_version("c")) == (4, 1, 0)
+        with pytest.raises(InvalidArgumentError, match="is a .Clock."):
+            lake.append("a", [Event("Ticked", {})], expected_version=4, aggregate_type="Other")
+        lake.seal()
+        assert sorted(con.execute("SELECT * FROM streams").fetchall()) == heads

@@ -223,7 +223,7 @@ class LakeDatastore:
             chunk = list(aggregate_ids[start:start + _CHUNK])
             marks = ",".join("?" * len(chunk))
             rows = con.execute(
-                "SELECT s.aggregate_id, s.aggregate_type, s.version, coalesce(o.version_offset, 0) FROM streams s "
+                "SELECT s.aggregate_id, s.aggregate_type, s.version, coalesce(o.version_offset, 0) FROM stream_heads s "
                 f"LEFT JOIN eventsourcing_version_offsets o USING (aggregate_id) WHERE s.aggregate_id IN ({marks})",
                 chunk,
             ).fetchall()

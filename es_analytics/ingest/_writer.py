@@ -199,7 +199,7 @@ class LakeWriter:
                 ids = json.dumps(list(aggregate_ids[start:start + 100_000]))
                 rows += con.execute(
                     "SELECT s.aggregate_id, s.aggregate_type, s.version FROM json_each(?) AS j "
-                    "CROSS JOIN streams AS s ON s.aggregate_id = j.value", (ids,)  # CROSS: ids drive the loop
+                    "CROSS JOIN stream_heads AS s ON s.aggregate_id = j.value", (ids,)  # CROSS: ids drive the loop
                 ).fetchall()
         return pl.DataFrame(rows, schema={"aggregate_id": pl.String, "head_type": pl.String, "head": pl.Int64},
                             orient="row")

@@ -124,7 +124,7 @@ def _check_events(store: LakeStore) -> tuple[list[dict[str, Any]], dict[str, Any
     con.executemany("INSERT INTO _heads VALUES (?, ?, ?)", zip(*(heads[c].to_pylist() for c in heads.column_names)))
     mismatched = con.execute(
         "SELECT h.aggregate_id, coalesce(s.version, 0), h.version FROM _heads h "
-        "LEFT JOIN streams s USING (aggregate_id) WHERE coalesce(s.version, 0) != h.version LIMIT 5"
+        "LEFT JOIN stream_heads s USING (aggregate_id) WHERE coalesce(s.version, 0) != h.version LIMIT 5"
     ).fetchall()
     if mismatched:
         problems.append(_problem(

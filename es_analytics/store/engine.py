@@ -226,6 +226,7 @@ class LakeStore:
         if new and not from_hot:
             self._sync_streams(new)
         self.hot.bump_sequence(manifest.sealed_position)
+        self.hot.keep_heads(manifest.sealed_position)
         if not from_hot:
             self.hot.delete_through(manifest.sealed_position)
         self.hot.set_meta("sealed_position", manifest.sealed_position)
@@ -485,7 +486,7 @@ class LakeStore:
         heads_json = heads.select("aggregate_id", "aggregate_type", "first").write_json()
         bad = con.execute(
             "SELECT i.value ->> 'aggregate_id', i.value ->> 'aggregate_type', s.aggregate_type, i.value ->> 'first', "
-            "coalesce(s.version, 0) FROM json_each(?) AS i LEFT JOIN streams AS s ON s.aggregate_id = i.value ->> 'aggregate_id' "
+            "coalesce(s.version, 0) FROM json_each(?) AS i LEFT JOIN stream_heads AS s ON s.aggregate_id = i.value ->> 'aggregate_id' "
             "WHERE i.value ->> 'first' != coalesce(s.version, 0) + 1 "
             "OR i.value ->> 'aggregate_type' != coalesce(s.aggregate_type, i.value ->> 'aggregate_type') LIMIT 1",
             (heads_json,),

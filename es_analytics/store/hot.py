@@ -1,7 +1,10 @@
 """The hot tier: a SQLite database in WAL mode that takes every append.
 
-One transaction per append. ``streams`` holds each stream's version (the optimistic-concurrency check),
-``events`` the committed events not yet sealed (with each id's hash, so a seal indexes them in SQL),
+One transaction per append. A stream's version (the optimistic-concurrency check) is the highest
+version of its hot rows (an index seek) or, for a stream with no hot rows, its row in ``streams``, which
+holds the heads of sealed streams and is brought up to date when rows are sealed; the view
+``stream_heads`` combines the two. An append thus writes three B-tree pages, not four.
+``events`` holds the committed events not yet sealed (with each id's hash, so a seal indexes them in SQL),
 ``event_ids`` a compact hash index of sealed event ids (for idempotent retries), ``files`` and
 ``stream_index`` say which sealed file and row group hold a stream. SQLite's locking lets several
 processes write one lake at once.
@@ -71,6 +74,11 @@ CREATE TABLE IF NOT EXISTS streams (
     aggregate_type TEXT NOT NULL,
     version INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE VIEW IF NOT EXISTS stream_heads (aggregate_id, aggregate_type, version) AS
+    SELECT aggregate_id, aggregate_type, max(aggregate_version) FROM events GROUP BY aggregate_id
+    UNION ALL
+    SELECT aggregate_id, aggregate_type, version FROM streams s
+    WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.aggregate_id = s.aggregate_id);
 CREATE TABLE IF NOT EXISTS event_ids (
     id_hash INTEGER NOT NULL,
     position INTEGER NOT NULL,
@@ -104,12 +112,15 @@ _FAST_PATH_EVENTS = 5_000
 # ({probe}) how many sealed event-id hashes match the batch (bound parameters, never pasted values), and
 # the last position handed out.
 _HEAD_SQL = (
-    "SELECT s.aggregate_type, s.version, max("
+    "SELECT coalesce(h.aggregate_type, s.aggregate_type), coalesce(h.aggregate_version, s.version), max("
     "coalesce((SELECT recorded_at FROM events ORDER BY position DESC LIMIT 1), 0), "
     "coalesce((SELECT value FROM meta WHERE key = 'last_recorded_at'), 0)), {probe}, "
-    + _LAST_POSITION_SQL + " FROM (SELECT 1) LEFT JOIN streams s ON s.aggregate_id = ?"
+    + _LAST_POSITION_SQL + " FROM (SELECT ?1 AS id) AS q "
+    "LEFT JOIN (SELECT aggregate_type, aggregate_version FROM events WHERE aggregate_id = ?1 "
+    "ORDER BY aggregate_version DESC LIMIT 1) AS h "
+    "LEFT JOIN streams s ON s.aggregate_id = q.id"
 )
-_HEAD_ONE_SQL = _HEAD_SQL.format(probe="(SELECT count(*) FROM event_ids WHERE id_hash = ?)")
+_HEAD_ONE_SQL = _HEAD_SQL.format(probe="(SELECT count(*) FROM event_ids WHERE id_hash = ?2)")
 
 
 def hot_rows_to_arrow(rows: Sequence[HotRow]) -> pa.Table:
@@ -329,8 +340,12 @@ class SQLiteHotTier:
 
     # -- appends ------------------------------------------------------------------------------
     def current_version(self, aggregate_id: str) -> int:
-        row = self.con.execute("SELECT version FROM streams WHERE aggregate_id = ?", (aggregate_id,)).fetchone()
-        return 0 if row is None else int(row[0])
+        row = self.con.execute(
+            "SELECT coalesce((SELECT max(aggregate_version) FROM events WHERE aggregate_id = ?1), "
+            "(SELECT version FROM streams WHERE aggregate_id = ?1), 0)",
+            (aggregate_id,),
+        ).fetchone()
+        return int(row[0])
 
     def last_recorded_at(self) -> int:
         return int(self.con.execute(
@@ -386,15 +401,36 @@ class SQLiteHotTier:
         if len(hashes) == 1:
             sql = _HEAD_ONE_SQL
         else:
-            sql = _HEAD_SQL.format(probe=f"(SELECT count(*) FROM event_ids WHERE id_hash IN ({','.join('?' * len(hashes))}))")
-        with self.write():
-            head = self.con.execute(sql, (*hashes, aggregate_id)).fetchone()
-            if head[3] or (expected_version is not None and head[1] is not None and expected_version != head[1]):
-                raise _MaybeRetry
+            marks = ",".join(f"?{i}" for i in range(2, len(hashes) + 2))
+            sql = _HEAD_SQL.format(probe=f"(SELECT count(*) FROM event_ids WHERE id_hash IN ({marks}))")
+        # The transaction of ``write()``, spelled out: this is the path every single append takes.
+        if not self._local_writer.acquire(timeout=self.busy_timeout):
+            raise LakeBusyError(
+                f"another thread of this process held the lake's hot tier for {self.busy_timeout:.0f} s"
+            )
+        con = self.con
+        committed = None
+        try:
+            self._begin("BEGIN IMMEDIATE")
             try:
-                return self._insert(aggregate_id, aggregate_type, events, expected_version, encoded, head, hashes)
-            except sqlite3.IntegrityError:
-                raise _MaybeRetry from None
+                head = con.execute(sql, (aggregate_id, *hashes)).fetchone()
+                if head[3] or (expected_version is not None and head[1] is not None and expected_version != head[1]):
+                    raise _MaybeRetry
+                try:
+                    result = self._insert(aggregate_id, aggregate_type, events, expected_version, encoded, head, hashes)
+                except sqlite3.IntegrityError:
+                    raise _MaybeRetry from None
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            con.execute("COMMIT")
+            committed = self._pending
+        finally:
+            self._pending = None
+            self._local_writer.release()
+        if committed:
+            self._remember(committed)
+        return result
 
     def _insert(
         self,
@@ -406,7 +442,7 @@ class SQLiteHotTier:
         head: tuple[Any, ...],
         hashes: Sequence[int] | None = None,
     ) -> tuple[int, int]:
-        """Inside a write transaction: check type and version, insert, bump the stream's version.
+        """Inside a write transaction: check type and version, insert (the new hot rows are the new head).
 
         ``head`` is a row of ``_HEAD_SQL``; ``hashes`` the events' id hashes, if computed already.
         """
@@ -437,13 +473,7 @@ class SQLiteHotTier:
         if self.cache_limit:
             self._pending = rows
         last_position = before + len(rows)
-        new_version = actual + len(events)
-        con.execute(
-            "INSERT INTO streams (aggregate_id, aggregate_type, version) VALUES (?, ?, ?) "
-            "ON CONFLICT (aggregate_id) DO UPDATE SET version = excluded.version",
-            (aggregate_id, aggregate_type, new_version),
-        )
-        return new_version, int(last_position)
+        return actual + len(events), int(last_position)
 
     def _known(self, events: Sequence[Event], lookup_sealed: Any) -> dict[str, StoredMatch]:
         """The stored events, among those given, keyed by event id."""
@@ -570,7 +600,7 @@ class SQLiteHotTier:
         for start in range(0, len(ids), _CHUNK):
             chunk = ids[start:start + _CHUNK]
             for aggregate_id, aggregate_type, version in con.execute(
-                f"SELECT aggregate_id, aggregate_type, version FROM streams WHERE aggregate_id IN ({','.join('?' * len(chunk))})",
+                f"SELECT aggregate_id, aggregate_type, version FROM stream_heads WHERE aggregate_id IN ({','.join('?' * len(chunk))})",
                 chunk,
             ):
                 heads[aggregate_id] = (aggregate_type, int(version))
@@ -594,13 +624,17 @@ class SQLiteHotTier:
         con.executemany(_INSERT_SQL, new_rows)
         if self.cache_limit:
             self._pending = new_rows
-        last = before + len(rows)
-        con.executemany(
-            "INSERT INTO streams (aggregate_id, aggregate_type, version) VALUES (?, ?, ?) "
-            "ON CONFLICT (aggregate_id) DO UPDATE SET version = excluded.version",
-            [(a, types[a], running[a]) for a in ids],
+        return before + 1
+
+    def keep_heads(self, through: int) -> None:
+        """Inside a write transaction: record in ``streams`` the heads of the streams of hot rows at or
+        below ``through``, before those rows are deleted (they are sealed)."""
+        self.con.execute(
+            "INSERT INTO streams (aggregate_id, aggregate_type, version) "
+            "SELECT aggregate_id, aggregate_type, max(aggregate_version) FROM events WHERE position <= ? "
+            "GROUP BY aggregate_id ON CONFLICT (aggregate_id) DO UPDATE SET version = max(version, excluded.version)",
+            (through,),
         )
-        return last - len(rows) + 1
 
     def index_sealed_ids(self, after: int, through: int) -> None:
         """Inside a write transaction: add the hashes of the hot rows' ids in ``(after, through]`` to the
