@@ -462,7 +462,7 @@ class Privacy:
     # writing
     def encode(self, events: Sequence[Event]) -> list[tuple[str, str]]:
         """The (data, metadata) JSON text to store for each event, declared fields encrypted."""
-        if not any(personal_fields(t, v) for t, v in {(e.event_type, e.schema_version) for e in events}):
+        if not _DECLARED or not any(personal_fields(t, v) for t, v in {(e.event_type, e.schema_version) for e in events}):
             return [(e.data_json, e.metadata_json) for e in events]  # nothing declared personal: stored as made
         return [(self.encrypt_json(e.event_type, e.schema_version, e.event_id, e.data_json),  # type: ignore[arg-type]
                  e.metadata_json) for e in events]

@@ -315,6 +315,11 @@ class SQLiteHotTier:
             self.con.execute("COMMIT")
 
     def _begin(self, statement: str) -> None:
+        try:
+            self.con.execute(statement)
+            return
+        except sqlite3.OperationalError:
+            pass  # locked: wait below
         deadline = time.monotonic() + self.busy_timeout
         while True:
             try:
