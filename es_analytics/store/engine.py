@@ -291,7 +291,7 @@ class LakeStore:
             total, files = 0, []
             while True:
                 manifest = self.manifest()
-                table = self._read_hot(manifest.sealed_position, max_rows)
+                table = self._read_hot(manifest.sealed_position, max_rows, from_memory=True)
                 if not table.num_rows:
                     break
                 through = table["position"][-1].as_py()
@@ -326,9 +326,11 @@ class LakeStore:
             "seconds": round(time.perf_counter() - started, 3),
         }
 
-    def _read_hot(self, after: int, limit: int) -> pa.Table:
+    def _read_hot(self, after: int, limit: int, *, from_memory: bool = False) -> pa.Table:
         """Committed hot rows above ``after`` as Arrow, from one read snapshot.
 
+        ``from_memory`` (a seal): take the rows this handle appended from its memory when they are exactly
+        the rows in range. Everything that must see the file as it is (integrity checks) reads it.
         (Reading through a second SQLite library such as an ADBC driver would be faster, but two SQLite
         copies in one process break each other's POSIX locks: see docs/decisions.md.)
         """
@@ -336,7 +338,7 @@ class LakeStore:
             last = self.hot.con.execute("SELECT max(position) FROM events").fetchone()[0]
             if last is None or last <= after:
                 return EVENT_SCHEMA.empty_table()
-            cached = self.hot.cached_after(after, int(last), limit)
+            cached = self.hot.cached_after(after, int(last), limit) if from_memory else None
             return cached if cached is not None else self.hot.arrow_after(after, limit)
 
     def _write_by_type(self, table: pa.Table, level: int = 0) -> tuple[list[FileEntry], dict[str, pl.DataFrame]]:
