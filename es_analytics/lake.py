@@ -85,6 +85,7 @@ class Lake:
         durability: Durability = "full",
         safe_sql: bool = False,
         auto_seal_rows: int = 50_000,
+        seal_in_background: bool = True,
         key_store: KeyStore | None = None,
     ) -> Lake:
         """Open the lake in folder ``path``, creating an empty one if the folder is missing or empty.
@@ -100,6 +101,10 @@ class Lake:
             Forbid ``lake.sql`` from reading any file outside the lake (the command line turns it on).
         auto_seal_rows
             Seal on its own once this many events wait in the hot tier (0 turns it off).
+        seal_in_background
+            Run those automatic seals on a background thread, so the append that crosses the threshold
+            does not wait for Parquet to be written (``False``: the appending thread seals before it
+            returns). ``close()`` waits for a running seal.
         key_store
             Where data subjects' keys live (see ``es_analytics.privacy``); default a
             :class:`~es_analytics.privacy.FileKeyStore` in the lake folder.
@@ -114,7 +119,10 @@ class Lake:
         if isinstance(auto_seal_rows, bool) or not isinstance(auto_seal_rows, int) or auto_seal_rows < 0:
             raise InvalidArgumentError(f"auto_seal_rows must be a non-negative int, got {auto_seal_rows!r}")
         folder = Path(path).expanduser().absolute()
-        store = LakeStore(folder, durability=durability, safe_sql=safe_sql, auto_seal_rows=auto_seal_rows)
+        if not isinstance(seal_in_background, bool):
+            raise InvalidArgumentError(f"seal_in_background must be True or False, got {seal_in_background!r}")
+        store = LakeStore(folder, durability=durability, safe_sql=safe_sql, auto_seal_rows=auto_seal_rows,
+                          seal_in_background=seal_in_background)
         return cls(store, folder, key_store)
 
     def close(self) -> None:
@@ -355,6 +363,7 @@ class Lake:
         """Check the lake (fsck) and report; with ``repair=True`` fix what is safe to fix."""
         from .store.check import check_lake
 
+        self._store.wait_for_seal()
         with translate_errors("check"):
             return check_lake(self._store, repair=repair)
 

@@ -260,13 +260,39 @@ def test_reopen_keeps_everything_and_positions_never_reused(tmp_path: Path) -> N
         assert lake.check()["ok"]
 
 
-def test_auto_seal_moves_events_to_parquet(tmp_path: Path) -> None:
-    with Lake.open(tmp_path / "l", auto_seal_rows=10) as lake:
+@pytest.mark.parametrize("background", [False, True])
+def test_auto_seal_moves_events_to_parquet(tmp_path: Path, background: bool) -> None:
+    with Lake.open(tmp_path / "l", auto_seal_rows=10, seal_in_background=background) as lake:
         for n in range(25):
             lake.append(f"s{n % 5}", [deposit(n)], expected_version=None, aggregate_type="T")
-        assert lake._store.manifest().sealed_position >= 20
+            assert lake.events().height == n + 1  # every acknowledged event is readable, sealing or not
+        lake._store.wait_for_seal()
+        assert lake._store.manifest().sealed_position >= (20 if not background else 10)
         assert lake.events().height == 25
         assert list((tmp_path / "l" / "events" / "aggregate_type=T").glob("*.parquet"))
+        assert lake.check()["ok"]
+
+
+def test_a_failing_background_seal_is_logged_and_loses_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from es_analytics.store.sealed import ParquetSealedTier
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise OSError("disk full")
+
+    with Lake.open(tmp_path / "l", auto_seal_rows=5) as lake:
+        monkeypatch.setattr(ParquetSealedTier, "write", broken)
+        for n in range(12):
+            lake.append(f"s{n % 3}", [deposit(n)], expected_version=None, aggregate_type="T")
+        lake._store.wait_for_seal()
+        assert isinstance(lake._store.seal_error, OSError)
+        assert "background seal" in caplog.text
+        assert lake._store.manifest().sealed_position == 0
+        assert lake.events().height == 12
+        monkeypatch.undo()
+        assert lake.seal()["sealed_events"] == 12
+        assert lake.check()["ok"]
 
 
 def test_compaction_keeps_every_event_and_point_reads(tmp_path: Path) -> None:

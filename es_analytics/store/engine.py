@@ -13,6 +13,7 @@ import fcntl
 import logging
 import json
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -58,19 +59,27 @@ class LakeStore:
         durability: Durability = "full",
         safe_sql: bool = False,
         auto_seal_rows: int = 50_000,
+        seal_in_background: bool = False,
         compact_after_files: int = 8,
         retire_grace_seconds: float = 600.0,
         busy_timeout: float = 30.0,
     ) -> None:
         self.folder = folder
+        self.durability = durability
         self.auto_seal_rows = auto_seal_rows
+        self.seal_in_background = seal_in_background
+        self._sealer: threading.Thread | None = None
+        self._sealer_store: LakeStore | None = None
+        self.seal_error: BaseException | None = None  # what the last background seal raised, if it failed
         self.compact_after_files = compact_after_files
         self.retire_grace_seconds = retire_grace_seconds
         self.busy_timeout = busy_timeout
         self._prepare_folder()
         self.hot = SQLiteHotTier(folder / HOT_NAME, durability=durability, busy_timeout=busy_timeout)
-        # The rows this handle appended are kept until a seal takes them, so it need not read them back.
+        # The rows this handle appended are kept until a seal takes them, so it need not read them back;
+        # a background sealer (below) takes them from the handle that started it.
         self.hot.cache_limit = 2 * auto_seal_rows
+        self.row_cache = self.hot
         self.sealed = ParquetSealedTier(folder)
         self.reader = DuckReader(folder, safe=safe_sql)
         self._manifest_key: tuple[int, int, int] | None = None
@@ -111,6 +120,10 @@ class LakeStore:
             raise LakeError(f"cannot create a lake in {str(folder)!r}: {exc}") from exc
 
     def close(self) -> None:
+        self.wait_for_seal()
+        if self._sealer_store is not None:
+            self._sealer_store.close()
+            self._sealer_store = None
         self.reader.close()
         self.hot.close()
 
@@ -310,7 +323,7 @@ class LakeStore:
                 with self.hot.write():
                     self._apply(manifest, indexes, from_hot=True)
                 self.hot.drop_sealed(through)
-                self.hot.forget_cached(through)
+                self.row_cache.forget_cached(through)
                 total += table.num_rows
                 files += [e.path for e in entries]
                 if table.num_rows < max_rows:
@@ -338,7 +351,7 @@ class LakeStore:
             last = self.hot.con.execute("SELECT max(position) FROM events").fetchone()[0]
             if last is None or last <= after:
                 return EVENT_SCHEMA.empty_table()
-            cached = self.hot.cached_after(after, int(last), limit) if from_memory else None
+            cached = self.row_cache.cached_after(after, int(last), limit) if from_memory else None
             return cached if cached is not None else self.hot.arrow_after(after, limit)
 
     def _write_by_type(self, table: pa.Table, level: int = 0) -> tuple[list[FileEntry], dict[str, pl.DataFrame]]:
@@ -351,11 +364,49 @@ class LakeStore:
         return entries, indexes
 
     def maybe_auto_seal(self, last_position: int) -> None:
-        """Seal when the hot tier has grown past ``auto_seal_rows`` (skipped if another process seals)."""
+        """Seal when the hot tier has grown past ``auto_seal_rows`` (skipped if another process seals).
+
+        With ``seal_in_background`` the seal runs on a thread with its own connections and the append
+        that crossed the threshold returns at once; the appends that follow wait only for the seal's
+        short write transactions. An append waits for the running seal only once the hot tier holds four
+        times the threshold (back-pressure).
+        """
         if not self.auto_seal_rows or last_position - self._manifest.sealed_position < self.auto_seal_rows:
             return  # the cached manifest is never ahead of the real one, so no need to stat it
-        if last_position - self.manifest().sealed_position >= self.auto_seal_rows:
+        backlog = last_position - self.manifest().sealed_position
+        if backlog < self.auto_seal_rows:
+            return
+        if not self.seal_in_background:
             self.seal(wait=False)
+            return
+        sealer = self._sealer
+        if sealer is None or not sealer.is_alive():
+            self._sealer = threading.Thread(target=self._seal_in_background, name="es-analytics-seal")
+            self._sealer.start()
+        elif backlog >= 4 * self.auto_seal_rows:
+            sealer.join()
+
+    def _seal_in_background(self) -> None:
+        try:
+            if self._sealer_store is None:
+                store = LakeStore(
+                    self.folder, durability=self.durability, auto_seal_rows=0,
+                    compact_after_files=self.compact_after_files, retire_grace_seconds=self.retire_grace_seconds,
+                    busy_timeout=self.busy_timeout,
+                )
+                store.row_cache = self.hot  # seal the rows this handle appended without reading them back
+                self._sealer_store = store
+            self._sealer_store.seal(wait=False)
+            self.seal_error = None
+        except Exception as exc:  # the events are committed in the hot tier; the next threshold retries
+            self.seal_error = exc
+            logger.exception("background seal of %s failed; the events stay in the hot tier", self.folder)
+
+    def wait_for_seal(self) -> None:
+        """Wait for a background seal this handle started (returns at once if none is running)."""
+        sealer = self._sealer
+        if sealer is not None and sealer is not threading.current_thread():
+            sealer.join()
 
     # -- compaction ---------------------------------------------------------------------------
     def _maybe_compact(self) -> list[str]:

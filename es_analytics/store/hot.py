@@ -17,6 +17,7 @@ Lakes made before this rule have an AUTOINCREMENT ``events`` table; both kinds a
 from __future__ import annotations
 
 import hashlib
+import os
 import sqlite3
 import threading
 import time
@@ -135,6 +136,15 @@ def hot_rows_to_arrow(rows: Sequence[HotRow]) -> pa.Table:
 # One lock per hot-tier file and process, taken around every write transaction (see ``write``).
 _WRITERS: dict[str, threading.Lock] = {}
 _WRITERS_GUARD = threading.Lock()
+
+
+def _fresh_writer_locks() -> None:
+    """In a forked child: locks held by the parent's threads at the fork would never be released."""
+    global _WRITERS, _WRITERS_GUARD
+    _WRITERS, _WRITERS_GUARD = {}, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_fresh_writer_locks)
 
 
 class _MaybeRetry(Exception):
@@ -393,7 +403,7 @@ class SQLiteHotTier:
         encoded: Sequence[tuple[str, str]],
         lookup_sealed: Any,
     ) -> tuple[int, int]:
-        """The common case in four statements: head and sealed-id probe, insert, stream version, commit.
+        """The common case in four statements: begin, head and sealed-id probe, insert, commit.
 
         Anything that might be a retry (a sealed id hash matches, the version differs, or an id is
         already in the hot tier) raises ``_MaybeRetry`` after rolling back, for the slow path.
