@@ -203,7 +203,7 @@ class LakeStore:
                     removed.append(rel)
             with self.hot.write():
                 applied = self._apply(manifest, {})
-            self.hot.drop_sealed(manifest.sealed_position)  # left by a seal interrupted while dropping them
+            self.hot.drop_sealed(manifest.sealed_position)  # sealed rows still hot (a repair; none normally)
             manifest = self._drop_retired(manifest)
         return {"removed_files": removed, "indexed_files": applied}
 
@@ -211,13 +211,16 @@ class LakeStore:
         """Inside a hot write transaction: bring SQLite up to ``manifest``. Idempotent.
 
         ``from_hot``: the new files hold exactly the hot rows up to the manifest's sealed position (a
-        seal, which indexed their ids from the hot rows' stored hashes before publishing and drops the
-        sealed hot rows afterwards); stream versions are current already. Otherwise (imports, recovery)
-        ids and stream heads come from the files and sealed hot rows are deleted here.
+        seal), so their event ids are indexed from the hot rows' stored hashes in one statement. Otherwise
+        (imports, recovery) ids and stream heads come from the files. Either way the heads of the hot
+        rows now sealed go to ``streams`` and those rows are deleted, in this one transaction.
         """
         con = self.hot.con
         if int(self.hot.meta("manifest_generation", -1)) == manifest.generation:
             return 0
+        previous = int(self.hot.meta("sealed_position", 0))
+        if from_hot:
+            self.hot.index_sealed_ids(previous, manifest.sealed_position)
         known = dict(con.execute("SELECT path, file_id FROM files").fetchall())
         listed = {f.path for f in manifest.files}
         for path, file_id in known.items():
@@ -239,9 +242,8 @@ class LakeStore:
         if new and not from_hot:
             self._sync_streams(new)
         self.hot.bump_sequence(manifest.sealed_position)
-        self.hot.keep_heads(manifest.sealed_position)
-        if not from_hot:
-            self.hot.delete_through(manifest.sealed_position)
+        self.hot.keep_heads(previous, manifest.sealed_position)
+        self.hot.delete_through(manifest.sealed_position)
         self.hot.set_meta("sealed_position", manifest.sealed_position)
         self.hot.set_meta("last_recorded_at", max(manifest.last_recorded_at, int(self.hot.meta("last_recorded_at", 0))))
         self.hot.set_meta("manifest_generation", manifest.generation)
@@ -309,11 +311,6 @@ class LakeStore:
                     break
                 through = table["position"][-1].as_py()
                 entries, indexes = self._write_by_type(table)
-                # Short write transactions only, so appends in other threads and processes go on: index
-                # the ids first (an entry for a row not yet sealed is harmless: the hot row answers it),
-                # then publish, then apply, then drop the sealed hot rows in chunks.
-                with self.hot.write():
-                    self.hot.index_sealed_ids(manifest.sealed_position, through)
                 manifest = manifest.next(
                     sealed_position=through,
                     last_recorded_at=max(manifest.last_recorded_at, to_micros(table["recorded_at"][-1].as_py())),
@@ -322,7 +319,6 @@ class LakeStore:
                 self._publish(manifest)
                 with self.hot.write():
                     self._apply(manifest, indexes, from_hot=True)
-                self.hot.drop_sealed(through)
                 self.row_cache.forget_cached(through)
                 total += table.num_rows
                 files += [e.path for e in entries]

@@ -641,14 +641,15 @@ class SQLiteHotTier:
             self._pending = new_rows
         return before + 1
 
-    def keep_heads(self, through: int) -> None:
-        """Inside a write transaction: record in ``streams`` the heads of the streams of hot rows at or
-        below ``through``, before those rows are deleted (they are sealed)."""
+    def keep_heads(self, after: int, through: int) -> None:
+        """Inside a write transaction: record in ``streams`` the heads of the streams of the hot rows in
+        ``(after, through]``, before those rows are deleted (they are sealed)."""
         self.con.execute(
             "INSERT INTO streams (aggregate_id, aggregate_type, version) "
-            "SELECT aggregate_id, aggregate_type, max(aggregate_version) FROM events WHERE position <= ? "
-            "GROUP BY aggregate_id ON CONFLICT (aggregate_id) DO UPDATE SET version = max(version, excluded.version)",
-            (through,),
+            "SELECT aggregate_id, aggregate_type, max(aggregate_version) FROM events "
+            "WHERE position > ? AND position <= ? GROUP BY aggregate_id "
+            "ON CONFLICT (aggregate_id) DO UPDATE SET version = max(version, excluded.version)",
+            (after, through),
         )
 
     def index_sealed_ids(self, after: int, through: int) -> None:
