@@ -51,10 +51,16 @@ class ParquetSealedTier:
         # aggregate_type was validated as an identifier in events.py: safe as a folder name.
         return self.folder / EVENTS_DIR / f"aggregate_type={aggregate_type}"
 
-    def write(self, table: pa.Table, aggregate_type: str, level: int = 0) -> tuple[FileEntry, pl.DataFrame]:
-        """Write one sorted file for ``aggregate_type``; returns its entry and its row-group index."""
+    def write(
+        self, table: pa.Table, aggregate_type: str, level: int = 0, *, presorted: bool = False
+    ) -> tuple[FileEntry, pl.DataFrame]:
+        """Write one sorted file for ``aggregate_type``; returns its entry and its row-group index.
+
+        ``presorted``: the caller has sorted ``table`` by (aggregate_id, aggregate_version) already.
+        """
         table = table.select(EVENT_SCHEMA.names).cast(EVENT_SCHEMA)
-        table = table.sort_by([("aggregate_id", "ascending"), ("aggregate_version", "ascending")])
+        if not presorted:
+            table = table.sort_by([("aggregate_id", "ascending"), ("aggregate_version", "ascending")])
         folder = self.partition_dir(aggregate_type)
         folder.mkdir(parents=True, exist_ok=True)
         first = pc.min(table["position"]).as_py()
