@@ -535,6 +535,34 @@ def test_a_concurrent_append_between_check_and_import_is_caught(tmp_path: Path, 
     assert empty_lake.check()["ok"]
 
 
+def test_a_stream_moved_after_an_earlier_batch_is_checked_again(tmp_path: Path, empty_lake: Lake,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ingest remembers the heads of streams it imported; when another writer moves such a stream
+    before the next batch, the import's own check fails and the batch is checked with heads read afresh."""
+    from es_analytics import Event
+    from es_analytics.ingest import _writer
+
+    rows = make_rows(streams=1, per_stream=4)
+    first = write_jsonl(tmp_path / "a.jsonl", rows[:2])
+    second = write_jsonl(tmp_path / "b.jsonl", rows[2:])
+    original = _writer.LakeWriter._check_heads
+    calls = []
+
+    def racing(self: Any, frame: pl.DataFrame) -> pl.DataFrame:
+        calls.append(frame.height)
+        if len(calls) == 2:  # after the first file's import, before the second file's check
+            empty_lake.append("acc-0", [Event("MoneyDeposited", {"amount": 1}, event_id="other", occurred_at=T0)],
+                              expected_version=2, aggregate_type="BankAccount")
+        return original(self, frame)
+
+    monkeypatch.setattr(_writer.LakeWriter, "_check_heads", racing)
+    result = ingest(empty_lake, [first, second])
+    assert (result.imported, result.rejected) == (3, 1)
+    assert "stream acc-0 is already at version 3 and holds another event at version 3" in result.rejects["reason"][0]
+    assert empty_lake.events("acc-0")["event_id"].to_list() == ["e-0-1", "e-0-2", "other", "e-0-4"]
+    assert empty_lake.check()["ok"]
+
+
 def test_eventsourcing_aggregate_recorder_table_without_rowid(tmp_path: Path, empty_lake: Lake) -> None:
     """The library's aggregate recorder table is WITHOUT ROWID: read in stream order instead."""
     import uuid
