@@ -202,10 +202,10 @@ class LakeStore:
             return 0
         known = dict(con.execute("SELECT path, file_id FROM files").fetchall())
         listed = {f.path for f in manifest.files}
-        for path, file_id in known.items():
-            if path not in listed:
-                con.execute("DELETE FROM stream_index WHERE file_id = ?", (file_id,))
-                con.execute("DELETE FROM files WHERE file_id = ?", (file_id,))
+        gone = json.dumps([file_id for path, file_id in known.items() if path not in listed])
+        if gone != "[]":  # one pass over stream_index for all of them (file_id is not its leading key)
+            con.execute("DELETE FROM stream_index WHERE file_id IN (SELECT value FROM json_each(?))", (gone,))
+            con.execute("DELETE FROM files WHERE file_id IN (SELECT value FROM json_each(?))", (gone,))
         new = [f for f in manifest.files if f.path not in known]
         for entry in new:
             file_id = con.execute("INSERT INTO files (path) VALUES (?) RETURNING file_id", (entry.path,)).fetchone()[0]
@@ -268,7 +268,13 @@ class LakeStore:
             )
 
     def _sync_streams(self, entries: Sequence[FileEntry]) -> None:
-        """Raise stream versions to what new files hold (a no-op after a normal seal)."""
+        """Raise stream versions to what new files hold (a no-op after a normal seal).
+
+        Compacted files (level 1) are skipped: they hold the rows of files that were indexed already.
+        """
+        entries = [e for e in entries if e.level == 0]
+        if not entries:
+            return
         parts = [self._import_facts[e.path].heads for e in entries if e.path in self._import_facts]
         paths = [str(self.folder / e.path) for e in entries if e.path not in self._import_facts]
         if paths:

