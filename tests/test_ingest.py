@@ -603,3 +603,32 @@ def test_bulk_import_refuses_gaps_and_type_changes(empty_lake: Lake) -> None:
     with pytest.raises(InvalidArgumentError, match=r"start at 3 but the stream is at version 2 \(type 'BankAccount'\)"):
         store.import_table(table("User", [3]), check_event_ids=False)
     assert empty_lake.current_version("s-1") == 2
+
+
+def test_bulk_import_takes_rows_in_any_order_with_an_order_column(empty_lake: Lake) -> None:
+    """``order=`` names the commit order of rows handed over in another order (ingest passes them sorted by
+    stream); positions follow it, and each type's file is sorted by stream and version."""
+    import pyarrow.parquet as pq
+
+    rows = [("b", "User", 1, 3), ("b", "User", 2, 5), ("a", "BankAccount", 1, 4), ("c", "BankAccount", 1, 1),
+            ("c", "BankAccount", 2, 2)]
+    frame = pl.DataFrame({
+        "event_id": [f"{a}-{v}" for a, _, v, _ in rows], "event_type": ["Happened"] * 5,
+        "schema_version": pl.Series([1] * 5, dtype=pl.Int32), "aggregate_type": [t for _, t, _, _ in rows],
+        "aggregate_id": [a for a, _, _, _ in rows], "aggregate_version": [v for _, _, v, _ in rows],
+        "occurred_at": pl.Series([T0] * 5).dt.cast_time_unit("us"), "data": ["{}"] * 5, "metadata": ["{}"] * 5,
+        "commit": [c for *_, c in rows],
+    })
+    store = empty_lake._store
+    store.import_table(frame, check_event_ids=False, order="commit")
+    events = empty_lake.events()
+    assert events["event_id"].to_list() == ["c-1", "c-2", "b-1", "a-1", "b-2"]
+    assert events["position"].to_list() == [1, 2, 3, 4, 5]
+    for entry in store.manifest().files:
+        stored = pq.read_table(store.folder / entry.path)
+        keys = list(zip(stored["aggregate_id"].to_pylist(), stored["aggregate_version"].to_pylist()))
+        assert keys == sorted(keys) and set(stored["aggregate_type"].to_pylist()) == {entry.aggregate_type}
+    with pytest.raises(InvalidArgumentError, match="not contiguous"):
+        store.import_table(frame.with_columns(pl.lit(2, pl.Int64).alias("aggregate_version"),
+                                              (pl.col("event_id") + "x").alias("event_id"),
+                                              pl.Series([1, 2, 3, 5, 4]).alias("commit")), order="commit")

@@ -102,9 +102,9 @@ class LakeWriter:
             self._park(waiting)
         if not ready.height:
             return
-        table = _commit_order(ready)
+        table = _with_commit_order(ready)
         try:
-            self.store.import_table(table.to_arrow(), check_event_ids=False)
+            self.store.import_table(table, check_event_ids=False, order="_commit")
         except InvalidArgumentError:
             # Another writer moved a stream between our check and the import: check again.
             if attempts <= 1:
@@ -254,14 +254,16 @@ def _same_stream() -> pl.Expr:
     return (pl.col("aggregate_id") == pl.col("aggregate_id").shift(1)).fill_null(False)
 
 
-def _commit_order(ready: pl.DataFrame) -> pl.DataFrame:
-    """Source order, except that each stream's rows take its slots in ascending version order.
+def _with_commit_order(ready: pl.DataFrame) -> pl.DataFrame:
+    """The rows to import, still sorted by stream and version (as the lake's files want them), with
+    ``_commit``: their commit order.
 
-    ``ready`` is sorted by (aggregate_id, aggregate_version). In the usual case each stream's versions
+    That is the source order, except that each stream's rows take its slots in ascending version order.
+    ``ready`` is sorted by (aggregate_id, aggregate_version); in the usual case each stream's versions
     already rise with the source order, and the commit order is simply the source order.
     """
     in_order = (pl.col("_ord") > pl.col("_ord").shift(1)) | ~_same_stream()
     if ready.select(in_order.all()).item():
-        return ready.sort("_ord").select(_IMPORT_COLUMNS)
+        return ready.select(*_IMPORT_COLUMNS, pl.col("_ord").alias("_commit"))
     slots = ready.sort("aggregate_id", "_ord")["_ord"]
-    return ready.with_columns(slots.alias("_slot")).sort("_slot").select(_IMPORT_COLUMNS)
+    return ready.with_columns(slots.alias("_commit")).select(*_IMPORT_COLUMNS, "_commit")

@@ -431,26 +431,36 @@ class LakeStore:
 
     # -- bulk import --------------------------------------------------------------------------
     def import_table(
-        self, table: pa.Table, *, keep_recorded_at: bool = False, trusted: bool = False, check_event_ids: bool = True
+        self,
+        table: pa.Table | pl.DataFrame,
+        *,
+        keep_recorded_at: bool = False,
+        trusted: bool = False,
+        check_event_ids: bool = True,
+        order: str | None = None,
     ) -> dict[str, Any]:
         """Append many streams' events at once, straight into Parquet (used by ingest and sample data).
 
-        ``table`` has the event columns except ``position`` (and ``recorded_at`` unless
-        ``keep_recorded_at``), in commit order. Each stream's versions must continue its current
-        version without gaps; event ids must be new. All or nothing. ``check_event_ids=False`` skips only
-        the (per-id) check that event ids are new, for callers that checked them in bulk already (ingest).
+        ``table`` (Arrow or polars) has the event columns except ``position`` (and ``recorded_at`` unless
+        ``keep_recorded_at``), in commit order, or in any order with ``order`` naming an integer column
+        that gives the commit order (that column is not stored). Each stream's versions must continue its
+        current version without gaps; event ids must be new. All or nothing. ``check_event_ids=False``
+        skips only the (per-id) check that event ids are new, for callers that checked them in bulk
+        already (ingest).
 
         The rows are sorted once, as the sealed files store them; the checks and everything the hot
         tier's indexes need (stream heads, row groups, event-id hashes) come from that sorted table in
         memory instead of from reading the written files back (see docs/decisions.md).
         """
-        n = table.num_rows
+        n = table.height if isinstance(table, pl.DataFrame) else table.num_rows
         if n == 0:
             return {"imported_events": 0}
+        if order is not None and keep_recorded_at:
+            raise InvalidArgumentError("keep_recorded_at needs the rows in commit order, not order=")
         if self.encrypt_table is not None:
-            table = self.encrypt_table(table)
+            table = self.encrypt_table(table.to_arrow() if isinstance(table, pl.DataFrame) else table)
         # Work that does not depend on the lake's state happens before its locks are taken.
-        batch = _SortedImport(table, keep_recorded_at=keep_recorded_at)
+        batch = _SortedImport(table, keep_recorded_at=keep_recorded_at, order=order)
         if not trusted:
             batch.check_within()
         with self.seal_lock():
@@ -611,6 +621,22 @@ def _hash_ids(ids: pa.Table) -> pl.DataFrame:
     return frame
 
 
+def _in_file_order(frame: pl.DataFrame) -> pl.DataFrame:
+    """``frame`` sorted by (aggregate_type, aggregate_id, aggregate_version).
+
+    Rows that come sorted by stream and version already (as ingest hands them over) only need a stable
+    sort by type, or none for a single type: a check of neighbouring rows instead of a sort on three keys.
+    """
+    previous_id = pl.col("aggregate_id").shift(1)
+    by_stream = (pl.col("aggregate_id") > previous_id) | (
+        (pl.col("aggregate_id") == previous_id) & (pl.col("aggregate_version") > pl.col("aggregate_version").shift(1)))
+    if frame.height and frame.select(by_stream.fill_null(True).all()).item():
+        if frame["aggregate_type"].n_unique() == 1:
+            return frame
+        return frame.sort("aggregate_type", maintain_order=True)
+    return frame.sort(_FILE_ORDER, maintain_order=True)
+
+
 def _sort_for_files(table: pa.Table) -> pa.Table:
     """Events in the order of the sealed files, types first (so each type's rows are one slice)."""
     frame = pl.from_arrow(table)
@@ -643,22 +669,33 @@ class _SortedImport:
     the continuity check sends to SQLite.
     """
 
-    def __init__(self, table: pa.Table, *, keep_recorded_at: bool) -> None:
+    def __init__(self, table: pa.Table | pl.DataFrame, *, keep_recorded_at: bool, order: str | None = None) -> None:
         columns = [c for c in EVENT_SCHEMA.names if c != "position" and (c != "recorded_at" or keep_recorded_at)]
-        table = table.select(columns)
         self.min_recorded_at = 0
         self._max_recorded_at = 0
-        if keep_recorded_at:
-            recorded = pc.cast(table["recorded_at"], pa.int64())
-            if table.num_rows > 1 and pc.any(pc.less(recorded[1:], recorded[:-1])).as_py():
-                raise InvalidArgumentError("recorded_at must not decrease in commit order")
-            self.min_recorded_at = int(pc.min(recorded).as_py())
-            self._max_recorded_at = int(pc.max(recorded).as_py())
-            table = table.set_column(
-                columns.index("recorded_at"), "recorded_at", pc.cast(recorded, EVENT_SCHEMA.field("recorded_at").type))
-        frame = pl.from_arrow(table)
-        assert isinstance(frame, pl.DataFrame)
-        self.frame = frame.with_row_index("_rank").sort(_FILE_ORDER, maintain_order=True)
+        if isinstance(table, pa.Table):
+            table = table.select(columns + ([order] if order else []))
+            if keep_recorded_at:
+                recorded = pc.cast(table["recorded_at"], pa.int64())
+                if table.num_rows > 1 and pc.any(pc.less(recorded[1:], recorded[:-1])).as_py():
+                    raise InvalidArgumentError("recorded_at must not decrease in commit order")
+                self.min_recorded_at = int(pc.min(recorded).as_py())
+                self._max_recorded_at = int(pc.max(recorded).as_py())
+                table = table.set_column(
+                    columns.index("recorded_at"), "recorded_at", pc.cast(recorded, EVENT_SCHEMA.field("recorded_at").type))
+            converted = pl.from_arrow(table)
+            assert isinstance(converted, pl.DataFrame)
+            frame = converted
+        else:
+            if keep_recorded_at:
+                raise InvalidArgumentError("keep_recorded_at needs an Arrow table")
+            frame = table.select(columns + ([order] if order else []))
+        if order is None:
+            frame = frame.with_row_index("_rank")
+        else:
+            frame = frame.with_columns(
+                (pl.col(order).rank("ordinal") - 1).cast(pl.UInt32).alias("_rank")).drop(order)
+        self.frame = _in_file_order(frame)
         self._same = (
             (pl.col("aggregate_id") == pl.col("aggregate_id").shift(1))
             & (pl.col("aggregate_type") == pl.col("aggregate_type").shift(1))
