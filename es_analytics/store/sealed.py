@@ -30,13 +30,12 @@ EVENTS_DIR = "events"
 
 def row_group_index(sorted_ids: pa.Array | pa.ChunkedArray, row_group_size: int) -> pl.DataFrame:
     """Distinct (aggregate_id, row_group) pairs of a column sorted by aggregate_id."""
-    frame = pl.DataFrame({"aggregate_id": pl.from_arrow(sorted_ids)})
-    return (
-        frame.with_row_index("row")
-        .with_columns((pl.col("row") // row_group_size).cast(pl.Int64).alias("row_group"))
-        .select("aggregate_id", "row_group")
-        .unique(maintain_order=True)
-    )
+    frame = pl.DataFrame({"aggregate_id": pl.from_arrow(sorted_ids)}).with_columns(
+        (pl.int_range(0, pl.len(), dtype=pl.Int64) // row_group_size).alias("row_group"))
+    # Sorted ids: a pair is new where the id or the row group changes (no hash table needed).
+    new = (pl.col("aggregate_id") != pl.col("aggregate_id").shift(1)) | (
+        pl.col("row_group") != pl.col("row_group").shift(1))
+    return frame.filter(new.fill_null(True))
 
 
 class ParquetSealedTier:
