@@ -8,7 +8,8 @@ Per chunk of valid rows (polars, in source order):
 3. each stream's rows must continue its stored version without gaps: rows ahead of a gap wait in a bounded
    pending buffer for later chunks (sources need not be ordered by version), and are rejected at the end;
 4. importable rows keep their source order, except that within a stream versions are put in ascending
-   order, and go to ``LakeStore.import_table`` (straight into Parquet, continuity re-checked under the lock).
+   order, and go to ``LakeStore.import_table`` (straight into Parquet, continuity re-checked under the lock),
+   still sorted by stream as the lake's files want them, with that commit order as a column.
 """
 
 from __future__ import annotations
