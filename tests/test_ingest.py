@@ -535,6 +535,34 @@ def test_a_concurrent_append_between_check_and_import_is_caught(tmp_path: Path, 
     assert empty_lake.check()["ok"]
 
 
+def test_a_stream_moved_after_an_earlier_batch_is_checked_again(tmp_path: Path, empty_lake: Lake,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ingest remembers the heads of streams it imported; when another writer moves such a stream
+    before the next batch, the import's own check fails and the batch is checked with heads read afresh."""
+    from es_analytics import Event
+    from es_analytics.ingest import _writer
+
+    rows = make_rows(streams=1, per_stream=4)
+    first = write_jsonl(tmp_path / "a.jsonl", rows[:2])
+    second = write_jsonl(tmp_path / "b.jsonl", rows[2:])
+    original = _writer.LakeWriter._check_heads
+    calls = []
+
+    def racing(self: Any, frame: pl.DataFrame) -> pl.DataFrame:
+        calls.append(frame.height)
+        if len(calls) == 2:  # after the first file's import, before the second file's check
+            empty_lake.append("acc-0", [Event("MoneyDeposited", {"amount": 1}, event_id="other", occurred_at=T0)],
+                              expected_version=2, aggregate_type="BankAccount")
+        return original(self, frame)
+
+    monkeypatch.setattr(_writer.LakeWriter, "_check_heads", racing)
+    result = ingest(empty_lake, [first, second])
+    assert (result.imported, result.rejected) == (3, 1)
+    assert "stream acc-0 is already at version 3 and holds another event at version 3" in result.rejects["reason"][0]
+    assert empty_lake.events("acc-0")["event_id"].to_list() == ["e-0-1", "e-0-2", "other", "e-0-4"]
+    assert empty_lake.check()["ok"]
+
+
 def test_eventsourcing_aggregate_recorder_table_without_rowid(tmp_path: Path, empty_lake: Lake) -> None:
     """The library's aggregate recorder table is WITHOUT ROWID: read in stream order instead."""
     import uuid
@@ -575,3 +603,32 @@ def test_bulk_import_refuses_gaps_and_type_changes(empty_lake: Lake) -> None:
     with pytest.raises(InvalidArgumentError, match=r"start at 3 but the stream is at version 2 \(type 'BankAccount'\)"):
         store.import_table(table("User", [3]), check_event_ids=False)
     assert empty_lake.current_version("s-1") == 2
+
+
+def test_bulk_import_takes_rows_in_any_order_with_an_order_column(empty_lake: Lake) -> None:
+    """``order=`` names the commit order of rows handed over in another order (ingest passes them sorted by
+    stream); positions follow it, and each type's file is sorted by stream and version."""
+    import pyarrow.parquet as pq
+
+    rows = [("b", "User", 1, 3), ("b", "User", 2, 5), ("a", "BankAccount", 1, 4), ("c", "BankAccount", 1, 1),
+            ("c", "BankAccount", 2, 2)]
+    frame = pl.DataFrame({
+        "event_id": [f"{a}-{v}" for a, _, v, _ in rows], "event_type": ["Happened"] * 5,
+        "schema_version": pl.Series([1] * 5, dtype=pl.Int32), "aggregate_type": [t for _, t, _, _ in rows],
+        "aggregate_id": [a for a, _, _, _ in rows], "aggregate_version": [v for _, _, v, _ in rows],
+        "occurred_at": pl.Series([T0] * 5).dt.cast_time_unit("us"), "data": ["{}"] * 5, "metadata": ["{}"] * 5,
+        "commit": [c for *_, c in rows],
+    })
+    store = empty_lake._store
+    store.import_table(frame, check_event_ids=False, order="commit")
+    events = empty_lake.events()
+    assert events["event_id"].to_list() == ["c-1", "c-2", "b-1", "a-1", "b-2"]
+    assert events["position"].to_list() == [1, 2, 3, 4, 5]
+    for entry in store.manifest().files:
+        stored = pq.read_table(store.folder / entry.path)
+        keys = list(zip(stored["aggregate_id"].to_pylist(), stored["aggregate_version"].to_pylist()))
+        assert keys == sorted(keys) and set(stored["aggregate_type"].to_pylist()) == {entry.aggregate_type}
+    with pytest.raises(InvalidArgumentError, match="not contiguous"):
+        store.import_table(frame.with_columns(pl.lit(2, pl.Int64).alias("aggregate_version"),
+                                              (pl.col("event_id") + "x").alias("event_id"),
+                                              pl.Series([1, 2, 3, 5, 4]).alias("commit")), order="commit")

@@ -42,6 +42,7 @@ Format = Literal["jsonl", "csv", "parquet", "sql", "eventsourcing"]
 FORMATS = ("jsonl", "csv", "parquet", "sql", "eventsourcing")
 REJECT_COLUMNS = ("file", "line", "reason", "record")
 _KEEP_REJECTS = 10_000
+_BLOCK_BYTES = 64 << 20  # the largest block of a JSON Lines or CSV file read at once
 
 
 @dataclass(frozen=True)
@@ -238,7 +239,7 @@ def _open(item: str, format: str | None, table: str | None, mapping: dict[str, s
     path = Path(item)
     if not path.is_file():
         raise InvalidArgumentError(f"no file at {item!r}")
-    block = 64 << 20
+    block = _BLOCK_BYTES
     if kind == "jsonl":
         columns, batches = src.read_jsonl(path, mapping, min(block, max(1 << 16, batch_size * 400)))
         opened = src.Source(str(path), "jsonl", src.file_size(path), "B", batches)
@@ -341,7 +342,13 @@ def _run_one(opened: _Opened, file_no: int, writer: LakeWriter, log: _RejectLog,
     """
     validator = opened.validator
     validator.timezone = timezone
-    queue: Queue[Any] = Queue(maxsize=1)
+    # The reader may run about one batch ahead. A batch of a JSON Lines or CSV file is gathered from several
+    # blocks; with room for one block only, the importer waited for most of every next batch after each
+    # import (25 s of a 165 s profile of 10M events).
+    ahead = 1
+    if opened.source.format in ("jsonl", "csv"):
+        ahead = max(1, min(8, -(-batch_size * 400 // _BLOCK_BYTES)))
+    queue: Queue[Any] = Queue(maxsize=ahead)
     stop = threading.Event()
 
     def produce() -> None:

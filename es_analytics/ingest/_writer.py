@@ -8,7 +8,8 @@ Per chunk of valid rows (polars, in source order):
 3. each stream's rows must continue its stored version without gaps: rows ahead of a gap wait in a bounded
    pending buffer for later chunks (sources need not be ordered by version), and are rejected at the end;
 4. importable rows keep their source order, except that within a stream versions are put in ascending
-   order, and go to ``LakeStore.import_table`` (straight into Parquet, continuity re-checked under the lock).
+   order, and go to ``LakeStore.import_table`` (straight into Parquet, continuity re-checked under the lock),
+   still sorted by stream as the lake's files want them, with that commit order as a column.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ Reject = tuple[int, int, str, str]  # (file number, line, reason, record)
 _IMPORT_COLUMNS = ("event_id", "event_type", "schema_version", "aggregate_type", "aggregate_id",
                    "aggregate_version", "occurred_at", "data", "metadata")
 _LINE_SPAN = 10**12
+_HEAD_SCHEMA = {"aggregate_id": pl.String, "head_type": pl.String, "head": pl.Int64}
 
 
 class LakeWriter:
@@ -46,6 +48,7 @@ class LakeWriter:
         self._seen = duckdb.connect(config={"threads": 2})
         self._seen.execute("CREATE TABLE seen (h UBIGINT)")
         self._load_seen()
+        self._known_heads = pl.DataFrame(schema=_HEAD_SCHEMA)  # streams this run imported: their heads
         # No compaction between batches (it would rewrite a type's files again and again); the lake's
         # policy runs once at the end instead.
         self._compact_after = self.store.compact_after_files
@@ -100,16 +103,18 @@ class LakeWriter:
             self._park(waiting)
         if not ready.height:
             return
-        table = _commit_order(ready)
+        table = _with_commit_order(ready)
         try:
-            self.store.import_table(table.to_arrow(), check_event_ids=False)
+            self.store.import_table(table, check_event_ids=False, order="_commit")
         except InvalidArgumentError:
             # Another writer moved a stream between our check and the import: check again.
             if attempts <= 1:
                 raise
+            self._known_heads = self._known_heads.clear()
             self._write(ready.drop("head", "head_type"), attempts - 1)
             return
         self.counts["imported"] += table.height
+        self._remember_heads(table)
         ids = table.select("event_id").to_arrow()
         self._seen.execute("INSERT INTO seen SELECT hash(event_id) FROM ids")
 
@@ -169,7 +174,7 @@ class LakeWriter:
 
     def _check_heads(self, frame: pl.DataFrame) -> pl.DataFrame:
         """Join each row with its stream's stored head; drop rows of another type or at a taken version."""
-        heads = self._heads(frame["aggregate_id"].unique().to_list())
+        heads = self._heads(frame["aggregate_id"].unique())
         frame = frame.join(heads, on="aggregate_id", how="left", maintain_order="left").with_columns(
             pl.col("head").fill_null(0))
         # A new stream's type is that of its lowest version in the input (rows are sorted by version).
@@ -189,20 +194,42 @@ class LakeWriter:
             frame = frame.filter(~flags["wrong"] & ~flags["stale"])
         return frame
 
-    def _heads(self, aggregate_ids: Sequence[str]) -> pl.DataFrame:
-        """Stored (type, version) of the given streams, read from the hot tier's stream table."""
+    def _heads(self, aggregate_ids: Sequence[str] | pl.Series) -> pl.DataFrame:
+        """Stored (type, version) of the given streams.
+
+        Streams this run imported come from memory (``_known_heads``); only the others are read from the
+        hot tier's stream table. A head another writer moved since is caught by ``import_table``'s own
+        check under the lock, and the retry then reads every head afresh.
+        """
         import json
 
+        wanted = pl.DataFrame({"aggregate_id": aggregate_ids}, schema={"aggregate_id": pl.String})
+        known = wanted.join(self._known_heads, on="aggregate_id", how="inner")
+        # In key order: SQLite then walks its B-tree forwards (2-3x less CPU than random lookups, measured on
+        # 300k of 1.5M streams).
+        missing = wanted.join(self._known_heads, on="aggregate_id", how="anti")["aggregate_id"].sort().to_list()
         rows: list[tuple[Any, ...]] = []
-        with self.store.hot.read() as con:
-            for start in range(0, len(aggregate_ids), 100_000):
-                ids = json.dumps(list(aggregate_ids[start:start + 100_000]))
-                rows += con.execute(
-                    "SELECT s.aggregate_id, s.aggregate_type, s.version FROM json_each(?) AS j "
-                    "CROSS JOIN stream_heads AS s ON s.aggregate_id = j.value", (ids,)  # CROSS: ids drive the loop
-                ).fetchall()
-        return pl.DataFrame(rows, schema={"aggregate_id": pl.String, "head_type": pl.String, "head": pl.Int64},
-                            orient="row")
+        if missing:
+            with self.store.hot.read() as con:
+                for start in range(0, len(missing), 100_000):
+                    ids = json.dumps(missing[start:start + 100_000])
+                    # A stream's head is its highest hot version, else its sealed head in ``streams``.
+                    rows += con.execute(
+                        "SELECT j.value, coalesce((SELECT aggregate_type FROM events WHERE aggregate_id = j.value "
+                        "LIMIT 1), s.aggregate_type), coalesce((SELECT max(aggregate_version) FROM events "
+                        "WHERE aggregate_id = j.value), s.version) "
+                        "FROM json_each(?) AS j LEFT JOIN streams AS s ON s.aggregate_id = j.value "
+                        "WHERE s.aggregate_id IS NOT NULL OR EXISTS (SELECT 1 FROM events WHERE aggregate_id = j.value)",
+                        (ids,),
+                    ).fetchall()
+        stored = pl.DataFrame(rows, schema=_HEAD_SCHEMA, orient="row")
+        return pl.concat([known, stored]) if known.height else stored
+
+    def _remember_heads(self, imported: pl.DataFrame) -> None:
+        """Keep the heads of the streams just imported (their last imported version)."""
+        heads = imported.group_by("aggregate_id").agg(
+            pl.col("aggregate_type").first().alias("head_type"), pl.col("aggregate_version").max().alias("head"))
+        self._known_heads = pl.concat([self._known_heads.join(heads, on="aggregate_id", how="anti"), heads])
 
     def _split_contiguous(self, frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
         """Rows that continue their stream without a gap, and rows that must wait (sorted by stream, version)."""
@@ -223,7 +250,7 @@ class LakeWriter:
         self.pending = waiting
 
     def _reject_gaps(self, frame: pl.DataFrame) -> None:
-        heads = self._heads(frame["aggregate_id"].unique().to_list())
+        heads = self._heads(frame["aggregate_id"].unique())
         frame = frame.join(heads, on="aggregate_id", how="left").with_columns(pl.col("head").fill_null(0))
         self._reject(frame, pl.format(
             "version gap: stream {} is at version {}, this event has version {} (the versions between are "
@@ -235,14 +262,16 @@ def _same_stream() -> pl.Expr:
     return (pl.col("aggregate_id") == pl.col("aggregate_id").shift(1)).fill_null(False)
 
 
-def _commit_order(ready: pl.DataFrame) -> pl.DataFrame:
-    """Source order, except that each stream's rows take its slots in ascending version order.
+def _with_commit_order(ready: pl.DataFrame) -> pl.DataFrame:
+    """The rows to import, still sorted by stream and version (as the lake's files want them), with
+    ``_commit``: their commit order.
 
-    ``ready`` is sorted by (aggregate_id, aggregate_version). In the usual case each stream's versions
+    That is the source order, except that each stream's rows take its slots in ascending version order.
+    ``ready`` is sorted by (aggregate_id, aggregate_version); in the usual case each stream's versions
     already rise with the source order, and the commit order is simply the source order.
     """
     in_order = (pl.col("_ord") > pl.col("_ord").shift(1)) | ~_same_stream()
     if ready.select(in_order.all()).item():
-        return ready.sort("_ord").select(_IMPORT_COLUMNS)
+        return ready.select(*_IMPORT_COLUMNS, pl.col("_ord").alias("_commit"))
     slots = ready.sort("aggregate_id", "_ord")["_ord"]
-    return ready.with_columns(slots.alias("_slot")).sort("_slot").select(_IMPORT_COLUMNS)
+    return ready.with_columns(slots.alias("_commit")).select(*_IMPORT_COLUMNS, "_commit")

@@ -30,13 +30,12 @@ EVENTS_DIR = "events"
 
 def row_group_index(sorted_ids: pa.Array | pa.ChunkedArray, row_group_size: int) -> pl.DataFrame:
     """Distinct (aggregate_id, row_group) pairs of a column sorted by aggregate_id."""
-    frame = pl.DataFrame({"aggregate_id": pl.from_arrow(sorted_ids)})
-    return (
-        frame.with_row_index("row")
-        .with_columns((pl.col("row") // row_group_size).cast(pl.Int64).alias("row_group"))
-        .select("aggregate_id", "row_group")
-        .unique(maintain_order=True)
-    )
+    frame = pl.DataFrame({"aggregate_id": pl.from_arrow(sorted_ids)}).with_columns(
+        (pl.int_range(0, pl.len(), dtype=pl.Int64) // row_group_size).alias("row_group"))
+    # Sorted ids: a pair is new where the id or the row group changes (no hash table needed).
+    new = (pl.col("aggregate_id") != pl.col("aggregate_id").shift(1)) | (
+        pl.col("row_group") != pl.col("row_group").shift(1))
+    return frame.filter(new.fill_null(True))
 
 
 class ParquetSealedTier:
@@ -51,10 +50,18 @@ class ParquetSealedTier:
         # aggregate_type was validated as an identifier in events.py: safe as a folder name.
         return self.folder / EVENTS_DIR / f"aggregate_type={aggregate_type}"
 
-    def write(self, table: pa.Table, aggregate_type: str, level: int = 0) -> tuple[FileEntry, pl.DataFrame]:
-        """Write one sorted file for ``aggregate_type``; returns its entry and its row-group index."""
+    def write(
+        self, table: pa.Table, aggregate_type: str, level: int = 0, *, presorted: bool = False
+    ) -> tuple[FileEntry, pl.DataFrame]:
+        """Write one sorted file for ``aggregate_type``; returns its entry and its row-group index.
+
+        ``presorted``: the caller has sorted ``table`` by (aggregate_id, aggregate_version) already.
+        """
         table = table.select(EVENT_SCHEMA.names).cast(EVENT_SCHEMA)
-        table = table.sort_by([("aggregate_id", "ascending"), ("aggregate_version", "ascending")])
+        if not presorted:  # polars sorts and gathers in about a third of pyarrow's sort_by time
+            frame = pl.from_arrow(table)
+            assert isinstance(frame, pl.DataFrame)
+            table = frame.sort("aggregate_id", "aggregate_version").to_arrow().cast(EVENT_SCHEMA)
         folder = self.partition_dir(aggregate_type)
         folder.mkdir(parents=True, exist_ok=True)
         first = pc.min(table["position"]).as_py()
