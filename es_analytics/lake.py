@@ -85,7 +85,7 @@ class Lake:
         durability: Durability = "full",
         safe_sql: bool = False,
         auto_seal_rows: int = 50_000,
-        seal_in_background: bool = True,
+        seal_in_background: bool = False,
         key_store: KeyStore | None = None,
     ) -> Lake:
         """Open the lake in folder ``path``, creating an empty one if the folder is missing or empty.
@@ -103,8 +103,9 @@ class Lake:
             Seal on its own once this many events wait in the hot tier (0 turns it off).
         seal_in_background
             Run those automatic seals on a background thread, so the append that crosses the threshold
-            does not wait for Parquet to be written (``False``: the appending thread seals before it
-            returns). ``close()`` waits for a running seal.
+            does not wait for Parquet to be written; ``close()`` waits for a running seal. Off by
+            default: the appending thread seals before it returns, which sustains about the same
+            throughput on two cores and deletes sealed rows more cheaply (see docs/decisions.md).
         key_store
             Where data subjects' keys live (see ``es_analytics.privacy``); default a
             :class:`~es_analytics.privacy.FileKeyStore` in the lake folder.

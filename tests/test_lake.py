@@ -281,7 +281,7 @@ def test_a_failing_background_seal_is_logged_and_loses_nothing(
     def broken(*args: object, **kwargs: object) -> None:
         raise OSError("disk full")
 
-    with Lake.open(tmp_path / "l", auto_seal_rows=5) as lake:
+    with Lake.open(tmp_path / "l", auto_seal_rows=5, seal_in_background=True) as lake:
         monkeypatch.setattr(ParquetSealedTier, "write", broken)
         for n in range(12):
             lake.append(f"s{n % 3}", [deposit(n)], expected_version=None, aggregate_type="T")
