@@ -207,7 +207,6 @@ class LakeStore:
                     removed.append(rel)
             with self.hot.write():
                 applied = self._apply(manifest, {})
-            self.hot.drop_sealed(manifest.sealed_position)  # sealed rows still hot (a repair; none normally)
             manifest = self._drop_retired(manifest)
         return {"removed_files": removed, "indexed_files": applied}
 

@@ -408,44 +408,20 @@ class SQLiteHotTier:
         Anything that might be a retry (a sealed id hash matches, the version differs, or an id is
         already in the hot tier) raises ``_MaybeRetry`` after rolling back, for the slow path.
         """
-        md5 = hashlib.md5
-        hashes = [  # event_id_hash, inlined: a function call per event costs a fifth of the hash
-            int.from_bytes(md5(e.event_id.encode("utf-8"), usedforsecurity=False).digest()[8:], "little") >> 1  # type: ignore[union-attr]
-            for e in events
-        ]
+        hashes = [event_id_hash(e.event_id) for e in events]  # type: ignore[arg-type]
         if len(hashes) == 1:
             sql = _HEAD_ONE_SQL
         else:
             marks = ",".join(f"?{i}" for i in range(2, len(hashes) + 2))
             sql = _HEAD_SQL.format(probe=f"(SELECT count(*) FROM event_ids WHERE id_hash IN ({marks}))")
-        # The transaction of ``write()``, spelled out: this is the path every single append takes.
-        if not self._local_writer.acquire(timeout=self.busy_timeout):
-            raise LakeBusyError(
-                f"another thread of this process held the lake's hot tier for {self.busy_timeout:.0f} s"
-            )
-        con = self.con
-        committed = None
-        try:
-            self._begin("BEGIN IMMEDIATE")
+        with self.write() as con:
+            head = con.execute(sql, (aggregate_id, *hashes)).fetchone()
+            if head[3] or (expected_version is not None and head[1] is not None and expected_version != head[1]):
+                raise _MaybeRetry
             try:
-                head = con.execute(sql, (aggregate_id, *hashes)).fetchone()
-                if head[3] or (expected_version is not None and head[1] is not None and expected_version != head[1]):
-                    raise _MaybeRetry
-                try:
-                    result = self._insert(aggregate_id, aggregate_type, events, expected_version, encoded, head, hashes)
-                except sqlite3.IntegrityError:
-                    raise _MaybeRetry from None
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
-            con.execute("COMMIT")
-            committed = self._pending
-        finally:
-            self._pending = None
-            self._local_writer.release()
-        if committed:
-            self._remember(committed)
-        return result
+                return self._insert(aggregate_id, aggregate_type, events, expected_version, encoded, head, hashes)
+            except sqlite3.IntegrityError:
+                raise _MaybeRetry from None
 
     def _insert(
         self,
@@ -661,19 +637,6 @@ class SQLiteHotTier:
             "WHERE position > ? AND position <= ? ORDER BY 1, 2",
             (after, through),
         )
-
-    def drop_sealed(self, through: int, *, chunk: int = 5_000) -> None:
-        """Delete the hot rows at or below ``through`` (sealed), one short transaction per ``chunk`` rows,
-        so that appends waiting for the write lock are never held up for long."""
-        while True:
-            with self.write():
-                first, last = self.con.execute("SELECT min(position), max(position) FROM events").fetchone()
-                if first is None or first > through:
-                    return
-                if last <= through:  # nothing newer: one whole-table delete (see ``delete_through``)
-                    self.con.execute("DELETE FROM events")
-                    return
-                self.con.execute("DELETE FROM events WHERE position <= ?", (min(through, first + chunk - 1),))
 
     def delete_through(self, position: int) -> None:
         """Inside a write transaction: delete the hot rows at or below ``position`` (they are sealed).
