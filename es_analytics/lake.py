@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -11,6 +12,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import duckdb
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -21,7 +23,7 @@ from .events import EVENT_COLUMNS, Event, check_aggregate_id, check_aggregate_ty
 from .privacy import ALGORITHM, ENVELOPE_KEY, KEY_FILE, FileKeyStore, KeyStore, Privacy
 from .store.engine import LakeStore
 from .store.hot import Durability
-from .store.reader import translate_errors
+from .store.reader import translate_errors, translated_error
 from .upcasting import UpcasterRegistry, default_registry, upcast_frame
 
 if TYPE_CHECKING:
@@ -222,10 +224,15 @@ class Lake:
         check_version(expected_version, "expected_version", allow_none=True)
         batch = self._check_events(events)
         encoded = self._privacy.encode(batch)
-        with translate_errors("append"):
+        try:  # translate_errors("append") inline: a context manager costs ~2 µs, on every single append
             version, last_position = self._store.hot.append(
                 aggregate_id, aggregate_type, batch, expected_version, encoded, self._store.lookup_sealed
             )
+        except (duckdb.Error, sqlite3.DatabaseError, pa.ArrowInvalid, OSError) as exc:
+            error = translated_error("append", exc)
+            if error is None:
+                raise
+            raise error from exc
         if last_position:
             self._store.maybe_auto_seal(last_position)
             if self._subscribers:

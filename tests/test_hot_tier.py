@@ -190,3 +190,102 @@ def test_stream_versions_come_from_hot_rows_until_a_seal_records_them(tmp_path: 
             lake.append("a", [Event("Ticked", {})], expected_version=4, aggregate_type="Other")
         lake.seal()
         assert sorted(con.execute("SELECT * FROM streams").fetchall()) == heads
+
+
+def _tick(n: int) -> Event:
+    return Event("Ticked", {"n": n}, occurred_at=T0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 1), st.sampled_from("ab"), st.sampled_from([None, None, 0, 1]),
+                          st.integers(-1, 1)), min_size=1, max_size=30))
+def test_handles_that_remember_heads_agree_with_the_lake(tmp_path_factory: pytest.TempPathFactory, steps: list) -> None:
+    """Two handles of one lake append in turns, sometimes with a stale expected version, and either may
+    seal (which removes hot rows): each one's remembered heads must never let a wrong version through or
+    turn away a right one."""
+    from es_analytics import ConcurrencyError
+
+    path = tmp_path_factory.mktemp("lake")
+    handles = [Lake.open(path, auto_seal_rows=0), Lake.open(path, auto_seal_rows=0)]
+    truth = {"a": 0, "b": 0}
+    try:
+        for n, (who, stream, sealer, skew) in enumerate(steps):
+            lake = handles[who]
+            expected = truth[stream] + skew
+            if expected < 0:
+                expected = 0
+            if expected == truth[stream]:
+                assert lake.append(stream, [_tick(n)], expected_version=expected, aggregate_type="Clock") == expected + 1
+                truth[stream] += 1
+            else:
+                with pytest.raises(ConcurrencyError) as caught:
+                    lake.append(stream, [_tick(n)], expected_version=expected, aggregate_type="Clock")
+                assert caught.value.actual == truth[stream]
+            if sealer is not None:
+                handles[sealer].seal()
+            assert [h.current_version(stream) for h in handles] == [truth[stream]] * 2
+        for stream, version in truth.items():
+            assert handles[0].events(stream)["aggregate_version"].to_list() == list(range(1, version + 1))
+        positions = handles[1].sql("SELECT position FROM events ORDER BY position")["position"].to_list()
+        assert positions == list(range(1, sum(truth.values()) + 1))
+    finally:
+        for h in handles:
+            h.close()
+
+
+@pytest.mark.parametrize("sealed", [False, True])
+def test_a_retry_through_the_one_statement_append_is_recognised(tmp_path: Path, sealed: bool) -> None:
+    """The single-event path (a remembered head, one INSERT) must hand retries of hot or sealed events and
+    reused ids to the full path."""
+    with Lake.open(tmp_path / "lake", auto_seal_rows=0) as lake:
+        first = _tick(1)
+        lake.append("a", [first], expected_version=0, aggregate_type="Clock")
+        if sealed:
+            lake.seal()
+        lake.append("a", [_tick(2)], expected_version=1, aggregate_type="Clock")  # the head is remembered again
+        hot = lake._store.hot
+        assert hot._heads.get("a") == ("Clock", 2) and hot._seen_version is not None
+        assert lake.append("a", [first], expected_version=None, aggregate_type="Clock") == 1  # a retry
+        reused = Event("Ticked", {"n": 99}, event_id=first.event_id, occurred_at=T0)
+        with pytest.raises(DuplicateEventError):
+            lake.append("a", [reused], expected_version=2, aggregate_type="Clock")
+        assert lake.events("a")["aggregate_version"].to_list() == [1, 2]
+        assert lake.append("a", [_tick(3)], expected_version=2, aggregate_type="Clock") == 3
+
+
+def test_a_handles_own_other_writes_make_it_read_heads_again(tmp_path: Path) -> None:
+    """A bulk import through the same handle moves a stream's head without an append: the next single
+    append must see the new head, not the remembered one."""
+    with Lake.open(tmp_path / "lake", auto_seal_rows=0) as lake:
+        lake.append("a", [_tick(1)], expected_version=0, aggregate_type="Clock")
+        assert lake._store.hot._heads.get("a") == ("Clock", 1)
+        table = pa.table({
+            "event_id": [new_event_id()], "event_type": ["Ticked"], "schema_version": pa.array([1], pa.int32()),
+            "aggregate_type": ["Clock"], "aggregate_id": ["a"], "aggregate_version": [2],
+            "occurred_at": pa.array([T0], pa.timestamp("us", tz="UTC")), "data": ['{"n": 2}'], "metadata": ["{}"],
+        })
+        lake._store.import_table(table)
+        from es_analytics import ConcurrencyError
+
+        with pytest.raises(ConcurrencyError) as caught:
+            lake.append("a", [_tick(3)], expected_version=1, aggregate_type="Clock")
+        assert caught.value.actual == 2
+        assert lake.append("a", [_tick(3)], expected_version=2, aggregate_type="Clock") == 3
+        assert lake.events("a")["aggregate_version"].to_list() == [1, 2, 3]
+
+
+def test_a_head_remembered_before_another_handle_sealed_is_not_trusted(tmp_path: Path) -> None:
+    """The other handle appends and seals, which deletes its hot row: only the change of SQLite's
+    data_version tells this handle that its remembered head (version 1) is stale."""
+    from es_analytics import ConcurrencyError
+
+    with Lake.open(tmp_path / "lake", auto_seal_rows=0) as mine, Lake.open(tmp_path / "lake", auto_seal_rows=0) as other:
+        mine.append("a", [_tick(1)], expected_version=0, aggregate_type="Clock")
+        other.append("a", [_tick(2)], expected_version=1, aggregate_type="Clock")
+        other.seal()
+        with pytest.raises(ConcurrencyError) as caught:
+            mine.append("a", [_tick(3)], expected_version=1, aggregate_type="Clock")
+        assert caught.value.actual == 2
+        assert mine.append("b", [_tick(4)], expected_version=0, aggregate_type="Clock") == 1
+        assert mine.sql("SELECT position FROM events ORDER BY position")["position"].to_list() == [1, 2, 3]
+        assert mine.events("a")["aggregate_version"].to_list() == [1, 2]

@@ -28,34 +28,38 @@ __all__ = ["DuckReader", "hot_rows_to_arrow", "translate_errors"]
 _READ_ONLY_TYPES = {"SELECT", "EXPLAIN"}
 
 
+def translated_error(what: str, exc: BaseException) -> Exception | None:
+    """The es_analytics error for a DuckDB, SQLite, pyarrow or OS error (``None`` for any other)."""
+    if isinstance(exc, duckdb.PermissionException):
+        return ReadOnlyQueryError(f"{what}: the query reads files outside the lake, which safe mode forbids ({exc})")
+    if isinstance(exc, duckdb.IOException):
+        return LakeError(f"{what}: cannot read a lake file: {exc}")
+    if isinstance(exc, duckdb.InvalidInputException) and ("magic bytes" in str(exc) or "Parquet" in str(exc)):
+        return LakeCorruptError(f"{what}: a sealed file is damaged ({exc}); run lake.check()")
+    if isinstance(exc, (duckdb.ParserException, duckdb.BinderException, duckdb.CatalogException,
+                        duckdb.InvalidInputException, duckdb.ConversionException)):
+        return QueryError(f"{what}: {exc}")
+    if isinstance(exc, duckdb.Error):
+        return QueryError(f"{what} failed in DuckDB: {exc}")
+    if isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc)):
+        return LakeBusyError(f"{what}: the hot tier is locked by another process ({exc})")
+    if isinstance(exc, sqlite3.DatabaseError):
+        return LakeError(f"{what}: hot tier error: {exc}")
+    if isinstance(exc, (pa.ArrowInvalid, pa.ArrowIOError, OSError)):
+        return LakeError(f"{what}: cannot read a lake file: {exc}")
+    return None
+
+
 @contextmanager
 def translate_errors(what: str) -> Iterator[None]:
     """Turn DuckDB, SQLite and pyarrow errors into es_analytics errors, keeping the cause."""
     try:
         yield
-    except duckdb.PermissionException as exc:
-        raise ReadOnlyQueryError(
-            f"{what}: the query reads files outside the lake, which safe mode forbids ({exc})"
-        ) from exc
-    except duckdb.IOException as exc:
-        raise LakeError(f"{what}: cannot read a lake file: {exc}") from exc
-    except duckdb.InvalidInputException as exc:
-        if "magic bytes" in str(exc) or "Parquet" in str(exc):
-            raise LakeCorruptError(f"{what}: a sealed file is damaged ({exc}); run lake.check()") from exc
-        raise QueryError(f"{what}: {exc}") from exc
-    except (duckdb.ParserException, duckdb.BinderException, duckdb.CatalogException,
-            duckdb.InvalidInputException, duckdb.ConversionException) as exc:
-        raise QueryError(f"{what}: {exc}") from exc
-    except duckdb.Error as exc:
-        raise QueryError(f"{what} failed in DuckDB: {exc}") from exc
-    except sqlite3.OperationalError as exc:
-        if "locked" in str(exc) or "busy" in str(exc):
-            raise LakeBusyError(f"{what}: the hot tier is locked by another process ({exc})") from exc
-        raise LakeError(f"{what}: hot tier error: {exc}") from exc
-    except sqlite3.DatabaseError as exc:
-        raise LakeError(f"{what}: hot tier error: {exc}") from exc
-    except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as exc:
-        raise LakeError(f"{what}: cannot read a lake file: {exc}") from exc
+    except (duckdb.Error, sqlite3.DatabaseError, pa.ArrowInvalid, OSError) as exc:
+        error = translated_error(what, exc)
+        if error is None:
+            raise
+        raise error from exc
 
 
 class DuckReader:
