@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 __all__ = ["Lake", "SubscriberFailure"]
 
 A = TypeVar("A", bound="Aggregate")
+_EVENT_COLUMN_LIST = list(EVENT_COLUMNS)
 _log = logging.getLogger("es_analytics")
 _MAX_SUBSCRIBER_ERRORS = 100
 _ENVELOPE_MARKER = f'"{ENVELOPE_KEY}":"{ALGORITHM}"'  # what an encrypted field looks like in stored JSON
@@ -322,14 +323,17 @@ class Lake:
         }
         if aggregate_id is not None:
             aggregate_id = check_aggregate_id(aggregate_id)
-            table = _filter_table(self._store.read_stream(aggregate_id), from_version, type_list, bounds)
+            table = self._store.read_stream(aggregate_id)
+            if from_version or type_list is not None or any(v is not None for v in bounds.values()):
+                table = _filter_table(table, from_version, type_list, bounds)
             return self._present_table(table)
         return self._present(self._scan_events(from_version, type_list, bounds))
 
     def _present_table(self, table: pa.Table) -> pl.DataFrame:
         """``_present`` for one stream's small table: polars only runs the decrypt and upcast steps when
         pyarrow finds rows that need them (on tiny frames each polars step costs a thread-pool round trip)."""
-        table = table.select(list(EVENT_COLUMNS))
+        if table.column_names != _EVENT_COLUMN_LIST:
+            table = table.select(_EVENT_COLUMN_LIST)
         frame = pl.from_arrow(table)
         assert isinstance(frame, pl.DataFrame)
         pending = self.upcasters._pending_types()

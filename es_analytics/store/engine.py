@@ -626,13 +626,15 @@ class LakeStore:
     def read_stream(self, aggregate_id: str) -> pa.Table:
         """Every stored event of one stream in version order (sealed row groups plus hot rows)."""
         with translate_errors("reading a stream"):
-            with self.hot.read():
-                locations = self.hot.stream_locations(aggregate_id)
-                sealed_position = int(self.hot.meta("sealed_position", 0))
-                hot = self.hot.stream_rows(aggregate_id, sealed_position)
-            sealed = self.sealed.read_stream(locations, aggregate_id) if locations else EVENT_SCHEMA.empty_table()
-            table = pa.concat_tables([sealed.cast(EVENT_SCHEMA), hot_rows_to_arrow(hot)])
-            if locations:
+            locations, hot = self.hot.stream_snapshot(aggregate_id)
+            if not locations:
+                return hot_rows_to_arrow(hot)
+            table = self.sealed.read_stream(locations, aggregate_id)
+            if table.schema != EVENT_SCHEMA:
+                table = table.cast(EVENT_SCHEMA)
+            if hot:  # newer than every sealed row of the stream: they follow them
+                table = pa.concat_tables([table, hot_rows_to_arrow(hot)])
+            if len({path for path, _ in locations}) > 1:  # each file is sorted by version; several are not
                 table = table.sort_by("aggregate_version")
             return table
 

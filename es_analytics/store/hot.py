@@ -134,7 +134,15 @@ _INSERT_IF_CURRENT_SQL = (
     "WHERE (SELECT data_version FROM pragma_data_version()) = ?13 "
     "AND NOT EXISTS (SELECT 1 FROM event_ids WHERE id_hash = ?14)"
 )
-_HEAD_CACHE_STREAMS = 100_000  # streams whose head a connection remembers between its appends
+_HEAD_CACHE_STREAMS = 100_000
+_LOCATIONS_SQL = (
+    "SELECT f.path, s.row_group FROM stream_index s JOIN files f USING (file_id) "
+    "WHERE s.aggregate_id = ? ORDER BY f.file_id, s.row_group"
+)
+_STREAM_HOT_SQL = (
+    f"SELECT {HOT_COLUMNS} FROM events WHERE aggregate_id = ?1 "
+    "AND position > coalesce((SELECT value FROM meta WHERE key = 'sealed_position'), 0) ORDER BY aggregate_version"
+)  # streams whose head a connection remembers between its appends
 
 
 def hot_rows_to_arrow(rows: Sequence[HotRow]) -> pa.Table:
@@ -836,6 +844,21 @@ class SQLiteHotTier:
             params.append(limit)
         return self.con.execute(sql, params).fetchall()
 
+    def stream_snapshot(self, aggregate_id: str) -> tuple[list[tuple[str, int]], list[HotRow]]:
+        """One stream's sealed locations (file, row group) and its hot rows, from one snapshot.
+
+        Two statements in one read transaction (its snapshot is taken by the first): the hot rows are
+        those above the sealed position, which a seal moves in the same transaction as it indexes them.
+        """
+        con = self.con
+        self._begin("BEGIN")
+        try:
+            locations = con.execute(_LOCATIONS_SQL, (aggregate_id,)).fetchall()
+            rows = con.execute(_STREAM_HOT_SQL, (aggregate_id,)).fetchall()
+        finally:
+            con.execute("COMMIT")
+        return locations, rows
+
     def stream_rows(self, aggregate_id: str, after_position: int) -> list[HotRow]:
         return self.con.execute(
             f"SELECT {HOT_COLUMNS} FROM events WHERE aggregate_id = ? AND position > ? ORDER BY aggregate_version",
@@ -843,11 +866,7 @@ class SQLiteHotTier:
         ).fetchall()
 
     def stream_locations(self, aggregate_id: str) -> list[tuple[str, int]]:
-        return self.con.execute(
-            "SELECT f.path, s.row_group FROM stream_index s JOIN files f USING (file_id) "
-            "WHERE s.aggregate_id = ? ORDER BY f.file_id, s.row_group",
-            (aggregate_id,),
-        ).fetchall()
+        return self.con.execute(_LOCATIONS_SQL, (aggregate_id,)).fetchall()
 
     def max_position(self) -> int:
         row = self.con.execute("SELECT max(position) FROM events").fetchone()
