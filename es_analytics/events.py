@@ -266,10 +266,25 @@ class Event:
         version = self.schema_version
         if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= 2**31 - 1:
             raise InvalidArgumentError(f"schema_version must be a positive int, got {version!r}")
-        event_id = new_event_id() if self.event_id is None else self.event_id
-        object.__setattr__(self, "event_id", check_aggregate_id(event_id, "event_id"))
+        if self.event_id is None:
+            # An id made here cannot be stored anywhere yet: the first append of this very object may skip
+            # looking for it among sealed ids (``Lake.append`` takes the mark; copies never carry it).
+            object.__setattr__(self, "event_id", new_event_id())
+            object.__setattr__(self, "_unsent", True)
+        else:
+            object.__setattr__(self, "event_id", check_aggregate_id(self.event_id, "event_id"))
         occurred = now_utc() if self.occurred_at is None else to_utc(self.occurred_at, "occurred_at")
         object.__setattr__(self, "occurred_at", occurred)
         object.__setattr__(self, "data_json", encode_json(self.data, "data"))
         metadata = {} if self.metadata is None else self.metadata
         object.__setattr__(self, "metadata_json", encode_json(metadata, "metadata"))
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled and copied events are never "unsent": the original may have been appended since."""
+        state = dict(self.__dict__)
+        state.pop("_unsent", None)
+        return state
+
+    def _take_unsent(self) -> bool:
+        """True once, for an event whose id was made when it was (atomic: ``dict.pop`` under the GIL)."""
+        return bool(self.__dict__.pop("_unsent", False))

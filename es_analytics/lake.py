@@ -227,7 +227,8 @@ class Lake:
         encoded = self._privacy.encode(batch)
         try:  # translate_errors("append") inline: a context manager costs ~2 µs, on every single append
             version, last_position = self._store.hot.append(
-                aggregate_id, aggregate_type, batch, expected_version, encoded, self._store.lookup_sealed
+                aggregate_id, aggregate_type, batch, expected_version, encoded, self._store.lookup_sealed,
+                unsent=all([e._take_unsent() for e in batch]),  # a list: every event's mark is taken
             )
         except (duckdb.Error, sqlite3.DatabaseError, pa.ArrowInvalid, OSError) as exc:
             error = translated_error("append", exc)

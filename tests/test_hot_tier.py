@@ -289,3 +289,33 @@ def test_a_head_remembered_before_another_handle_sealed_is_not_trusted(tmp_path:
         assert mine.append("b", [_tick(4)], expected_version=0, aggregate_type="Clock") == 1
         assert mine.sql("SELECT position FROM events ORDER BY position")["position"].to_list() == [1, 2, 3]
         assert mine.events("a")["aggregate_version"].to_list() == [1, 2]
+
+
+@pytest.mark.parametrize("how", ["same object", "pickled copy", "copy.copy", "deepcopy"])
+@pytest.mark.parametrize("size", [1, 3])
+def test_events_whose_ids_were_made_with_them_skip_the_sealed_probe_only_once(tmp_path: Path, how: str, size: int) -> None:
+    """An event with a generated id may skip the look-up among sealed ids on its first append only. The
+    same object again, or any copy made before that append (say, queued for a retry), must be recognised
+    as a retry after a seal, not stored twice."""
+    import copy
+    import pickle
+
+    events = [Event("Ticked", {"n": n}, occurred_at=T0) for n in range(size)]
+    copies = {
+        "same object": lambda: events,
+        "pickled copy": lambda: pickle.loads(pickle.dumps(events)),
+        "copy.copy": lambda: [copy.copy(e) for e in events],
+        "deepcopy": lambda: copy.deepcopy(events),
+    }
+    again = copies[how]()  # taken before the first append
+    assert [e == c for e, c in zip(events, again)] == [True] * size
+    with Lake.open(tmp_path / "lake", auto_seal_rows=0) as lake:
+        lake.append("warm", [_tick(0)], expected_version=0, aggregate_type="Clock")  # remembered heads
+        assert lake.append("a", events, expected_version=0, aggregate_type="Clock") == size
+        lake.seal()
+        lake.append("a", [_tick(9)], expected_version=size, aggregate_type="Clock")
+        assert lake.append("a", again, expected_version=None, aggregate_type="Clock") == size
+        assert lake.append("a", events, expected_version=None, aggregate_type="Clock") == size
+        stored = lake.events("a")
+        assert stored["aggregate_version"].to_list() == list(range(1, size + 2))
+        assert stored["event_id"].n_unique() == size + 1

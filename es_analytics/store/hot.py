@@ -134,6 +134,8 @@ _INSERT_IF_CURRENT_SQL = (
     "WHERE (SELECT data_version FROM pragma_data_version()) = ?13 "
     "AND NOT EXISTS (SELECT 1 FROM event_ids WHERE id_hash = ?14)"
 )
+_INSERT_IF_UNCHANGED_SQL = _INSERT_IF_CURRENT_SQL.split(" AND NOT EXISTS")[0]  # ids made with their events
+_HEAD_UNSENT_SQL = _HEAD_SQL.format(probe="0")
 _HEAD_CACHE_STREAMS = 100_000
 _LOCATIONS_SQL = (
     "SELECT f.path, s.row_group FROM stream_index s JOIN files f USING (file_id) "
@@ -407,19 +409,24 @@ class SQLiteHotTier:
         expected_version: int | None,
         encoded: Sequence[tuple[str, str]],
         lookup_sealed: Any,
+        *,
+        unsent: bool = False,
     ) -> tuple[int, int]:
         """Append in one transaction. Returns (new version, position of the last new event or 0).
 
         ``encoded`` holds the (data, metadata) JSON text to store for each event (after any field
         encryption). ``lookup_sealed(positions)`` returns ``StoredMatch``es for sealed positions.
+        ``unsent``: every event's id was made with the event and this is its first append, so none can
+        be among the sealed ids and that probe is skipped (the hot tier's unique index still applies).
         """
         if len(events) == 1 and self._seen_version is not None:
-            done = self._append_one(aggregate_id, aggregate_type, events[0], expected_version, encoded[0])
+            done = self._append_one(aggregate_id, aggregate_type, events[0], expected_version, encoded[0], unsent)
             if done is not None:
                 return done
         if len(events) <= _FAST_PATH_EVENTS:
             try:
-                return self._append_fast(aggregate_id, aggregate_type, events, expected_version, encoded, lookup_sealed)
+                return self._append_fast(
+                    aggregate_id, aggregate_type, events, expected_version, encoded, lookup_sealed, unsent)
             except _MaybeRetry:
                 pass  # rolled back; the slow path below tells a retry from a conflict
         with self.write():
@@ -436,6 +443,7 @@ class SQLiteHotTier:
         event: Event,
         expected_version: int | None,
         encoded: tuple[str, str],
+        unsent: bool = False,
     ) -> tuple[int, int] | None:
         """One event to a stream whose head this connection knows: a single self-committing INSERT.
 
@@ -467,7 +475,10 @@ class SQLiteHotTier:
             row = (position, event.event_id, event.event_type, event.schema_version, aggregate_type, aggregate_id,
                    version, to_micros(event.occurred_at), recorded, encoded[0], encoded[1], id_hash)  # type: ignore[arg-type]
             try:
-                inserted = con.execute(_INSERT_IF_CURRENT_SQL, (*row, seen, id_hash)).rowcount
+                if unsent:
+                    inserted = con.execute(_INSERT_IF_UNCHANGED_SQL, (*row, seen)).rowcount
+                else:
+                    inserted = con.execute(_INSERT_IF_CURRENT_SQL, (*row, seen, id_hash)).rowcount
             except sqlite3.Error:
                 inserted = 0  # a unique index (a retry?), a lock, a stale snapshot: the full path decides
             if inserted != 1:
@@ -490,6 +501,7 @@ class SQLiteHotTier:
         expected_version: int | None,
         encoded: Sequence[tuple[str, str]],
         lookup_sealed: Any,
+        unsent: bool = False,
     ) -> tuple[int, int]:
         """The common case in four statements: begin, head and sealed-id probe, insert, commit.
 
@@ -512,11 +524,13 @@ class SQLiteHotTier:
         try:
             self._begin("BEGIN IMMEDIATE")
             try:
-                cached = None
+                cached, hashes_bound = None, True
                 if self._seen_version is not None and con.total_changes == self._seen_changes:
                     cached = self._heads.get(aggregate_id)
                 if cached is not None:
-                    if len(hashes) == 1:
+                    if unsent:
+                        probe = con.execute(_PROBE_SQL.format(probe="0")).fetchone()
+                    elif len(hashes) == 1:
                         probe = con.execute(_PROBE_ONE_SQL, hashes).fetchone()
                     else:
                         marks = ",".join("?" * len(hashes))
@@ -528,12 +542,14 @@ class SQLiteHotTier:
                     else:
                         cached = None
                 if cached is None:
-                    if len(hashes) == 1:
+                    if unsent:
+                        sql, hashes_bound = _HEAD_UNSENT_SQL, False
+                    elif len(hashes) == 1:
                         sql = _HEAD_ONE_SQL
                     else:
                         marks = ",".join(f"?{i}" for i in range(2, len(hashes) + 2))
                         sql = _HEAD_SQL.format(probe=f"(SELECT count(*) FROM event_ids WHERE id_hash IN ({marks}))")
-                    head = con.execute(sql, (aggregate_id, *hashes)).fetchone()
+                    head = con.execute(sql, (aggregate_id, *hashes) if hashes_bound else (aggregate_id,)).fetchone()
                     if head[5] != self._seen_version:
                         self._heads.clear()  # another connection committed: what this one knew may be stale
                 if head[3] or (expected_version is not None and head[1] is not None and expected_version != head[1]):
