@@ -284,7 +284,3 @@ class Event:
         state = dict(self.__dict__)
         state.pop("_unsent", None)
         return state
-
-    def _take_unsent(self) -> bool:
-        """True once, for an event whose id was made when it was (atomic: ``dict.pop`` under the GIL)."""
-        return bool(self.__dict__.pop("_unsent", False))

@@ -228,7 +228,9 @@ class Lake:
         try:  # translate_errors("append") inline: a context manager costs ~2 µs, on every single append
             version, last_position = self._store.hot.append(
                 aggregate_id, aggregate_type, batch, expected_version, encoded, self._store.lookup_sealed,
-                unsent=all([e._take_unsent() for e in batch]),  # a list: every event's mark is taken
+                # Every event's mark is taken (a list, not a short-circuiting generator); dict.pop is
+                # atomic, so of two threads appending one event object only one sees it unsent.
+                unsent=all([e.__dict__.pop("_unsent", False) for e in batch]),
             )
         except (duckdb.Error, sqlite3.DatabaseError, pa.ArrowInvalid, OSError) as exc:
             error = translated_error("append", exc)

@@ -136,7 +136,7 @@ _INSERT_IF_CURRENT_SQL = (
 )
 _INSERT_IF_UNCHANGED_SQL = _INSERT_IF_CURRENT_SQL.split(" AND NOT EXISTS")[0]  # ids made with their events
 _HEAD_UNSENT_SQL = _HEAD_SQL.format(probe="0")
-_HEAD_CACHE_STREAMS = 100_000
+_HEAD_CACHE_STREAMS = 100_000  # streams whose head a connection remembers between its appends
 _LOCATIONS_SQL = (
     "SELECT f.path, s.row_group FROM stream_index s JOIN files f USING (file_id) "
     "WHERE s.aggregate_id = ? ORDER BY f.file_id, s.row_group"
@@ -144,7 +144,7 @@ _LOCATIONS_SQL = (
 _STREAM_HOT_SQL = (
     f"SELECT {HOT_COLUMNS} FROM events WHERE aggregate_id = ?1 "
     "AND position > coalesce((SELECT value FROM meta WHERE key = 'sealed_position'), 0) ORDER BY aggregate_version"
-)  # streams whose head a connection remembers between its appends
+)
 
 
 def hot_rows_to_arrow(rows: Sequence[HotRow]) -> pa.Table:
