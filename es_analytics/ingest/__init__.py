@@ -43,6 +43,8 @@ FORMATS = ("jsonl", "csv", "parquet", "sql", "eventsourcing")
 REJECT_COLUMNS = ("file", "line", "reason", "record")
 _KEEP_REJECTS = 10_000
 _BLOCK_BYTES = 64 << 20  # the largest block of a JSON Lines or CSV file read at once
+# Files at least this large (together) are staged and imported at once at the end (see _writer).
+_STAGE_MIN_BYTES = 256 << 20
 
 
 @dataclass(frozen=True)
@@ -189,7 +191,7 @@ def ingest(
     mapping = _check_options(format, mapping, timezone, batch_size)
     sources = _as_list(source)
     log = _RejectLog(None if rejects_path is None else Path(rejects_path))
-    writer = LakeWriter(lake, max_pending=max(batch_size * 2, 100_000))
+    writer = LakeWriter(lake, max_pending=max(batch_size * 2, 100_000), staged=_staged(sources))
     started = time.perf_counter()
     read = 0
     labels: list[str] = []
@@ -210,6 +212,17 @@ def ingest(
         rejected=log.count, seconds=time.perf_counter() - started, rejects=log.frame(),
         rejects_path=log.path if log.count else None,
     )
+
+
+def _staged(sources: Sequence[str]) -> bool:
+    """Stage a large ingest: files of ``_STAGE_MIN_BYTES`` or more together (databases are not staged)."""
+    total = 0
+    for item in sources:
+        try:
+            total += os.path.getsize(item)
+        except OSError:
+            return False
+    return total >= _STAGE_MIN_BYTES
 
 
 def _as_list(source: Any) -> list[str]:
