@@ -16,7 +16,7 @@ from polars.testing import assert_frame_equal
 from es_analytics import Event, Lake
 from es_analytics import ingest as ingest_module
 from es_analytics.ingest import _writer, ingest
-from es_analytics.store import engine
+from es_analytics.store import engine, staging
 from es_analytics.store.staging import STAGING_PREFIX
 from test_ingest import T0, make_rows, write_jsonl
 
@@ -31,19 +31,20 @@ def staged(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def _run(folder: Path, inputs: list[list[Any]], batch: int, staged: bool, prior: list[Any] | None = None) -> Any:
     """Ingest ``inputs`` (one run each) into a fresh lake; the lake's events and every run's outcome."""
-    threshold = ingest_module._STAGE_MIN_BYTES
+    threshold, block = ingest_module._STAGE_MIN_BYTES, ingest_module._BLOCK_BYTES
     outcomes = []
     with Lake.open(folder / "lake") as lake:
         if prior:
             ingest(lake, write_jsonl(folder / "prior.jsonl", prior))  # not staged: below the threshold
         ingest_module._STAGE_MIN_BYTES = 0 if staged else 1 << 60
+        ingest_module._BLOCK_BYTES = 1024  # blocks of a few lines: the rows reach the lake in many chunks
         try:
             for i, rows in enumerate(inputs):
                 result = ingest(lake, write_jsonl(folder / f"in-{i}.jsonl", rows), batch_size=batch)
                 outcomes.append((result.read, result.imported, result.already_present, result.repeated_in_input,
                                  result.rejects.select("line", "reason").rows()))
         finally:
-            ingest_module._STAGE_MIN_BYTES = threshold
+            ingest_module._STAGE_MIN_BYTES, ingest_module._BLOCK_BYTES = threshold, block
         assert lake.check()["ok"]
         events = lake.events().select(COLUMNS)
         heads = {s: lake.current_version(s) for s in events["aggregate_id"].unique().to_list()}
@@ -61,20 +62,28 @@ def _variants(rows: list[dict[str, Any]]) -> list[Any]:
     ]
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=16, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(order=st.permutations(list(range(19))), batch=st.integers(1, 8), cut=st.integers(0, 19),
-       prior=st.integers(0, 4))
+       prior=st.integers(0, 4), bucket_bytes=st.sampled_from([1 << 30, 300, 1]),
+       in_memory=st.sampled_from([2_000_000, 2]), target=st.sampled_from([1_000_000, 3]))
 def test_staged_and_batch_by_batch_give_the_same_lake(tmp_path_factory: pytest.TempPathFactory, order: list[int],
-                                                       batch: int, cut: int, prior: int) -> None:
+                                                       batch: int, cut: int, prior: int, bucket_bytes: int,
+                                                       in_memory: int, target: int) -> None:
     """Property: staged or not, the same input gives the same events at the same positions, the same
-    stream heads, and the same counts and rejects (lines and reasons)."""
+    stream heads, and the same counts and rejects (lines and reasons), whatever the number of buckets,
+    the way a bucket is sorted (in memory or by DuckDB) and the size of the files written."""
     rows = make_rows(streams=3, per_stream=4)
     pool = rows + _variants(rows)
     shuffled = [pool[i] for i in order]
     inputs = [(shuffled[:cut] or [shuffled[0]]) + ["not json"], shuffled]
     folder = tmp_path_factory.mktemp("staged")
     a = _run(folder / "a", inputs, batch, staged=False, prior=rows[:prior])
-    b = _run(folder / "b", inputs, batch, staged=True, prior=rows[:prior])
+    saved = staging.BUCKET_BYTES, engine._SORT_IN_MEMORY_ROWS, engine.COMPACT_TARGET_ROWS
+    staging.BUCKET_BYTES, engine._SORT_IN_MEMORY_ROWS, engine.COMPACT_TARGET_ROWS = bucket_bytes, in_memory, target
+    try:
+        b = _run(folder / "b", inputs, batch, staged=True, prior=rows[:prior])
+    finally:
+        staging.BUCKET_BYTES, engine._SORT_IN_MEMORY_ROWS, engine.COMPACT_TARGET_ROWS = saved
     assert_frame_equal(a[0], b[0])
     assert a[1] == b[1]
     assert a[2] == b[2]

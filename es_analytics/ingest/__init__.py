@@ -191,7 +191,9 @@ def ingest(
     mapping = _check_options(format, mapping, timezone, batch_size)
     sources = _as_list(source)
     log = _RejectLog(None if rejects_path is None else Path(rejects_path))
-    writer = LakeWriter(lake, max_pending=max(batch_size * 2, 100_000), staged=_staged(sources))
+    size = _total_bytes(sources)
+    writer = LakeWriter(lake, max_pending=max(batch_size * 2, 100_000), staged=size >= _STAGE_MIN_BYTES,
+                        expected_bytes=size)
     started = time.perf_counter()
     read = 0
     labels: list[str] = []
@@ -214,15 +216,15 @@ def ingest(
     )
 
 
-def _staged(sources: Sequence[str]) -> bool:
-    """Stage a large ingest: files of ``_STAGE_MIN_BYTES`` or more together (databases are not staged)."""
+def _total_bytes(sources: Sequence[str]) -> int:
+    """The size of the source files together; -1 if one is not a file (a database: never staged)."""
     total = 0
     for item in sources:
         try:
             total += os.path.getsize(item)
         except OSError:
-            return False
-    return total >= _STAGE_MIN_BYTES
+            return -1
+    return total
 
 
 def _as_list(source: Any) -> list[str]:

@@ -47,11 +47,13 @@ _HEAD_SCHEMA = {"aggregate_id": pl.String, "head_type": pl.String, "head": pl.In
 class LakeWriter:
     """Writes validated rows of one ingest run into a lake; see the module docstring."""
 
-    def __init__(self, lake: Lake, *, max_pending: int = 1_000_000, staged: bool = False) -> None:
+    def __init__(self, lake: Lake, *, max_pending: int = 1_000_000, staged: bool = False,
+                 expected_bytes: int = 0) -> None:
         self.lake = lake
         self.store = lake._store
         # Taken before any stream head is read: the staged commit re-checks heads only if the lake changed.
-        self._stage = StagedImport(self.store.folder, self.store.snapshot()) if staged else None
+        self._stage = (StagedImport(self.store.folder, self.store.snapshot(), expected_bytes=expected_bytes)
+                       if staged else None)
         self.max_pending = max_pending
         self.pending: pl.DataFrame | None = None
         self.counts = {"imported": 0, "already_present": 0, "repeated_in_input": 0}

@@ -34,7 +34,7 @@ from .hot import EVENT_ID_HASH_SQL, Durability, SQLiteHotTier, StoredMatch
 from .manifest import FileEntry, Manifest, read_manifest, write_manifest
 from .reader import DuckReader, hot_rows_to_arrow, translate_errors
 from .sealed import ParquetSealedTier, row_group_index
-from .staging import StagedImport
+from .staging import StagedImport, read_ipc
 
 __all__ = ["MARKER", "SEAL_HOOKS", "LakeStore", "SealHook"]
 
@@ -623,7 +623,7 @@ class LakeStore:
                     if hot_rows:  # unsealed appends: sealed with the import, in files of their own
                         entries, indexes, facts = self._write_sorted(_sort_for_files(hot_rows_to_arrow(hot_rows)))
                     ingested = []
-                    for aggregate_type, part in _staged_files(con, first, stamp):
+                    for aggregate_type, part in _staged_files(stage, con, first, stamp):
                         if self.encrypt_table is not None:
                             part = self.encrypt_table(part)
                         entry, index = self.sealed.write(part, aggregate_type, level=1, presorted=True)
@@ -772,32 +772,61 @@ class LakeStore:
             reader.install(files, manifest.sealed_position, hot, (manifest.generation, after))
 
 
-def _staged_files(con: duckdb.DuckDBPyConnection, first: int, stamp: int) -> Iterator[tuple[str, pa.Table]]:
+def _staged_files(stage: StagedImport, con: duckdb.DuckDBPyConnection, first: int,
+                  stamp: int) -> Iterator[tuple[str, pa.Table]]:
     """The staged rows as events, per type sorted by (aggregate_id, aggregate_version), cut into parts of
-    about ``COMPACT_TARGET_ROWS`` rows at stream boundaries (so parts have disjoint aggregate_id ranges)."""
-    types = [row[0] for row in con.sql("SELECT DISTINCT aggregate_type FROM staged ORDER BY 1").fetchall()]
-    columns = ", ".join(EVENT_SCHEMA.names).replace("position", "$first + _seq AS position").replace(
-        "recorded_at", "make_timestamp($stamp) AS recorded_at")
-    for aggregate_type in types:
-        relation = con.sql(f"SELECT {columns} FROM staged WHERE aggregate_type = $type "
-                           "ORDER BY aggregate_id, aggregate_version",
-                           params={"first": first, "stamp": stamp, "type": aggregate_type})
-        held: list[pa.RecordBatch] = []
-        rows = 0
-        for batch in relation.to_arrow_reader(min(100_000, COMPACT_TARGET_ROWS)):
-            held.append(batch)
-            rows += batch.num_rows
-            if rows <= COMPACT_TARGET_ROWS:
-                continue
-            table = pa.Table.from_batches(held)
-            cut = _stream_boundary(table["aggregate_id"], COMPACT_TARGET_ROWS)
-            if cut is None:
-                continue
-            yield aggregate_type, table.slice(0, cut).cast(EVENT_SCHEMA)
-            rest = table.slice(cut)
-            held, rows = rest.to_batches(), rest.num_rows
-        if rows:
-            yield aggregate_type, pa.Table.from_batches(held).cast(EVENT_SCHEMA)
+    about ``COMPACT_TARGET_ROWS`` rows at stream boundaries (so parts have disjoint aggregate_id ranges).
+
+    The stage's buckets cover disjoint aggregate_id ranges in order, so sorting one bucket at a time (in
+    memory with polars; a bucket larger than ``_SORT_IN_MEMORY_ROWS`` by DuckDB within its memory limit)
+    gives each type's rows in order.
+    """
+    held: dict[str, list[pa.Table]] = {}
+    recorded = pa.scalar(stamp, pa.int64()).cast(pa.timestamp("us", tz="UTC"))
+    for paths, rows in zip(stage.bucket_paths(), stage.bucket_rows):
+        if not paths:
+            continue
+        for piece in _sorted_bucket(paths, rows, con):
+            piece = piece.append_column("position", pc.add(piece["_seq"], pa.scalar(first, pa.int64())))
+            piece = piece.append_column("recorded_at", pa.repeat(recorded, piece.num_rows))
+            piece = piece.select(EVENT_SCHEMA.names).cast(EVENT_SCHEMA)
+            types = pc.unique(piece["aggregate_type"]).to_pylist()
+            for item in types:
+                part = piece if len(types) == 1 else piece.filter(pc.equal(piece["aggregate_type"], item))
+                parts = held.setdefault(item, [])
+                parts.append(part)
+                if sum(p.num_rows for p in parts) <= COMPACT_TARGET_ROWS:
+                    continue
+                table = pa.concat_tables(parts)
+                cut = _stream_boundary(table["aggregate_id"], COMPACT_TARGET_ROWS)
+                if cut is None:
+                    held[item] = [table]
+                    continue
+                yield item, table.slice(0, cut)
+                held[item] = [table.slice(cut)]
+    for item in sorted(held):
+        table = pa.concat_tables(held[item])
+        if table.num_rows:
+            yield item, table
+
+
+_SORT_IN_MEMORY_ROWS = 2_000_000
+
+
+def _sorted_bucket(paths: Sequence[Path], rows: int, con: duckdb.DuckDBPyConnection) -> Iterator[pa.Table]:
+    """One bucket's rows sorted by (aggregate_id, aggregate_version), in one or more pieces."""
+    if rows <= _SORT_IN_MEMORY_ROWS:
+        frame = pl.from_arrow(read_ipc(paths))
+        assert isinstance(frame, pl.DataFrame)
+        yield frame.sort("aggregate_id", "aggregate_version").to_arrow()
+        return
+    con.register("bucket", ds.dataset([str(p) for p in paths], format="ipc"))
+    try:
+        relation = con.sql("SELECT * FROM bucket ORDER BY aggregate_id, aggregate_version")
+        for batch in relation.to_arrow_reader(100_000):
+            yield pa.Table.from_batches([batch])
+    finally:
+        con.unregister("bucket")
 
 
 def _stream_boundary(ids: pa.ChunkedArray, at: int) -> int | None:

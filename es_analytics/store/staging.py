@@ -19,14 +19,16 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import polars as pl
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.ipc as ipc
 
-__all__ = ["STAGING_PREFIX", "StagedImport"]
+__all__ = ["BUCKET_BYTES", "STAGING_PREFIX", "StagedImport", "read_ipc"]
 
 STAGING_PREFIX = ".staging-"
+BUCKET_BYTES = 128 << 20  # of input per bucket (a JSON Lines event is ~300-500 bytes)
+_MAX_BUCKETS = 256
 _STALE_SECONDS = 86_400.0
 
 
@@ -34,47 +36,96 @@ class StagedImport:
     """Chunks of rows to import: the event columns (no position, no recorded_at), ``_seq`` (the row's rank
     in commit order over the whole import, from 0) and any other columns the caller keeps for itself.
 
+    Rows are kept in buckets of aggregate_id ranges (bounds taken from the first chunk, about one bucket
+    per ``BUCKET_BYTES`` of expected input), so that the commit sorts one bucket at a time and the
+    buckets, in order, give each type's rows sorted by aggregate_id with bounded memory.
+
     ``snapshot`` is the lake's (manifest generation, last position) from before the caller read any
     stream head: if the lake still has them at the commit, no stream moved meanwhile.
     """
 
-    def __init__(self, folder: Path, snapshot: tuple[int, int]) -> None:
+    def __init__(self, folder: Path, snapshot: tuple[int, int], *, expected_bytes: int = 0) -> None:
         _remove_stale(folder)
         self.folder = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=folder))
         self.snapshot = snapshot
-        self.paths: list[Path] = []
+        self.buckets = max(1, min(_MAX_BUCKETS, expected_bytes // BUCKET_BYTES))
+        self.bounds: pl.Series | None = None  # the aggregate_id where bucket i + 1 begins
+        self.files: list[tuple[int, int, Path]] = []  # (chunk, bucket, path)
+        self.bucket_rows: list[int] = []
+        self.chunk_count = 0
         self.rows = 0
 
+    @property
+    def paths(self) -> list[Path]:
+        return [path for _, _, path in self.files]
+
     def add(self, table: pa.Table) -> None:
-        """Keep one chunk (sorted by aggregate_id and aggregate_version, as ingest hands them over)."""
+        """Keep one chunk of rows."""
         if not table.num_rows:
             return
-        path = self.folder / f"chunk-{len(self.paths):06d}.arrow"
-        with pa.OSFile(str(path), "wb") as sink, ipc.new_file(sink, table.schema) as writer:
-            writer.write_table(table, max_chunksize=64_000)
-        self.paths.append(path)
+        ids = pl.from_arrow(table["aggregate_id"])
+        assert isinstance(ids, pl.Series)
+        if not ids.is_sorted():
+            order = pl.arg_sort_by(ids, maintain_order=True)
+            indices = pl.select(order).to_series()
+            table = table.take(indices.to_arrow())
+            ids = ids.gather(indices)
+        if self.bounds is None:
+            distinct = ids.unique(maintain_order=True)
+            step = len(distinct) / self.buckets
+            self.bounds = distinct.gather([int(step * i) for i in range(1, self.buckets)]).unique(maintain_order=True)
+            self.bucket_rows = [0] * (len(self.bounds) + 1)
+        cuts = [0, *ids.search_sorted(self.bounds, side="left").to_list(), table.num_rows]
+        for bucket, (lo, hi) in enumerate(zip(cuts, cuts[1:])):
+            if hi <= lo:
+                continue
+            path = self.folder / f"chunk-{self.chunk_count:06d}-{bucket:04d}.arrow"
+            part = table.slice(lo, hi - lo)
+            with pa.OSFile(str(path), "wb") as sink, ipc.new_file(sink, part.schema) as writer:
+                writer.write_table(part, max_chunksize=64_000)
+            self.files.append((self.chunk_count, bucket, path))
+            self.bucket_rows[bucket] += part.num_rows
+        self.chunk_count += 1
         self.rows += table.num_rows
 
     def dataset(self) -> ds.Dataset:
         return ds.dataset([str(p) for p in self.paths], format="ipc")
 
+    def bucket_paths(self) -> list[list[Path]]:
+        """The files of each bucket (in aggregate_id order), each bucket's in chunk order."""
+        out: list[list[Path]] = [[] for _ in self.bucket_rows]
+        for _, bucket, path in self.files:
+            out[bucket].append(path)
+        return out
+
     def chunks(self) -> Iterator[pa.Table]:
-        """The chunks in the order they were added."""
-        for path in self.paths:
-            with pa.memory_map(str(path)) as source:
-                yield ipc.open_file(source).read_all()
+        """The chunks in the order they were added (each sorted by aggregate_id)."""
+        for chunk in range(self.chunk_count):
+            parts = [_read(path) for c, _, path in self.files if c == chunk]
+            if parts:
+                yield pa.concat_tables(parts)
 
     def lookup(self, event_ids: Sequence[str]) -> pa.Table:
         """``event_id, aggregate_id, aggregate_version`` of the staged rows with these ids."""
         wanted = pa.array(list(event_ids), pa.string())
         columns = ["event_id", "aggregate_id", "aggregate_version"]
-        if not self.paths or not len(wanted):
+        if not self.files or not len(wanted):
             return pa.table({"event_id": pa.array([], pa.string()), "aggregate_id": pa.array([], pa.string()),
                              "aggregate_version": pa.array([], pa.int64())})
         return self.dataset().to_table(columns=columns, filter=ds.field("event_id").isin(wanted))
 
     def close(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def read_ipc(paths: Sequence[Path]) -> pa.Table:
+    """Staged files as one table (memory-mapped: pages are read as they are used)."""
+    return pa.concat_tables([_read(p) for p in paths])
+
+
+def _read(path: Path) -> pa.Table:
+    with pa.memory_map(str(path)) as source:
+        return ipc.open_file(source).read_all()
 
 
 def _remove_stale(folder: Path) -> None:
