@@ -128,7 +128,7 @@ class LakeWriter:
             pass
         self._known_heads = self._known_heads.clear()
         for chunk in stage.chunks():
-            frame = pl.from_arrow(chunk.drop_columns(["_seq"]))
+            frame = pl.from_arrow(chunk.drop_columns(["_seq", "_h"]))
             assert isinstance(frame, pl.DataFrame)
             if self.pending is not None:
                 frame = pl.concat([self.pending, frame], how="vertical_relaxed")
@@ -271,6 +271,10 @@ class LakeWriter:
         # 300k of 1.5M streams).
         missing = wanted.join(self._known_heads, on="aggregate_id", how="anti")["aggregate_id"].sort().to_list()
         rows: list[tuple[Any, ...]] = []
+        if missing and self._stage is not None and self._stage.snapshot[1] == 0:
+            # Staged into a lake that held nothing at the snapshot: no stored heads to read. (A writer that
+            # adds events meanwhile changes the snapshot, and the commit then checks every head again.)
+            missing = []
         if missing:
             with self.store.hot.read() as con:
                 for start in range(0, len(missing), 100_000):

@@ -16,6 +16,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -623,15 +624,21 @@ class LakeStore:
                     if hot_rows:  # unsealed appends: sealed with the import, in files of their own
                         entries, indexes, facts = self._write_sorted(_sort_for_files(hot_rows_to_arrow(hot_rows)))
                     ingested = []
-                    for aggregate_type, part in _staged_files(stage, con, first, stamp):
-                        if self.encrypt_table is not None:
-                            part = self.encrypt_table(part)
-                        entry, index = self.sealed.write(part, aggregate_type, level=1, presorted=True)
-                        entries.append(entry)
-                        indexes[entry.path] = index
-                        facts[entry.path] = _FileFacts.of(part)
-                        ingested.append(entry.path)
-                        del part
+                    # Parquet is written on another thread (pyarrow releases the GIL) while the next part
+                    # is sorted; one part waits at most, so memory stays bounded.
+                    with ThreadPoolExecutor(1, thread_name_prefix="es-analytics-import") as pool:
+                        waiting: list[tuple[Future[tuple[FileEntry, pl.DataFrame]], _FileFacts]] = []
+                        for aggregate_type, part, hashes in _staged_files(stage, con, first, stamp):
+                            if self.encrypt_table is not None:
+                                part = self.encrypt_table(part)
+                            fact = _FileFacts(hashes, _last_rows(part))
+                            if waiting:
+                                _collect(waiting.pop(), entries, indexes, facts, ingested)
+                            waiting.append((pool.submit(self.sealed.write, part, aggregate_type, level=1,
+                                                        presorted=True), fact))
+                            del part
+                        while waiting:
+                            _collect(waiting.pop(), entries, indexes, facts, ingested)
                     manifest = manifest.next(
                         sealed_position=first + n - 1,
                         last_recorded_at=max(manifest.last_recorded_at, stamp),
@@ -773,9 +780,10 @@ class LakeStore:
 
 
 def _staged_files(stage: StagedImport, con: duckdb.DuckDBPyConnection, first: int,
-                  stamp: int) -> Iterator[tuple[str, pa.Table]]:
+                  stamp: int) -> Iterator[tuple[str, pa.Table, pl.DataFrame]]:
     """The staged rows as events, per type sorted by (aggregate_id, aggregate_version), cut into parts of
-    about ``COMPACT_TARGET_ROWS`` rows at stream boundaries (so parts have disjoint aggregate_id ranges).
+    about ``COMPACT_TARGET_ROWS`` rows at stream boundaries (so parts have disjoint aggregate_id ranges),
+    each with its events' (id_hash, position) (hashed when staged).
 
     The stage's buckets cover disjoint aggregate_id ranges in order, so sorting one bucket at a time (in
     memory with polars; a bucket larger than ``_SORT_IN_MEMORY_ROWS`` by DuckDB within its memory limit)
@@ -783,13 +791,21 @@ def _staged_files(stage: StagedImport, con: duckdb.DuckDBPyConnection, first: in
     """
     held: dict[str, list[pa.Table]] = {}
     recorded = pa.scalar(stamp, pa.int64()).cast(pa.timestamp("us", tz="UTC"))
+    names = [*EVENT_SCHEMA.names, "_h"]
+    schema = EVENT_SCHEMA.append(pa.field("_h", pa.int64()))
+
+    def done(aggregate_type: str, table: pa.Table) -> tuple[str, pa.Table, pl.DataFrame]:
+        hashes = pl.from_arrow(table.select(["_h", "position"]).rename_columns(["id_hash", "position"]))
+        assert isinstance(hashes, pl.DataFrame)
+        return aggregate_type, table.drop_columns(["_h"]), hashes
+
     for paths, rows in zip(stage.bucket_paths(), stage.bucket_rows):
         if not paths:
             continue
         for piece in _sorted_bucket(paths, rows, con):
             piece = piece.append_column("position", pc.add(piece["_seq"], pa.scalar(first, pa.int64())))
             piece = piece.append_column("recorded_at", pa.repeat(recorded, piece.num_rows))
-            piece = piece.select(EVENT_SCHEMA.names).cast(EVENT_SCHEMA)
+            piece = piece.select(names).cast(schema)
             types = pc.unique(piece["aggregate_type"]).to_pylist()
             for item in types:
                 part = piece if len(types) == 1 else piece.filter(pc.equal(piece["aggregate_type"], item))
@@ -802,12 +818,12 @@ def _staged_files(stage: StagedImport, con: duckdb.DuckDBPyConnection, first: in
                 if cut is None:
                     held[item] = [table]
                     continue
-                yield item, table.slice(0, cut)
+                yield done(item, table.slice(0, cut))
                 held[item] = [table.slice(cut)]
     for item in sorted(held):
         table = pa.concat_tables(held[item])
         if table.num_rows:
-            yield item, table
+            yield done(item, table)
 
 
 _SORT_IN_MEMORY_ROWS = 2_000_000
@@ -827,6 +843,24 @@ def _sorted_bucket(paths: Sequence[Path], rows: int, con: duckdb.DuckDBPyConnect
             yield pa.Table.from_batches([batch])
     finally:
         con.unregister("bucket")
+
+
+def _collect(item: tuple[Future[tuple[FileEntry, pl.DataFrame]], _FileFacts], entries: list[FileEntry],
+             indexes: dict[str, pl.DataFrame], facts: dict[str, _FileFacts], ingested: list[str]) -> None:
+    """Wait for one file written in the background and record it."""
+    entry, index = item[0].result()
+    entries.append(entry)
+    indexes[entry.path] = index
+    facts[entry.path] = item[1]
+    ingested.append(entry.path)
+
+
+def _last_rows(part: pa.Table) -> pl.DataFrame:
+    """Each stream's last row (aggregate_id, aggregate_type, aggregate_version) of a table sorted by stream."""
+    keys = pl.from_arrow(part.select(["aggregate_id", "aggregate_type", "aggregate_version"]))
+    assert isinstance(keys, pl.DataFrame)
+    last = (pl.col("aggregate_id") != pl.col("aggregate_id").shift(-1)).fill_null(True)
+    return keys.filter(last)
 
 
 def _stream_boundary(ids: pa.ChunkedArray, at: int) -> int | None:
@@ -882,10 +916,7 @@ class _FileFacts:
     @classmethod
     def of(cls, part: pa.Table) -> _FileFacts:
         """Facts of a table sorted by (aggregate_id, aggregate_version): id hashes and each stream's last row."""
-        keys = pl.from_arrow(part.select(["aggregate_id", "aggregate_type", "aggregate_version"]))
-        assert isinstance(keys, pl.DataFrame)
-        last = (pl.col("aggregate_id") != pl.col("aggregate_id").shift(-1)).fill_null(True)
-        return cls(_hash_ids(part.select(["event_id", "position"])), keys.filter(last))
+        return cls(_hash_ids(part.select(["event_id", "position"])), _last_rows(part))
 
 
 class _SortedImport:

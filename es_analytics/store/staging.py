@@ -19,10 +19,13 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import duckdb
 import polars as pl
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.ipc as ipc
+
+from .hot import EVENT_ID_HASH_SQL
 
 __all__ = ["BUCKET_BYTES", "STAGING_PREFIX", "StagedImport", "read_ipc"]
 
@@ -34,7 +37,8 @@ _STALE_SECONDS = 86_400.0
 
 class StagedImport:
     """Chunks of rows to import: the event columns (no position, no recorded_at), ``_seq`` (the row's rank
-    in commit order over the whole import, from 0) and any other columns the caller keeps for itself.
+    in commit order over the whole import, from 0) and any other columns the caller keeps for itself; the
+    stage adds ``_h``, the event id's hash for the sealed-id index.
 
     Rows are kept in buckets of aggregate_id ranges (bounds taken from the first chunk, about one bucket
     per ``BUCKET_BYTES`` of expected input), so that the commit sorts one bucket at a time and the
@@ -54,6 +58,7 @@ class StagedImport:
         self.bucket_rows: list[int] = []
         self.chunk_count = 0
         self.rows = 0
+        self._con = duckdb.connect(config={"threads": 1})
 
     @property
     def paths(self) -> list[Path]:
@@ -64,6 +69,10 @@ class StagedImport:
         if not table.num_rows:
             return
         ids = pl.from_arrow(table["aggregate_id"])
+        # The event-id hashes for the sealed-id index, computed now (the commit then only sorts them).
+        events = table.select(["event_id"])
+        hashed = self._con.sql(f"SELECT {EVENT_ID_HASH_SQL} AS h FROM events").to_arrow_table()["h"]
+        table = table.append_column("_h", hashed)
         assert isinstance(ids, pl.Series)
         if not ids.is_sorted():
             order = pl.arg_sort_by(ids, maintain_order=True)
@@ -115,6 +124,7 @@ class StagedImport:
         return self.dataset().to_table(columns=columns, filter=ds.field("event_id").isin(wanted))
 
     def close(self) -> None:
+        self._con.close()
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
