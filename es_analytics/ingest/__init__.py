@@ -6,6 +6,11 @@ checks of ``Event``/``append``, skips events the lake already holds (by ``event_
 adds nothing), and writes the rest straight into Parquet through the lake's bulk import. Nothing is dropped
 silently: every row that cannot be taken is reported with its file, line (or row) and reason.
 
+Files of 256 MB or more (together) are ingested *staged*: checked rows wait on disk in a hidden folder of the
+lake and are committed at once at the end, each event written to Parquet once, in files of compaction size;
+nothing of such an ingest is visible (or lost to a crash half-way: re-run it) until it is complete. Smaller
+inputs and databases are imported batch by batch as they are read.
+
 Business time comes from the source (``occurred_at``); ``recorded_at`` is the time of the ingest, when
 the lake learned of the events.
 """

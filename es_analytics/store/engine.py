@@ -301,7 +301,23 @@ class LakeStore:
                 continue
             ids = pq.read_table(self.folder / entry.path, columns=["event_id", "position"])
             parts.append(_hash_ids(ids))
-        hashed = pl.concat(parts).sort("id_hash", "position")
+        self._insert_id_hashes(pl.concat(parts))
+
+    def _index_staged_ids(self, stage: StagedImport, first: int) -> None:
+        """Add a staged import's event ids to the hash index (hashed when staged; positions from ``first``)."""
+        parts = []
+        for paths in stage.bucket_paths():
+            for path in paths:
+                table = read_ipc([path]).select(["_h", "_seq"])
+                frame = pl.from_arrow(table)
+                assert isinstance(frame, pl.DataFrame)
+                parts.append(frame.select(pl.col("_h").alias("id_hash"), (pl.col("_seq") + first).alias("position")))
+        if parts:
+            self._insert_id_hashes(pl.concat(parts))
+
+    def _insert_id_hashes(self, hashed: pl.DataFrame) -> None:
+        """Insert (id_hash, position) rows, in one pass in hash order."""
+        hashed = hashed.sort("id_hash", "position")
         for chunk in hashed.iter_slices(_JSON_CHUNK):
             pairs = chunk.select(pl.format("[{},{}]", "id_hash", "position").str.join(",")).item()
             self.hot.con.execute(
@@ -624,14 +640,19 @@ class LakeStore:
                     if hot_rows:  # unsealed appends: sealed with the import, in files of their own
                         entries, indexes, facts = self._write_sorted(_sort_for_files(hot_rows_to_arrow(hot_rows)))
                     ingested = []
-                    # Parquet is written on another thread (pyarrow releases the GIL) while the next part
-                    # is sorted; one part waits at most, so memory stays bounded.
-                    with ThreadPoolExecutor(1, thread_name_prefix="es-analytics-import") as pool:
+                    # Three things at once (pyarrow and SQLite release the GIL): the event-id index is
+                    # filled from the staged hashes and positions on one thread (in this transaction, so
+                    # a crash undoes it; nothing else uses SQLite meanwhile), Parquet is written on
+                    # another while the next part is sorted here; one part waits at most (bounded memory).
+                    no_ids = pl.DataFrame(schema={"id_hash": pl.Int64, "position": pl.Int64})
+                    with ThreadPoolExecutor(1, thread_name_prefix="es-analytics-ids") as ids_pool, \
+                            ThreadPoolExecutor(1, thread_name_prefix="es-analytics-import") as pool:
+                        ids_done = ids_pool.submit(self._index_staged_ids, stage, first)
                         waiting: list[tuple[Future[tuple[FileEntry, pl.DataFrame]], _FileFacts]] = []
-                        for aggregate_type, part, hashes in _staged_files(stage, con, first, stamp):
+                        for aggregate_type, part in _staged_files(stage, con, first, stamp):
                             if self.encrypt_table is not None:
                                 part = self.encrypt_table(part)
-                            fact = _FileFacts(hashes, _last_rows(part))
+                            fact = _FileFacts(no_ids, _last_rows(part))
                             if waiting:
                                 _collect(waiting.pop(), entries, indexes, facts, ingested)
                             waiting.append((pool.submit(self.sealed.write, part, aggregate_type, level=1,
@@ -639,6 +660,7 @@ class LakeStore:
                             del part
                         while waiting:
                             _collect(waiting.pop(), entries, indexes, facts, ingested)
+                        ids_done.result()
                     manifest = manifest.next(
                         sealed_position=first + n - 1,
                         last_recorded_at=max(manifest.last_recorded_at, stamp),
@@ -780,10 +802,9 @@ class LakeStore:
 
 
 def _staged_files(stage: StagedImport, con: duckdb.DuckDBPyConnection, first: int,
-                  stamp: int) -> Iterator[tuple[str, pa.Table, pl.DataFrame]]:
+                  stamp: int) -> Iterator[tuple[str, pa.Table]]:
     """The staged rows as events, per type sorted by (aggregate_id, aggregate_version), cut into parts of
-    about ``COMPACT_TARGET_ROWS`` rows at stream boundaries (so parts have disjoint aggregate_id ranges),
-    each with its events' (id_hash, position) (hashed when staged).
+    about ``COMPACT_TARGET_ROWS`` rows at stream boundaries (so parts have disjoint aggregate_id ranges).
 
     The stage's buckets cover disjoint aggregate_id ranges in order, so sorting one bucket at a time (in
     memory with polars; a bucket larger than ``_SORT_IN_MEMORY_ROWS`` by DuckDB within its memory limit)
@@ -791,13 +812,11 @@ def _staged_files(stage: StagedImport, con: duckdb.DuckDBPyConnection, first: in
     """
     held: dict[str, list[pa.Table]] = {}
     recorded = pa.scalar(stamp, pa.int64()).cast(pa.timestamp("us", tz="UTC"))
-    names = [*EVENT_SCHEMA.names, "_h"]
-    schema = EVENT_SCHEMA.append(pa.field("_h", pa.int64()))
+    names = EVENT_SCHEMA.names
+    schema = EVENT_SCHEMA
 
-    def done(aggregate_type: str, table: pa.Table) -> tuple[str, pa.Table, pl.DataFrame]:
-        hashes = pl.from_arrow(table.select(["_h", "position"]).rename_columns(["id_hash", "position"]))
-        assert isinstance(hashes, pl.DataFrame)
-        return aggregate_type, table.drop_columns(["_h"]), hashes
+    def done(aggregate_type: str, table: pa.Table) -> tuple[str, pa.Table]:
+        return aggregate_type, table
 
     for paths, rows in zip(stage.bucket_paths(), stage.bucket_rows):
         if not paths:
