@@ -22,7 +22,9 @@ import os
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from queue import Queue
@@ -371,12 +373,26 @@ def _run_one(opened: _Opened, file_no: int, writer: LakeWriter, log: _RejectLog,
     queue: Queue[Any] = Queue(maxsize=ahead)
     stop = threading.Event()
 
+    # Two validators (DuckDB runs one such query on one thread): blocks alternate between them, and their
+    # results are handed over in block order.
+    validators = [validator, Validator(validator.columns, json_lines=validator.json_lines, kinds=validator.kinds,
+                                       timezone=timezone)]
+
+    def check(index: int, batch: src.RawBatch) -> tuple[Any, ...]:
+        return (batch.progress, batch.table.num_rows + len(batch.rejects), *validators[index % 2].run(batch))
+
     def produce() -> None:
         try:
-            for batch in opened.source.batches:
-                if stop.is_set():
-                    break
-                queue.put((batch.progress, batch.table.num_rows + len(batch.rejects), *validator.run(batch)))
+            with ThreadPoolExecutor(2, thread_name_prefix="es-analytics-ingest-check") as pool:
+                running: deque[Future[tuple[Any, ...]]] = deque()
+                for index, batch in enumerate(opened.source.batches):
+                    if stop.is_set():
+                        break
+                    running.append(pool.submit(check, index, batch))
+                    if len(running) == 2:  # the next block goes to the validator of this one
+                        queue.put(running.popleft().result())
+                while running and not stop.is_set():
+                    queue.put(running.popleft().result())
             queue.put(None)
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
             queue.put(exc)
@@ -409,7 +425,8 @@ def _run_one(opened: _Opened, file_no: int, writer: LakeWriter, log: _RejectLog,
             if not queue.empty():
                 queue.get_nowait()
             thread.join(0.05)
-        validator.close()
+        for item in validators:
+            item.close()
         if bar is not None:
             bar.close()
     return read
