@@ -639,7 +639,7 @@ class LakeStore:
                     facts: dict[str, _FileFacts] = {}
                     if hot_rows:  # unsealed appends: sealed with the import, in files of their own
                         entries, indexes, facts = self._write_sorted(_sort_for_files(hot_rows_to_arrow(hot_rows)))
-                    ingested = []
+                    ingested: list[str] = []
                     # Three things at once (pyarrow and SQLite release the GIL): the event-id index is
                     # filled from the staged hashes and positions on one thread (in this transaction, so
                     # a crash undoes it; nothing else uses SQLite meanwhile), Parquet is written on
