@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -46,6 +47,9 @@ def _run(folder: Path, inputs: list[list[Any]], batch: int, staged: bool, prior:
         finally:
             ingest_module._STAGE_MIN_BYTES, ingest_module._BLOCK_BYTES = threshold, block
         assert lake.check()["ok"]
+        for path in (folder / "lake" / "events").rglob("*.parquet"):  # every file sorted by stream and version
+            keys = pl.read_parquet(path, columns=["aggregate_id", "aggregate_version"])
+            assert keys.equals(keys.sort("aggregate_id", "aggregate_version"))
         events = lake.events().select(COLUMNS)
         heads = {s: lake.current_version(s) for s in events["aggregate_id"].unique().to_list()}
     assert not list((folder / "lake").glob(STAGING_PREFIX + "*"))  # the staging folder is gone
