@@ -35,7 +35,6 @@ import polars as pl
 import pyarrow as pa
 
 from ..errors import InvalidArgumentError
-from ..store.hot import EVENT_ID_HASH_SQL
 from . import _sources as src
 from ._eventsourcing import EVENTSOURCING_COLUMNS, decode_rows, is_eventsourcing_table
 from ._validate import Validator
@@ -380,14 +379,7 @@ def _run_one(opened: _Opened, file_no: int, writer: LakeWriter, log: _RejectLog,
                                        timezone=timezone)]
 
     def check(index: int, batch: src.RawBatch) -> tuple[Any, ...]:
-        validator = validators[index % 2]
-        valid, rejects = validator.run(batch)
-        if writer.staged and valid.num_rows:
-            # The sealed-id index's hashes (md5: the costliest part of staging) are computed here, on the
-            # validators' threads, rather than on the busier writer thread.
-            hashes = validator.con.sql(f"SELECT {EVENT_ID_HASH_SQL} AS h FROM valid").to_arrow_table()["h"]
-            valid = valid.append_column("_h", hashes)
-        return batch.progress, batch.table.num_rows + len(batch.rejects), valid, rejects
+        return (batch.progress, batch.table.num_rows + len(batch.rejects), *validators[index % 2].run(batch))
 
     def produce() -> None:
         try:

@@ -67,10 +67,6 @@ class LakeWriter:
         self._compact_after = self.store.compact_after_files
         self.store.compact_after_files = 0
 
-    @property
-    def staged(self) -> bool:
-        return self._stage is not None
-
     def close(self) -> None:
         self.store.compact_after_files = self._compact_after
         self._seen.close()
@@ -132,7 +128,7 @@ class LakeWriter:
             pass
         self._known_heads = self._known_heads.clear()
         for chunk in stage.chunks():
-            frame = pl.from_arrow(chunk.drop_columns(["_seq"]))
+            frame = pl.from_arrow(chunk.drop_columns(["_seq", "_h"]))
             assert isinstance(frame, pl.DataFrame)
             if self.pending is not None:
                 frame = pl.concat([self.pending, frame], how="vertical_relaxed")
@@ -142,9 +138,8 @@ class LakeWriter:
     def _stage_rows(self, ready: pl.DataFrame, stage: StagedImport) -> None:
         """Keep importable rows for the commit, with their rank in commit order over the whole import."""
         table = _with_commit_order(ready)
-        kept = [ready[c] for c in ("_ord", "_h") if c in ready.columns]  # _h: id hashes, if computed already
         table = table.with_columns(
-            *kept, (pl.col("_commit").rank("ordinal").cast(pl.Int64) - 1 + stage.rows).alias("_seq"),
+            ready["_ord"], (pl.col("_commit").rank("ordinal").cast(pl.Int64) - 1 + stage.rows).alias("_seq"),
         ).drop("_commit")
         stage.add(table.to_arrow())
         self._remember_heads(table)

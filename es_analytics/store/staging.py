@@ -37,8 +37,8 @@ _STALE_SECONDS = 86_400.0
 
 class StagedImport:
     """Chunks of rows to import: the event columns (no position, no recorded_at), ``_seq`` (the row's rank
-    in commit order over the whole import, from 0) and any other columns the caller keeps for itself; and
-    ``_h``, the event id's hash for the sealed-id index (``EVENT_ID_HASH_SQL``), added here if missing.
+    in commit order over the whole import, from 0) and any other columns the caller keeps for itself; the
+    stage adds ``_h``, the event id's hash for the sealed-id index.
 
     Rows are kept in buckets of aggregate_id ranges (bounds taken from the first chunk, about one bucket
     per ``BUCKET_BYTES`` of expected input), so that the commit sorts one bucket at a time and the
@@ -69,12 +69,10 @@ class StagedImport:
         if not table.num_rows:
             return
         ids = pl.from_arrow(table["aggregate_id"])
-        # The event-id hashes for the sealed-id index, computed now unless the caller did (the commit then
-        # only sorts them).
-        if "_h" not in table.column_names:
-            events = table.select(["event_id"])
-            hashed = self._con.sql(f"SELECT {EVENT_ID_HASH_SQL} AS h FROM events").to_arrow_table()["h"]
-            table = table.append_column("_h", hashed)
+        # The event-id hashes for the sealed-id index, computed now (the commit then only sorts them).
+        events = table.select(["event_id"])
+        hashed = self._con.sql(f"SELECT {EVENT_ID_HASH_SQL} AS h FROM events").to_arrow_table()["h"]
+        table = table.append_column("_h", hashed)
         assert isinstance(ids, pl.Series)
         if not ids.is_sorted():
             order = pl.arg_sort_by(ids, maintain_order=True)
