@@ -849,16 +849,11 @@ _SORT_IN_MEMORY_ROWS = 2_000_000
 
 
 def _sorted_bucket(paths: Sequence[Path], rows: int, con: duckdb.DuckDBPyConnection) -> Iterator[pa.Table]:
-    """One bucket's rows sorted by (aggregate_id, aggregate_version), in one or more pieces.
-
-    The files are in chunk order, each sorted by stream and version, and a stream's rows in a later chunk
-    continue its versions in the earlier ones; so a stable sort by aggregate_id alone gives version order
-    too (half the time of sorting on both keys).
-    """
+    """One bucket's rows sorted by (aggregate_id, aggregate_version), in one or more pieces."""
     if rows <= _SORT_IN_MEMORY_ROWS:
         frame = pl.from_arrow(read_ipc(paths))
         assert isinstance(frame, pl.DataFrame)
-        yield frame.sort("aggregate_id", maintain_order=True).to_arrow()
+        yield frame.sort("aggregate_id", "aggregate_version").to_arrow()
         return
     con.register("bucket", ds.dataset([str(p) for p in paths], format="ipc"))
     try:
