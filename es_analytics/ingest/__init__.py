@@ -6,6 +6,11 @@ checks of ``Event``/``append``, skips events the lake already holds (by ``event_
 adds nothing), and writes the rest straight into Parquet through the lake's bulk import. Nothing is dropped
 silently: every row that cannot be taken is reported with its file, line (or row) and reason.
 
+Files of 256 MB or more (together) are ingested *staged*: checked rows wait on disk in a hidden folder of the
+lake and are committed at once at the end, each event written to Parquet once, in files of compaction size;
+nothing of such an ingest is visible (or lost to a crash half-way: re-run it) until it is complete. Smaller
+inputs and databases are imported batch by batch as they are read.
+
 Business time comes from the source (``occurred_at``); ``recorded_at`` is the time of the ingest, when
 the lake learned of the events.
 """
@@ -17,7 +22,9 @@ import os
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from queue import Queue
@@ -43,6 +50,8 @@ FORMATS = ("jsonl", "csv", "parquet", "sql", "eventsourcing")
 REJECT_COLUMNS = ("file", "line", "reason", "record")
 _KEEP_REJECTS = 10_000
 _BLOCK_BYTES = 64 << 20  # the largest block of a JSON Lines or CSV file read at once
+# Files at least this large (together) are staged and imported at once at the end (see _writer).
+_STAGE_MIN_BYTES = 256 << 20
 
 
 @dataclass(frozen=True)
@@ -189,7 +198,9 @@ def ingest(
     mapping = _check_options(format, mapping, timezone, batch_size)
     sources = _as_list(source)
     log = _RejectLog(None if rejects_path is None else Path(rejects_path))
-    writer = LakeWriter(lake, max_pending=max(batch_size * 2, 100_000))
+    size = _total_bytes(sources)
+    writer = LakeWriter(lake, max_pending=max(batch_size * 2, 100_000), staged=size >= _STAGE_MIN_BYTES,
+                        expected_bytes=size)
     started = time.perf_counter()
     read = 0
     labels: list[str] = []
@@ -210,6 +221,17 @@ def ingest(
         rejected=log.count, seconds=time.perf_counter() - started, rejects=log.frame(),
         rejects_path=log.path if log.count else None,
     )
+
+
+def _total_bytes(sources: Sequence[str]) -> int:
+    """The size of the source files together; -1 if one is not a file (a database: never staged)."""
+    total = 0
+    for item in sources:
+        try:
+            total += os.path.getsize(item)
+        except OSError:
+            return -1
+    return total
 
 
 def _as_list(source: Any) -> list[str]:
@@ -351,12 +373,26 @@ def _run_one(opened: _Opened, file_no: int, writer: LakeWriter, log: _RejectLog,
     queue: Queue[Any] = Queue(maxsize=ahead)
     stop = threading.Event()
 
+    # Two validators (DuckDB runs one such query on one thread): blocks alternate between them, and their
+    # results are handed over in block order.
+    validators = [validator, Validator(validator.columns, json_lines=validator.json_lines, kinds=validator.kinds,
+                                       timezone=timezone)]
+
+    def check(index: int, batch: src.RawBatch) -> tuple[Any, ...]:
+        return (batch.progress, batch.table.num_rows + len(batch.rejects), *validators[index % 2].run(batch))
+
     def produce() -> None:
         try:
-            for batch in opened.source.batches:
-                if stop.is_set():
-                    break
-                queue.put((batch.progress, batch.table.num_rows + len(batch.rejects), *validator.run(batch)))
+            with ThreadPoolExecutor(2, thread_name_prefix="es-analytics-ingest-check") as pool:
+                running: deque[Future[tuple[Any, ...]]] = deque()
+                for index, batch in enumerate(opened.source.batches):
+                    if stop.is_set():
+                        break
+                    running.append(pool.submit(check, index, batch))
+                    if len(running) == 2:  # the next block goes to the validator of this one
+                        queue.put(running.popleft().result())
+                while running and not stop.is_set():
+                    queue.put(running.popleft().result())
             queue.put(None)
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
             queue.put(exc)
@@ -389,7 +425,8 @@ def _run_one(opened: _Opened, file_no: int, writer: LakeWriter, log: _RejectLog,
             if not queue.empty():
                 queue.get_nowait()
             thread.join(0.05)
-        validator.close()
+        for item in validators:
+            item.close()
         if bar is not None:
             bar.close()
     return read

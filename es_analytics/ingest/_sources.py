@@ -187,8 +187,8 @@ def read_jsonl(path: Path, mapping: Mapping[str, str], block_bytes: int) -> tupl
     columns = resolve_columns(_first_keys(path), mapping, f"the first object of {path.name}")
 
     def batches() -> Iterator[RawBatch]:
-        # One reused buffer: no allocation (and no page faults) per block. A block is valid until the
-        # consumer asks for the next one, which is how the ingest pipeline uses it.
+        # A fresh buffer per block: blocks are validated on two threads, so one stays valid while the
+        # next is read (the page faults of a new 64 MB buffer cost a few ms against ~0.2 s of validation).
         buffer = bytearray(block_bytes)
         line, filled = 1, 0
         with open(path, "rb") as handle:
@@ -210,8 +210,9 @@ def read_jsonl(path: Path, mapping: Mapping[str, str], block_bytes: int) -> tupl
                 yield RawBatch(table, {}, rejects, cut + 1)
                 del table
                 rest = filled - cut - 1
-                buffer[:rest] = buffer[cut + 1:filled]
-                filled = rest
+                fresh = bytearray(len(buffer))
+                fresh[:rest] = buffer[cut + 1:filled]
+                buffer, filled = fresh, rest
             if filled:
                 table, rejects = _valid_utf8(_split_lines(bytes(buffer[:filled]), line))
                 yield RawBatch(table, {}, rejects, filled)

@@ -1,4 +1,7 @@
-"""Turn raw batches into event records, or into rejects with a reason, in one DuckDB query per batch.
+"""Turn raw batches into event records, or into rejects with a reason, in DuckDB queries per batch.
+
+A cheap query takes the rows that pass every check (all of them, in a clean file); the rows it stops go
+through the full query, which names the first thing wrong with each.
 
 Every check of ``Event`` and ``Lake.append`` is applied column-wise: identifiers, versions, timezone-aware
 ISO 8601 times, payloads that are JSON objects. The SQL below is fixed text; everything that comes from
@@ -13,6 +16,7 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..events import MAX_ID_LENGTH, MAX_JSON_BYTES, parse_json
 from ..errors import InvalidArgumentError
@@ -111,6 +115,29 @@ def _reason_sql(kind: str) -> str:
     )
 
 
+def _ok_sql() -> str:
+    """True for a row that every check of ``_reason_sql`` passes and that ``_strict_json`` need not look at.
+
+    Each condition is at least as strict as the check it stands for, so a row it lets through gets a NULL
+    reason from the full query; a row it stops (rare) is validated again by the full query, which gives
+    the reason. Plain substring tests stand in for the regex that looks for NaN and Infinity (10x cheaper).
+    """
+    text_ok = " AND ".join(
+        f"starts_with({c}, '{{') AND strlen({c}) <= {MAX_JSON_BYTES} AND NOT contains({c}, 'NaN') "
+        f"AND NOT contains({c}, 'Infinity') AND json_valid({c})" for c in ("data", "metadata"))
+    return (
+        f"event_id <> '' AND length(event_id) <= {MAX_ID_LENGTH} AND NOT regexp_matches(event_id, '{_CONTROL}') "
+        f"AND regexp_full_match(event_type, '{_EVENT_TYPE}') AND regexp_full_match(aggregate_type, '{_IDENT}') "
+        f"AND aggregate_id <> '' AND length(aggregate_id) <= {MAX_ID_LENGTH} "
+        f"AND NOT regexp_matches(aggregate_id, '{_CONTROL}') "
+        "AND aggregate_version_n >= 1 AND schema_version_n BETWEEN 1 AND 2147483647 AND occurred_at_ts IS NOT NULL "
+        f"AND {text_ok}"
+    )
+
+
+_OK_SQL = _ok_sql()
+
+
 class Validator:
     """Validates raw batches of one source (its columns and encodings are fixed when it is made)."""
 
@@ -144,26 +171,46 @@ class Validator:
             parsed = "(json_valid(_record) AND starts_with(ltrim(_record), '{'))"
             base = (f"SELECT _line, _record, {parsed} AS _parsed, "
                     f"CASE WHEN {parsed} THEN json_extract_string(_record, $paths) END AS _j FROM raw")
+            # The fast path keeps only lines that are JSON objects (the others take the full query); a
+            # filter instead of a CASE, which costs about as much as the extraction itself.
+            fast_base = ("SELECT _line, json_extract_string(_record, $paths) AS _j FROM raw "
+                         "WHERE starts_with(_record, '{') AND json_valid(_record)")
             occurred_src = "NULL"
         else:
             base = "SELECT *, true AS _parsed FROM raw"
+            fast_base = "SELECT * FROM raw"
             occurred_src = "occurred_at" if "occurred_at" in self.columns else "NULL"
         fields = ", ".join(f"{expr} AS {name}" for name, expr in text.items() if name != "metadata")
         metadata = f"coalesce(nullif({text['metadata']}, ''), '{{}}')"
         record = "_record" if self.json_lines else "to_json(struct_pack(" + ", ".join(
             f"{name} := {name}" for name in FIELDS if name in self.columns) + "))::VARCHAR"
+        numbers = (
+            "n AS (SELECT *, "
+            "CASE WHEN regexp_full_match(aggregate_version, '\\s*[0-9]{1,18}\\s*') THEN CAST(aggregate_version AS BIGINT) END AS aggregate_version_n, "
+            "CASE WHEN regexp_full_match(schema_version, '\\s*[0-9]{1,10}\\s*') THEN CAST(schema_version AS BIGINT) END AS schema_version_n, "
+            f"{_occurred_expr(occurred_kind)} AS occurred_at_ts FROM t)"
+        )
+        values = (
+            "event_id, event_type, schema_version_n::INTEGER AS schema_version, aggregate_type, aggregate_id, "
+            "aggregate_version_n AS aggregate_version, occurred_at_ts AS occurred_at, "
+        )
+        self._fast_sql = (
+            f"WITH b AS MATERIALIZED ({fast_base}), "
+            f"t AS (SELECT _line, {occurred_src} AS occurred_at_src, {fields}, {metadata} AS metadata FROM b), "
+            f"{numbers}, "
+            f"o AS (SELECT *, ({_OK_SQL}) IS TRUE AS _ok FROM n) "
+            f"SELECT _line, _ok, {values}"
+            f"CASE WHEN _ok THEN {self._minified('data')} END AS data, "
+            f"CASE WHEN _ok THEN {self._minified('metadata')} END AS metadata FROM o"
+        )
         return (
             f"WITH b AS MATERIALIZED ({base}), "
             f"t AS (SELECT _line, _parsed, {record} AS _raw, {occurred_src} AS occurred_at_src, {fields}, "
             f"{metadata} AS metadata FROM b), "
-            "n AS (SELECT *, "
-            "CASE WHEN regexp_full_match(aggregate_version, '\\s*[0-9]{1,18}\\s*') THEN CAST(aggregate_version AS BIGINT) END AS aggregate_version_n, "
-            "CASE WHEN regexp_full_match(schema_version, '\\s*[0-9]{1,10}\\s*') THEN CAST(schema_version AS BIGINT) END AS schema_version_n, "
-            f"{_occurred_expr(occurred_kind)} AS occurred_at_ts FROM t), "
+            f"{numbers}, "
             f"r AS (SELECT *, {_reason_sql(occurred_kind)} AS _reason FROM n) "
             "SELECT _line, _reason, CASE WHEN _reason IS NOT NULL THEN left(rtrim(_raw, chr(13) || chr(10)), 500) END AS _raw, "
-            "event_id, event_type, schema_version_n::INTEGER AS schema_version, aggregate_type, aggregate_id, "
-            "aggregate_version_n AS aggregate_version, occurred_at_ts AS occurred_at, "
+            f"{values}"
             f"CASE WHEN _reason IS NULL THEN {self._minified('data')} END AS data, "
             f"CASE WHEN _reason IS NULL THEN {self._minified('metadata')} END AS metadata FROM r"
         )
@@ -185,14 +232,33 @@ class Validator:
         return params
 
     def run(self, batch: RawBatch) -> tuple[pa.Table, list[tuple[int, str, str]]]:
-        """Valid rows (the columns of ``VALID_COLUMNS``) and rejects ``(line, reason, record)``."""
+        """Valid rows (the columns of ``VALID_COLUMNS``) and rejects ``(line, reason, record)``.
+
+        One cheap query (``_fast_sql``) takes the rows that pass every check; only the other rows (none
+        in a clean file) go through the full query, which names the first thing wrong with each.
+        """
         raw = batch.table
         if not self.json_lines and "occurred_at" in self.columns:
             raw = raw.append_column("occurred_at_src", raw["occurred_at"])
-        result = self.con.sql(self._sql, params=self.params()).to_arrow_table() if raw.num_rows else None
         rejects = list(batch.rejects)
-        if result is None:
+        if not raw.num_rows:
             return pa.table({c: [] for c in VALID_COLUMNS}), rejects
+        fast = self.con.sql(self._fast_sql, params=self.params()).to_arrow_table()
+        ok = fast["_ok"]
+        if fast.num_rows == raw.num_rows and pc.all(ok).as_py():
+            return fast.select(list(VALID_COLUMNS)), rejects
+        good = fast.filter(ok).select(list(VALID_COLUMNS))
+        rest = raw.filter(pc.invert(pc.is_in(raw["_line"], good["_line"])))
+        slow_good, slow_rejects = self._run_full(rest)
+        rejects += slow_rejects
+        rejects.sort(key=lambda r: r[0])
+        good = pa.concat_tables([good, slow_good.cast(good.schema)])
+        return good.take(pc.sort_indices(good["_line"])), rejects
+
+    def _run_full(self, raw: pa.Table) -> tuple[pa.Table, list[tuple[int, str, str]]]:
+        """The full query over ``raw``: valid rows and rejects with their reason."""
+        result = self.con.sql(self._sql, params=self.params()).to_arrow_table()
+        rejects = []
         blank = self._blank_lines(result) if self.json_lines else None
         bad = result.filter(pa.compute.invert(pa.compute.is_null(result["_reason"])))
         for line, reason, record in zip(bad["_line"].to_pylist(), bad["_reason"].to_pylist(), bad["_raw"].to_pylist()):
@@ -202,7 +268,6 @@ class Validator:
         good = result.filter(pa.compute.is_null(result["_reason"]))
         good, strict = _strict_json(good)
         rejects += strict
-        rejects.sort(key=lambda r: r[0])
         return good.select(list(VALID_COLUMNS)), rejects
 
     def _blank_lines(self, result: pa.Table) -> set[int]:

@@ -10,6 +10,13 @@ Per chunk of valid rows (polars, in source order):
 4. importable rows keep their source order, except that within a stream versions are put in ascending
    order, and go to ``LakeStore.import_table`` (straight into Parquet, continuity re-checked under the lock),
    still sorted by stream as the lake's files want them, with that commit order as a column.
+
+A large ingest (``staged=True``) keeps the importable rows of every chunk on disk instead
+(``store.staging``) and commits them at the end in one ``LakeStore.import_staged``: each event is written
+to Parquet once, in files of compaction size, and the hot tier's indexes are built in one pass. Ids of
+staged rows count as held by the lake for the checks of later chunks. Should another writer move a
+stream meanwhile, the commit refuses, and the staged chunks are imported one by one as above instead
+(each checked again against the stored heads).
 """
 
 from __future__ import annotations
@@ -20,8 +27,10 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..errors import InvalidArgumentError
+from ..store.staging import StagedImport
 
 if TYPE_CHECKING:
     from ..lake import Lake
@@ -38,9 +47,13 @@ _HEAD_SCHEMA = {"aggregate_id": pl.String, "head_type": pl.String, "head": pl.In
 class LakeWriter:
     """Writes validated rows of one ingest run into a lake; see the module docstring."""
 
-    def __init__(self, lake: Lake, *, max_pending: int = 1_000_000) -> None:
+    def __init__(self, lake: Lake, *, max_pending: int = 1_000_000, staged: bool = False,
+                 expected_bytes: int = 0) -> None:
         self.lake = lake
         self.store = lake._store
+        # Taken before any stream head is read: the staged commit re-checks heads only if the lake changed.
+        self._stage = (StagedImport(self.store.folder, self.store.snapshot(), expected_bytes=expected_bytes)
+                       if staged else None)
         self.max_pending = max_pending
         self.pending: pl.DataFrame | None = None
         self.counts = {"imported": 0, "already_present": 0, "repeated_in_input": 0}
@@ -57,6 +70,9 @@ class LakeWriter:
     def close(self) -> None:
         self.store.compact_after_files = self._compact_after
         self._seen.close()
+        if self._stage is not None:
+            self._stage.close()
+            self._stage = None
 
     def _load_seen(self) -> None:
         """Hash every event id the lake holds (8 bytes each) so later checks are one join per chunk."""
@@ -84,14 +100,51 @@ class LakeWriter:
             self._write(frame.sort("_ord"), attempts=3)
 
     def finish(self) -> None:
-        """Reject what still waits behind a version gap."""
+        """Reject what still waits behind a version gap; commit the staged rows."""
         if self.pending is not None and self.pending.height:
             self._reject_gaps(self.pending)
         self.pending = None
+        stage, self._stage = self._stage, None
+        if stage is not None:
+            try:
+                self._commit(stage)
+            finally:
+                stage.close()
+            if self.pending is not None and self.pending.height:
+                self._reject_gaps(self.pending)
+            self.pending = None
         self.store.compact_after_files = self._compact_after
         if self.counts["imported"]:
             with self.store.seal_lock():
                 self.store._maybe_compact()
+
+    def _commit(self, stage: StagedImport) -> None:
+        """Import the staged rows at once; if a stream moved meanwhile, chunk by chunk, checked again."""
+        try:
+            self.store.import_staged(stage)
+            self.counts["imported"] += stage.rows
+            return
+        except InvalidArgumentError:
+            pass
+        self._known_heads = self._known_heads.clear()
+        for chunk in stage.chunks():
+            frame = pl.from_arrow(chunk.drop_columns(["_seq", "_h"]))
+            assert isinstance(frame, pl.DataFrame)
+            if self.pending is not None:
+                frame = pl.concat([self.pending, frame], how="vertical_relaxed")
+                self.pending = None
+            self._write(frame.sort("_ord"), attempts=3)
+
+    def _stage_rows(self, ready: pl.DataFrame, stage: StagedImport) -> None:
+        """Keep importable rows for the commit, with their rank in commit order over the whole import."""
+        table = _with_commit_order(ready)
+        table = table.with_columns(
+            ready["_ord"], (pl.col("_commit").rank("ordinal").cast(pl.Int64) - 1 + stage.rows).alias("_seq"),
+        ).drop("_commit")
+        stage.add(table.to_arrow())
+        self._remember_heads(table)
+        ids = table.select("event_id").to_arrow()
+        self._seen.execute("INSERT INTO seen SELECT hash(event_id) FROM ids")
 
     def _write(self, frame: pl.DataFrame, attempts: int) -> None:
         frame = self._drop_repeats(frame)
@@ -102,6 +155,9 @@ class LakeWriter:
         if waiting.height:
             self._park(waiting)
         if not ready.height:
+            return
+        if self._stage is not None:
+            self._stage_rows(ready, self._stage)
             return
         table = _with_commit_order(ready)
         try:
@@ -153,6 +209,12 @@ class LakeWriter:
             "SELECT event_id, aggregate_id AS stored_id, aggregate_version AS stored_version FROM events "
             "WHERE event_id IN (SELECT unnest(?))", [hits["event_id"].to_pylist()], what="ingest",
         )
+        if self._stage is not None and stored.height < hits.num_rows:  # ids staged by earlier chunks
+            rest = hits.filter(pc.invert(pc.is_in(hits["event_id"], stored["event_id"].to_arrow())))
+            staged = pl.from_arrow(self._stage.lookup(rest["event_id"].to_pylist()))
+            assert isinstance(staged, pl.DataFrame)
+            stored = pl.concat([stored, staged.rename({"aggregate_id": "stored_id", "aggregate_version": "stored_version"})],
+                               how="vertical_relaxed")
         known = frame.join(stored, on="event_id", how="inner")
         same = (pl.col("aggregate_id") == pl.col("stored_id")) & (pl.col("aggregate_version") == pl.col("stored_version"))
         self.counts["already_present"] += known.filter(same).height
@@ -209,6 +271,10 @@ class LakeWriter:
         # 300k of 1.5M streams).
         missing = wanted.join(self._known_heads, on="aggregate_id", how="anti")["aggregate_id"].sort().to_list()
         rows: list[tuple[Any, ...]] = []
+        if missing and self._stage is not None and self._stage.snapshot[1] == 0:
+            # Staged into a lake that held nothing at the snapshot: no stored heads to read. (A writer that
+            # adds events meanwhile changes the snapshot, and the commit then checks every head again.)
+            missing = []
         if missing:
             with self.store.hot.read() as con:
                 for start in range(0, len(missing), 100_000):

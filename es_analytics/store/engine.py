@@ -16,6 +16,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from .hot import EVENT_ID_HASH_SQL, Durability, SQLiteHotTier, StoredMatch
 from .manifest import FileEntry, Manifest, read_manifest, write_manifest
 from .reader import DuckReader, hot_rows_to_arrow, translate_errors
 from .sealed import ParquetSealedTier, row_group_index
+from .staging import StagedImport, read_ipc
 
 __all__ = ["MARKER", "SEAL_HOOKS", "LakeStore", "SealHook"]
 
@@ -49,6 +51,18 @@ LAKE_FORMAT = "es_analytics-lake"
 COMPACT_TARGET_ROWS = 1_000_000
 _JSON_CHUNK = 500_000  # rows per JSON document sent to SQLite
 _FILE_ORDER = ("aggregate_type", "aggregate_id", "aggregate_version")
+# The first stream (id, imported type, first imported version, stored type, stored version) of a JSON
+# document of {a: id, t: type, v: first imported version} whose versions would not continue the stream.
+_CONTINUITY_SQL = (
+    "SELECT a, t, st, v, coalesce(sv, 0) FROM ("
+    "SELECT i.value ->> 'a' AS a, i.value ->> 't' AS t, i.value ->> 'v' AS v, "
+    "coalesce((SELECT aggregate_type FROM events WHERE aggregate_id = i.value ->> 'a' LIMIT 1), s.aggregate_type) AS st, "
+    "coalesce((SELECT max(aggregate_version) FROM events WHERE aggregate_id = i.value ->> 'a'), s.version) AS sv "
+    "FROM json_each(?) AS i LEFT JOIN streams AS s ON s.aggregate_id = i.value ->> 'a') "
+    "WHERE v != coalesce(sv, 0) + 1 OR t != coalesce(st, t) LIMIT 1"
+)
+# The manifest's ``extra`` key listing the level-1 files of the last staged import (their events are new).
+INGESTED_KEY = "ingested_files"
 
 
 class LakeStore:
@@ -237,11 +251,13 @@ class LakeStore:
             if index is None:
                 index = self._index_from_file(entry)
             self._insert_stream_index(file_id, index)
-        fresh = [entry for entry in new if entry.level == 0]
+        # Files with events new to the lake: level 0 (seals, imports), and the level-1 files that a staged
+        # import wrote at once (listed in the manifest); other level-1 files hold rows indexed already.
+        ingested = set(manifest.extra.get(INGESTED_KEY, ()))
+        fresh = [entry for entry in new if entry.level == 0 or entry.path in ingested]
         if fresh and not from_hot:
             self._index_event_ids(fresh)
-        if new and not from_hot:
-            self._sync_streams(new)
+            self._sync_streams(fresh)
         self.hot.bump_sequence(manifest.sealed_position)
         self.hot.keep_heads(previous, manifest.sealed_position)
         self.hot.delete_through(manifest.sealed_position)
@@ -285,7 +301,23 @@ class LakeStore:
                 continue
             ids = pq.read_table(self.folder / entry.path, columns=["event_id", "position"])
             parts.append(_hash_ids(ids))
-        hashed = pl.concat(parts).sort("id_hash", "position")
+        self._insert_id_hashes(pl.concat(parts))
+
+    def _index_staged_ids(self, stage: StagedImport, first: int) -> None:
+        """Add a staged import's event ids to the hash index (hashed when staged; positions from ``first``)."""
+        parts = []
+        for paths in stage.bucket_paths():
+            for path in paths:
+                table = read_ipc([path]).select(["_h", "_seq"])
+                frame = pl.from_arrow(table)
+                assert isinstance(frame, pl.DataFrame)
+                parts.append(frame.select(pl.col("_h").alias("id_hash"), (pl.col("_seq") + first).alias("position")))
+        if parts:
+            self._insert_id_hashes(pl.concat(parts))
+
+    def _insert_id_hashes(self, hashed: pl.DataFrame) -> None:
+        """Insert (id_hash, position) rows, in one pass in hash order."""
+        hashed = hashed.sort("id_hash", "position")
         for chunk in hashed.iter_slices(_JSON_CHUNK):
             pairs = chunk.select(pl.format("[{},{}]", "id_hash", "position").str.join(",")).item()
             self.hot.con.execute(
@@ -296,9 +328,8 @@ class LakeStore:
     def _sync_streams(self, entries: Sequence[FileEntry]) -> None:
         """Raise stream versions to what new files hold (a no-op after a normal seal).
 
-        Compacted files (level 1) are skipped: they hold the rows of files that were indexed already.
+        Only files with new events are given (not compacted files: their rows were indexed already).
         """
-        entries = [e for e in entries if e.level == 0]
         if not entries:
             return
         parts = [self._import_facts[e.path].heads for e in entries if e.path in self._import_facts]
@@ -570,6 +601,98 @@ class LakeStore:
         self._run_seal_hooks()
         return {"imported_events": n, "first_position": first, "last_position": first + n - 1, "compacted": compacted}
 
+    def snapshot(self) -> tuple[int, int]:
+        """(manifest generation, last position handed out): unchanged as long as nothing was written."""
+        with self.hot.read():
+            return self.manifest().generation, self.hot.last_position()
+
+    def import_staged(self, stage: StagedImport) -> dict[str, Any]:
+        """Commit a staged import (see ``staging``): its rows, sorted per type by (aggregate_id,
+        aggregate_version), are written once into files of compaction size (level 1, with disjoint
+        aggregate_id ranges, listed in the manifest as holding new events), at positions in the staged
+        commit order (``_seq``); the hot tier's indexes are then built in one pass in key order.
+
+        The stream heads the caller checked against are checked again only if the lake changed since the
+        stage's snapshot; a stream that moved raises ``InvalidArgumentError`` and nothing is written.
+        Event ids are not checked (the caller did, in bulk). Memory stays bounded: DuckDB sorts within
+        a memory limit, spilling to the stage's folder, and one file's rows are held at a time.
+        """
+        n = stage.rows
+        if n == 0:
+            return {"imported_events": 0}
+        dataset = stage.dataset()
+        con = duckdb.connect(config={"threads": 2, "memory_limit": "1GB",
+                                     "temp_directory": str(stage.folder / "sort")})
+        con.execute("SET preserve_insertion_order = false")
+        con.register("staged", dataset)
+        try:
+            with self.seal_lock():
+                with self.hot.write():
+                    manifest = self.manifest()
+                    if (manifest.generation, self.hot.last_position()) != stage.snapshot:
+                        self._validate_staged(con)
+                    hot_rows = self.hot.rows_after(manifest.sealed_position)
+                    first = self.hot.reserve_positions(n)
+                    stamp = max(to_micros(now_utc()), self.hot.last_recorded_at())
+                    entries: list[FileEntry] = []
+                    indexes: dict[str, pl.DataFrame] = {}
+                    facts: dict[str, _FileFacts] = {}
+                    if hot_rows:  # unsealed appends: sealed with the import, in files of their own
+                        entries, indexes, facts = self._write_sorted(_sort_for_files(hot_rows_to_arrow(hot_rows)))
+                    ingested: list[str] = []
+                    # Three things at once (pyarrow and SQLite release the GIL): the event-id index is
+                    # filled from the staged hashes and positions on one thread (in this transaction, so
+                    # a crash undoes it; nothing else uses SQLite meanwhile), Parquet is written on
+                    # another while the next part is sorted here; one part waits at most (bounded memory).
+                    no_ids = pl.DataFrame(schema={"id_hash": pl.Int64, "position": pl.Int64})
+                    with ThreadPoolExecutor(1, thread_name_prefix="es-analytics-ids") as ids_pool, \
+                            ThreadPoolExecutor(1, thread_name_prefix="es-analytics-import") as pool:
+                        ids_done = ids_pool.submit(self._index_staged_ids, stage, first)
+                        waiting: list[tuple[Future[tuple[FileEntry, pl.DataFrame]], _FileFacts]] = []
+                        for aggregate_type, part in _staged_files(stage, con, first, stamp):
+                            if self.encrypt_table is not None:
+                                part = self.encrypt_table(part)
+                            fact = _FileFacts(no_ids, _last_rows(part))
+                            if waiting:
+                                _collect(waiting.pop(), entries, indexes, facts, ingested)
+                            waiting.append((pool.submit(self.sealed.write, part, aggregate_type, level=1,
+                                                        presorted=True), fact))
+                            del part
+                        while waiting:
+                            _collect(waiting.pop(), entries, indexes, facts, ingested)
+                        ids_done.result()
+                    manifest = manifest.next(
+                        sealed_position=first + n - 1,
+                        last_recorded_at=max(manifest.last_recorded_at, stamp),
+                        files=manifest.files + tuple(entries),
+                        extra={**manifest.extra, INGESTED_KEY: ingested},
+                    )
+                    self._publish(manifest)
+                    self._import_facts = facts
+                    try:
+                        self._apply(manifest, indexes)
+                    finally:
+                        self._import_facts = {}
+                compacted = self._maybe_compact()
+        finally:
+            con.close()
+        self._run_seal_hooks()
+        return {"imported_events": n, "first_position": first, "last_position": first + n - 1, "compacted": compacted}
+
+    def _validate_staged(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Inside the hot write transaction: each staged stream continues its stored version and type."""
+        heads = con.sql(
+            "SELECT aggregate_id AS a, arg_min(aggregate_type, aggregate_version) AS t, min(aggregate_version) AS v "
+            "FROM staged GROUP BY aggregate_id").pl()
+        assert isinstance(heads, pl.DataFrame)
+        for chunk in heads.iter_slices(_JSON_CHUNK):
+            bad = self.hot.con.execute(_CONTINUITY_SQL, (chunk.write_json(),)).fetchone()
+            if bad is not None:
+                raise InvalidArgumentError(
+                    f"stream {bad[0]!r}: imported versions start at {bad[3]} but the stream is at version {bad[4]} "
+                    f"(type {bad[2]!r}); imported events must continue each stream without gaps"
+                )
+
     def _write_sorted(self, table: pa.Table) -> tuple[list[FileEntry], dict[str, pl.DataFrame], dict[str, _FileFacts]]:
         """Write a table sorted by (aggregate_type, aggregate_id, aggregate_version), one file per type
         (each a slice of it); returns the entries, their row-group indexes and what the other indexes need."""
@@ -590,15 +713,7 @@ class LakeStore:
         con = self.hot.con
         # The heads go to SQLite as one JSON document (json_each drives the join): about 4x less CPU than an
         # executemany into a temp table (0.33 s against 1.39 s for 206k streams).
-        bad = con.execute(
-            "SELECT a, t, st, v, coalesce(sv, 0) FROM ("
-            "SELECT i.value ->> 'a' AS a, i.value ->> 't' AS t, i.value ->> 'v' AS v, "
-            "coalesce((SELECT aggregate_type FROM events WHERE aggregate_id = i.value ->> 'a' LIMIT 1), s.aggregate_type) AS st, "
-            "coalesce((SELECT max(aggregate_version) FROM events WHERE aggregate_id = i.value ->> 'a'), s.version) AS sv "
-            "FROM json_each(?) AS i LEFT JOIN streams AS s ON s.aggregate_id = i.value ->> 'a') "
-            "WHERE v != coalesce(sv, 0) + 1 OR t != coalesce(st, t) LIMIT 1",
-            (batch.heads_json(),),
-        ).fetchone()
+        bad = con.execute(_CONTINUITY_SQL, (batch.heads_json(),)).fetchone()
         if bad is not None:
             raise InvalidArgumentError(
                 f"stream {bad[0]!r}: imported versions start at {bad[3]} but the stream is at version {bad[4]} "
@@ -688,6 +803,96 @@ class LakeStore:
             reader.install(files, manifest.sealed_position, hot, (manifest.generation, after))
 
 
+def _staged_files(stage: StagedImport, con: duckdb.DuckDBPyConnection, first: int,
+                  stamp: int) -> Iterator[tuple[str, pa.Table]]:
+    """The staged rows as events, per type sorted by (aggregate_id, aggregate_version), cut into parts of
+    about ``COMPACT_TARGET_ROWS`` rows at stream boundaries (so parts have disjoint aggregate_id ranges).
+
+    The stage's buckets cover disjoint aggregate_id ranges in order, so sorting one bucket at a time (in
+    memory with polars; a bucket larger than ``_SORT_IN_MEMORY_ROWS`` by DuckDB within its memory limit)
+    gives each type's rows in order.
+    """
+    held: dict[str, list[pa.Table]] = {}
+    recorded = pa.scalar(stamp, pa.int64()).cast(pa.timestamp("us", tz="UTC"))
+    names = EVENT_SCHEMA.names
+    schema = EVENT_SCHEMA
+
+    def done(aggregate_type: str, table: pa.Table) -> tuple[str, pa.Table]:
+        return aggregate_type, table
+
+    for paths, rows in zip(stage.bucket_paths(), stage.bucket_rows):
+        if not paths:
+            continue
+        for piece in _sorted_bucket(paths, rows, con):
+            piece = piece.append_column("position", pc.add(piece["_seq"], pa.scalar(first, pa.int64())))
+            piece = piece.append_column("recorded_at", pa.repeat(recorded, piece.num_rows))
+            piece = piece.select(names).cast(schema)
+            types = pc.unique(piece["aggregate_type"]).to_pylist()
+            for item in types:
+                part = piece if len(types) == 1 else piece.filter(pc.equal(piece["aggregate_type"], item))
+                parts = held.setdefault(item, [])
+                parts.append(part)
+                if sum(p.num_rows for p in parts) <= COMPACT_TARGET_ROWS:
+                    continue
+                table = pa.concat_tables(parts)
+                cut = _stream_boundary(table["aggregate_id"], COMPACT_TARGET_ROWS)
+                if cut is None:
+                    held[item] = [table]
+                    continue
+                yield done(item, table.slice(0, cut))
+                held[item] = [table.slice(cut)]
+    for item in sorted(held):
+        table = pa.concat_tables(held[item])
+        if table.num_rows:
+            yield done(item, table)
+
+
+_SORT_IN_MEMORY_ROWS = 2_000_000
+
+
+def _sorted_bucket(paths: Sequence[Path], rows: int, con: duckdb.DuckDBPyConnection) -> Iterator[pa.Table]:
+    """One bucket's rows sorted by (aggregate_id, aggregate_version), in one or more pieces."""
+    if rows <= _SORT_IN_MEMORY_ROWS:
+        frame = pl.from_arrow(read_ipc(paths))
+        assert isinstance(frame, pl.DataFrame)
+        yield frame.sort("aggregate_id", "aggregate_version").to_arrow()
+        return
+    con.register("bucket", ds.dataset([str(p) for p in paths], format="ipc"))
+    try:
+        relation = con.sql("SELECT * FROM bucket ORDER BY aggregate_id, aggregate_version")
+        for batch in relation.to_arrow_reader(100_000):
+            yield pa.Table.from_batches([batch])
+    finally:
+        con.unregister("bucket")
+
+
+def _collect(item: tuple[Future[tuple[FileEntry, pl.DataFrame]], _FileFacts], entries: list[FileEntry],
+             indexes: dict[str, pl.DataFrame], facts: dict[str, _FileFacts], ingested: list[str]) -> None:
+    """Wait for one file written in the background and record it."""
+    entry, index = item[0].result()
+    entries.append(entry)
+    indexes[entry.path] = index
+    facts[entry.path] = item[1]
+    ingested.append(entry.path)
+
+
+def _last_rows(part: pa.Table) -> pl.DataFrame:
+    """Each stream's last row (aggregate_id, aggregate_type, aggregate_version) of a table sorted by stream."""
+    keys = pl.from_arrow(part.select(["aggregate_id", "aggregate_type", "aggregate_version"]))
+    assert isinstance(keys, pl.DataFrame)
+    last = (pl.col("aggregate_id") != pl.col("aggregate_id").shift(-1)).fill_null(True)
+    return keys.filter(last)
+
+
+def _stream_boundary(ids: pa.ChunkedArray, at: int) -> int | None:
+    """The first row at or after ``at`` that starts another stream (``ids`` sorted), if any."""
+    if at <= 0 or at >= len(ids):
+        return None
+    changed = pc.not_equal(ids.slice(at), ids.slice(at - 1, len(ids) - at))
+    found = pc.index(changed, True).as_py()
+    return None if found < 0 else at + found
+
+
 def _hash_ids(ids: pa.Table) -> pl.DataFrame:
     """(id_hash, position) of a table's events, hashed column-wise in DuckDB."""
     relation = duckdb.sql(f"SELECT {EVENT_ID_HASH_SQL} AS id_hash, position FROM ids")
@@ -732,10 +937,7 @@ class _FileFacts:
     @classmethod
     def of(cls, part: pa.Table) -> _FileFacts:
         """Facts of a table sorted by (aggregate_id, aggregate_version): id hashes and each stream's last row."""
-        keys = pl.from_arrow(part.select(["aggregate_id", "aggregate_type", "aggregate_version"]))
-        assert isinstance(keys, pl.DataFrame)
-        last = (pl.col("aggregate_id") != pl.col("aggregate_id").shift(-1)).fill_null(True)
-        return cls(_hash_ids(part.select(["event_id", "position"])), keys.filter(last))
+        return cls(_hash_ids(part.select(["event_id", "position"])), _last_rows(part))
 
 
 class _SortedImport:

@@ -1,0 +1,90 @@
+"""The validator's fast path (one cheap query, the full query only for the rows it stops) gives exactly what
+the full query gives alone: the same valid rows in line order and the same rejects with the same reasons."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from es_analytics.ingest import _sources as src
+from es_analytics.ingest._validate import VALID_COLUMNS, Validator
+
+GOOD = {
+    "event_id": "e-1", "event_type": "MoneyDeposited", "aggregate_type": "BankAccount", "aggregate_id": "acc-1",
+    "aggregate_version": 1, "occurred_at": "2024-03-01T09:00:00Z", "data": {"amount": 10}, "metadata": {"u": 1},
+}
+# Changes of one field: some break a check, some only look suspicious to the fast path (and are valid).
+CHANGES: list[tuple[str, Any]] = [
+    ("event_id", ""), ("event_id", None), ("event_id", "a\u0001b"), ("event_id", "x" * 1025), ("event_id", 7),
+    ("event_type", "Money Deposited"), ("event_type", ""), ("aggregate_type", "Bank-Account"),
+    ("aggregate_id", "acc\u007f"), ("aggregate_id", ""), ("aggregate_version", "3.5"), ("aggregate_version", 0),
+    ("aggregate_version", " 5 "), ("aggregate_version", "12"), ("schema_version", 2), ("schema_version", 0),
+    ("schema_version", 2**31), ("occurred_at", "2024-03-01T09:00:00"), ("occurred_at", "yesterday"),
+    ("occurred_at", "2024-03-01 09:00:00+02:00"), ("occurred_at", ""), ("data", [1, 2]), ("data", "{\"a\": 1}"),
+    ("data", "not json"), ("data", {"note": "NaN and Infinity"}), ("data", {}), ("metadata", None),
+    ("metadata", "{}"), ("metadata", 5), ("metadata", {"x": "Infinity"}),
+]
+RAW_LINES = ["", "not json", "[1, 2]", "  ", '{"event_id": "e-9", "data": {"amount": NaN}}',
+             json.dumps({**GOOD, "data": "{\"amount\": NaN}"})]
+
+
+def _line(choice: int | None, version: int) -> str:
+    if choice is None:
+        return json.dumps({**GOOD, "event_id": f"e-{version}", "aggregate_version": version}, ensure_ascii=False)
+    if choice >= len(CHANGES):
+        return RAW_LINES[choice - len(CHANGES)]
+    key, value = CHANGES[choice]
+    row: dict[str, Any] = {**GOOD, "event_id": f"e-{version}", "aggregate_version": version}
+    row[key] = value
+    return json.dumps(row, ensure_ascii=False)
+
+
+def _run_both(path: Path, timezone: str | None) -> tuple[Any, Any]:
+    columns, batches = src.read_jsonl(path, {}, 1 << 16)
+    validator = Validator(columns, json_lines=True, kinds={}, timezone=timezone)
+    try:
+        batch = next(batches)
+        fast = validator.run(batch)
+        raw = batch.table  # the full query alone, over the same batch (DuckDB finds ``raw`` here)
+        full_good, full_rejects = validator._run_full(raw)
+        full_rejects = sorted(list(batch.rejects) + full_rejects, key=lambda r: r[0])
+        return fast, (full_good, full_rejects)
+    finally:
+        validator.close()
+
+
+@settings(max_examples=40, deadline=None)
+@given(choices=st.lists(st.one_of(st.none(), st.integers(0, len(CHANGES) + len(RAW_LINES) - 1)), min_size=1,
+                        max_size=40),
+       timezone=st.sampled_from([None, "Europe/Berlin"]))
+def test_fast_path_agrees_with_the_full_query(tmp_path_factory: Any, choices: list[int | None],
+                                              timezone: str | None) -> None:
+    path = tmp_path_factory.mktemp("v") / "e.jsonl"
+    lines = [json.dumps(GOOD)] + [_line(c, i + 2) for i, c in enumerate(choices)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (good, rejects), (full_good, full_rejects) = _run_both(path, timezone)
+    assert good.column_names == list(VALID_COLUMNS)
+    assert good.to_pylist() == full_good.to_pylist()
+    assert rejects == full_rejects
+    assert good["_line"].to_pylist() == sorted(good["_line"].to_pylist())
+
+
+def test_a_clean_block_takes_the_fast_path_only(tmp_path: Path, monkeypatch: Any) -> None:
+    path = tmp_path / "e.jsonl"
+    path.write_text("".join(json.dumps({**GOOD, "event_id": f"e-{v}", "aggregate_version": v}) + "\n"
+                            for v in range(1, 50)), encoding="utf-8")
+    columns, batches = src.read_jsonl(path, {}, 1 << 16)
+    validator = Validator(columns, json_lines=True, kinds={}, timezone=None)
+
+    def no_full_query(raw: Any) -> Any:
+        raise AssertionError("the full query ran for a clean block")
+
+    monkeypatch.setattr(validator, "_run_full", no_full_query)
+    good, rejects = validator.run(next(batches))
+    validator.close()
+    assert rejects == [] and good.num_rows == 49
+    assert good["aggregate_version"].to_pylist() == list(range(1, 50))
