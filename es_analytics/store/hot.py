@@ -4,6 +4,9 @@ One transaction per append. A stream's version (the optimistic-concurrency check
 version of its hot rows (an index seek) or, for a stream with no hot rows, its row in ``streams``, which
 holds the heads of sealed streams and is brought up to date when rows are sealed; the view
 ``stream_heads`` combines the two. An append thus writes three B-tree pages, not four.
+A handle remembers the heads its own appends left while SQLite's ``data_version`` shows that no other
+connection has committed since; a one-event append to such a stream is then a single self-committing
+INSERT guarded by that check (see ``_append_one``), and anything unexpected takes the full path.
 ``events`` holds the committed events not yet sealed (with each id's hash, so a seal indexes them in SQL),
 ``event_ids`` a compact hash index of sealed event ids (for idempotent retries), ``files`` and
 ``stream_index`` say which sealed file and row group hold a stream. SQLite's locking lets several
