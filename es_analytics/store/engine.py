@@ -591,15 +591,20 @@ class LakeStore:
                     last_recorded_at=max(manifest.last_recorded_at, batch.max_recorded_at(stamp)),
                     files=manifest.files + tuple(entries),
                 )
-                self._publish(manifest)
-                self._import_facts = facts
-                try:
-                    self._apply(manifest, indexes)
-                finally:
-                    self._import_facts = {}
+                self._publish_import(manifest, indexes, facts)
             compacted = self._maybe_compact()
         self._run_seal_hooks()
         return {"imported_events": n, "first_position": first, "last_position": first + n - 1, "compacted": compacted}
+
+    def _publish_import(self, manifest: Manifest, indexes: dict[str, pl.DataFrame], facts: dict[str, _FileFacts]) -> None:
+        """Inside the hot write transaction: publish an import's manifest and bring SQLite up to it, taking
+        the new files' id hashes and heads (``facts``) from memory instead of reading the files back."""
+        self._publish(manifest)
+        self._import_facts = facts
+        try:
+            self._apply(manifest, indexes)
+        finally:
+            self._import_facts = {}
 
     def snapshot(self) -> tuple[int, int]:
         """(manifest generation, last position handed out): unchanged as long as nothing was written."""
@@ -667,12 +672,7 @@ class LakeStore:
                         files=manifest.files + tuple(entries),
                         extra={**manifest.extra, INGESTED_KEY: ingested},
                     )
-                    self._publish(manifest)
-                    self._import_facts = facts
-                    try:
-                        self._apply(manifest, indexes)
-                    finally:
-                        self._import_facts = {}
+                    self._publish_import(manifest, indexes, facts)
                 compacted = self._maybe_compact()
         finally:
             con.close()

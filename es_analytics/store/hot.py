@@ -515,8 +515,9 @@ class SQLiteHotTier:
         is unchanged) and this connection changed nothing else (``total_changes`` moved by that append
         alone), the stream's head, the last position and the newest ``recorded_at`` are the ones this
         connection left, so the second statement only probes the sealed ids (3 against 9 B-tree seeks).
-        The lock and transaction are taken inline rather than through ``write()``: this is the path of
-        every single-event append, where a generator-based context manager costs as much as a seek.
+        The lock and transaction are taken inline rather than through ``write()``: on this path (every
+        batch, and every first append to a stream in a handle) a generator-based context manager costs
+        as much as a seek.
         """
         hashes = [event_id_hash(e.event_id) for e in events]  # type: ignore[arg-type]
         con = self.con
