@@ -306,12 +306,10 @@ class LakeStore:
     def _index_staged_ids(self, stage: StagedImport, first: int) -> None:
         """Add a staged import's event ids to the hash index (hashed when staged; positions from ``first``)."""
         parts = []
-        for paths in stage.bucket_paths():
-            for path in paths:
-                table = read_ipc([path]).select(["_h", "_seq"])
-                frame = pl.from_arrow(table)
-                assert isinstance(frame, pl.DataFrame)
-                parts.append(frame.select(pl.col("_h").alias("id_hash"), (pl.col("_seq") + first).alias("position")))
+        for path in stage.paths:  # any order: the rows are sorted by hash before they are inserted
+            frame = pl.from_arrow(read_ipc([path]).select(["_h", "_seq"]))
+            assert isinstance(frame, pl.DataFrame)
+            parts.append(frame.select(pl.col("_h").alias("id_hash"), (pl.col("_seq") + first).alias("position")))
         if parts:
             self._insert_id_hashes(pl.concat(parts))
 
@@ -817,9 +815,6 @@ def _staged_files(stage: StagedImport, con: duckdb.DuckDBPyConnection, first: in
     names = EVENT_SCHEMA.names
     schema = EVENT_SCHEMA
 
-    def done(aggregate_type: str, table: pa.Table) -> tuple[str, pa.Table]:
-        return aggregate_type, table
-
     for paths, rows in zip(stage.bucket_paths(), stage.bucket_rows):
         if not paths:
             continue
@@ -839,12 +834,12 @@ def _staged_files(stage: StagedImport, con: duckdb.DuckDBPyConnection, first: in
                 if cut is None:
                     held[item] = [table]
                     continue
-                yield done(item, table.slice(0, cut))
+                yield item, table.slice(0, cut)
                 held[item] = [table.slice(cut)]
     for item in sorted(held):
         table = pa.concat_tables(held[item])
         if table.num_rows:
-            yield done(item, table)
+            yield item, table
 
 
 _SORT_IN_MEMORY_ROWS = 2_000_000

@@ -130,6 +130,7 @@ _HEAD_ONE_SQL = _HEAD_SQL.format(probe="(SELECT count(*) FROM event_ids WHERE id
 # another connection committed since (SQLite's data_version) and the sealed-id probe.
 _PROBE_SQL = "SELECT (SELECT data_version FROM pragma_data_version()), {probe}"
 _PROBE_ONE_SQL = _PROBE_SQL.format(probe="(SELECT count(*) FROM event_ids WHERE id_hash = ?1)")
+_PROBE_UNSENT_SQL = _PROBE_SQL.format(probe="0")
 # One event, inserted only if no other connection has committed since (?13 is the data_version this
 # connection last saw) and its id hash (?12) is not among the sealed ids.
 _INSERT_IF_CURRENT_SQL = (
@@ -533,7 +534,7 @@ class SQLiteHotTier:
                     cached = self._heads.get(aggregate_id)
                 if cached is not None:
                     if unsent:
-                        probe = con.execute(_PROBE_SQL.format(probe="0")).fetchone()
+                        probe = con.execute(_PROBE_UNSENT_SQL).fetchone()
                     elif len(hashes) == 1:
                         probe = con.execute(_PROBE_ONE_SQL, hashes).fetchone()
                     else:
@@ -878,15 +879,6 @@ class SQLiteHotTier:
         finally:
             con.execute("COMMIT")
         return locations, rows
-
-    def stream_rows(self, aggregate_id: str, after_position: int) -> list[HotRow]:
-        return self.con.execute(
-            f"SELECT {HOT_COLUMNS} FROM events WHERE aggregate_id = ? AND position > ? ORDER BY aggregate_version",
-            (aggregate_id, after_position),
-        ).fetchall()
-
-    def stream_locations(self, aggregate_id: str) -> list[tuple[str, int]]:
-        return self.con.execute(_LOCATIONS_SQL, (aggregate_id,)).fetchall()
 
     def max_position(self) -> int:
         row = self.con.execute("SELECT max(position) FROM events").fetchone()
