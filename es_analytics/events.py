@@ -72,9 +72,17 @@ def check_identifier(value: object, name: str) -> str:
     return value
 
 
+_KNOWN_TYPES: set[str] = set()  # aggregate types that passed the check (a lake has a handful)
+
+
 def check_aggregate_type(value: object) -> str:
     """Validate an aggregate type: it becomes a partition folder, so it must be an identifier."""
-    return check_identifier(value, "aggregate_type")
+    if type(value) is str and value in _KNOWN_TYPES:
+        return value  # checked before: a set lookup costs far less than the regex on the append path
+    checked = check_identifier(value, "aggregate_type")
+    if type(checked) is str and len(_KNOWN_TYPES) < 4096:
+        _KNOWN_TYPES.add(checked)
+    return checked
 
 
 def check_aggregate_id(value: object, name: str = "aggregate_id") -> str:
@@ -85,6 +93,10 @@ def check_aggregate_id(value: object, name: str = "aggregate_id") -> str:
         raise InvalidArgumentError(f"{name} must be a non-empty string, got {value!r}")
     if len(value) > MAX_ID_LENGTH:
         raise InvalidArgumentError(f"{name} is longer than {MAX_ID_LENGTH} characters: {value[:40]!r}…")
+    if value.isascii():  # the usual case: printable ASCII is exactly "no control characters", and valid UTF-8
+        if not value.isprintable():
+            raise InvalidArgumentError(f"{name} must not hold control characters, got {value!r}")
+        return value
     if _CONTROL.search(value):
         raise InvalidArgumentError(f"{name} must not hold control characters, got {value!r}")
     _check_utf8(value, name)

@@ -319,3 +319,45 @@ def test_events_whose_ids_were_made_with_them_skip_the_sealed_probe_only_once(tm
         stored = lake.events("a")
         assert stored["aggregate_version"].to_list() == list(range(1, size + 2))
         assert stored["event_id"].n_unique() == size + 1
+
+
+@pytest.mark.parametrize("how", ["same object", "copy.copy", "pickled copy"])
+def test_a_generated_id_appended_alone_to_a_known_stream_is_indexed_by_the_seal(tmp_path: Path, how: str) -> None:
+    """A single event with a generated id, appended to a stream this handle knows, is stored without its
+    id hash (the one-statement path skips hashing); the seal hashes it, so a retry after the seal is still
+    recognised and a reuse of the id with other content still refused."""
+    import copy
+    import pickle
+
+    event = Event("Ticked", {"n": 1}, occurred_at=T0)
+    again = {"same object": lambda: event, "copy.copy": lambda: copy.copy(event),
+             "pickled copy": lambda: pickle.loads(pickle.dumps(event))}[how]()
+    with Lake.open(tmp_path / "lake", auto_seal_rows=0) as lake:
+        con = lake._store.hot.con
+        lake.append("a", [_tick(0)], expected_version=0, aggregate_type="Clock")  # the head is remembered
+        assert lake.append("a", [event], expected_version=1, aggregate_type="Clock") == 2
+        assert con.execute("SELECT id_hash FROM events WHERE event_id = ?", (event.event_id,)).fetchone() == (None,)
+        lake.seal()
+        indexed = con.execute("SELECT position FROM event_ids WHERE id_hash = ?", (event_id_hash(str(event.event_id)),))
+        assert indexed.fetchall() == [(2,)]
+        assert lake.append("a", [again], expected_version=None, aggregate_type="Clock") == 2
+        with pytest.raises(DuplicateEventError):
+            lake.append("b", [Event("Ticked", {"n": 9}, event_id=event.event_id, occurred_at=T0)],
+                        expected_version=0, aggregate_type="Clock")
+        assert lake.events("a")["event_id"].n_unique() == 2
+        assert lake.check()["ok"]
+
+
+def test_single_appends_are_kept_for_the_seal_as_one_growing_segment(tmp_path: Path) -> None:
+    with Lake.open(tmp_path / "lake", auto_seal_rows=10_000) as lake:
+        lake.append("a", [_tick(0)], expected_version=0, aggregate_type="Clock")
+        for n in range(1, 300):
+            lake.append("a", [_tick(n)], expected_version=n, aggregate_type="Clock")
+        hot = lake._store.hot
+        assert len(hot._cache) <= 2 and hot._cached_rows == 300  # not one segment per append
+        before = _stored(lake)
+        assert hot.cached_after(0, 300, 1_000).equals(hot.arrow_after(0, 1_000))  # type: ignore[union-attr]
+        lake._store.seal(max_rows=120)  # in slices: the segment is cut where each seal ends
+        assert lake._store.manifest().sealed_position == 300
+        assert _stored(lake) == before
+        assert hot._cached_rows == 0

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
 from es_analytics import ConcurrencyError, DuplicateEventError, Event, Lake
@@ -391,3 +393,36 @@ def test_bulk_import_refuses_a_known_event_id_and_writes_nothing(lake: Lake, sea
     with pytest.raises(InvalidArgumentError, match="event_id 'e-1' is already in the lake"):
         lake._store.import_table(table)
     assert lake.events()["event_id"].to_list() == ["e-1"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=12) | st.text(st.characters(max_codepoint=0x7f), max_size=12))
+def test_id_checks_accept_exactly_the_documented_ids(value: str) -> None:
+    """Non-empty, at most 1,024 characters, no control characters (U+0000-U+001F, U+007F), valid Unicode:
+    the ASCII shortcut of ``check_aggregate_id`` agrees with that definition for any text."""
+    import re
+
+    from es_analytics.events import check_aggregate_id
+
+    try:
+        value.encode("utf-8")
+        encodable = True
+    except UnicodeEncodeError:
+        encodable = False
+    expected = bool(value) and not re.search(r"[\x00-\x1f\x7f]", value) and encodable
+    try:
+        assert check_aggregate_id(value) == value
+        accepted = True
+    except InvalidArgumentError:
+        accepted = False
+    assert accepted == expected
+
+
+def test_an_aggregate_type_is_checked_on_every_call_even_after_valid_ones(tmp_path: Path) -> None:
+    from es_analytics.events import check_aggregate_type
+
+    assert check_aggregate_type("BankAccount") == "BankAccount"
+    assert check_aggregate_type("BankAccount") == "BankAccount"  # answered from the set of checked types
+    for bad in ("Bank Account", "../x", "", 5, None, "BankAccount\n"):
+        with pytest.raises(InvalidArgumentError, match="aggregate_type must be an identifier"):
+            check_aggregate_type(bad)

@@ -317,6 +317,20 @@ class SQLiteHotTier:
             segments.append((first, last, payload))
             self._cached_rows += len(rows)
 
+    def _remember_one(self, row: tuple[Any, ...]) -> None:
+        """``_remember([row])`` for one row: it joins the last segment when that one holds row tuples."""
+        position = row[0]
+        with self._cache_guard:
+            segments = self._cache
+            if segments:
+                first, last, payload = segments[-1]
+                if last + 1 == position and type(payload) is list and self._cached_rows < self.cache_limit:
+                    payload.append(row)
+                    segments[-1] = (first, position, payload)
+                    self._cached_rows += 1
+                    return
+        self._remember([row])
+
     def cached_after(self, position: int, through: int, limit: int) -> pa.Table | None:
         """The hot rows in ``(position, min(through, position + limit)]`` as Arrow if this handle appended
         every one of them (``through``: the highest hot position in the caller's read snapshot)."""
@@ -464,7 +478,8 @@ class SQLiteHotTier:
         if cached is None or cached[0] != aggregate_type or (
                 expected_version is not None and expected_version != cached[1]):
             return None
-        if not self._local_writer.acquire(timeout=self.busy_timeout):
+        lock = self._local_writer
+        if not lock.acquire(False) and not lock.acquire(timeout=self.busy_timeout):  # uncontended: no timed wait
             raise LakeBusyError(
                 f"another thread of this process held the lake's hot tier for {self.busy_timeout:.0f} s"
             )
@@ -475,7 +490,9 @@ class SQLiteHotTier:
             last_position, last_recorded = self._last_handed
             position, version = last_position + 1, cached[1] + 1
             recorded = max(int(time.time() * 1_000_000), last_recorded)
-            id_hash = event_id_hash(event.event_id)  # type: ignore[arg-type]
+            # An unsent id needs no probe, and its hash waits for the seal (``index_sealed_ids``): right
+            # after an fsync, md5 through OpenSSL is the costliest step of the whole append (~10 µs here).
+            id_hash = None if unsent else event_id_hash(event.event_id)  # type: ignore[arg-type]
             row = (position, event.event_id, event.event_type, event.schema_version, aggregate_type, aggregate_id,
                    version, to_micros(event.occurred_at), recorded, encoded[0], encoded[1], id_hash)  # type: ignore[arg-type]
             try:
@@ -492,9 +509,9 @@ class SQLiteHotTier:
             self._last_handed = (position, recorded)
             self._seen_changes = con.total_changes
         finally:
-            self._local_writer.release()
+            lock.release()
         if self.cache_limit:
-            self._remember([row])
+            self._remember_one(row)
         return version, position
 
     def _append_fast(
@@ -791,7 +808,8 @@ class SQLiteHotTier:
 
     def index_sealed_ids(self, after: int, through: int) -> None:
         """Inside a write transaction: add the hashes of the hot rows' ids in ``(after, through]`` to the
-        sealed-id index (rows from before hashes were stored are hashed by the registered function)."""
+        sealed-id index. Rows stored without a hash (single appends of events with generated ids, and
+        rows of lakes made before hashes were stored) are hashed here by the registered function."""
         self.con.execute(
             "INSERT OR IGNORE INTO event_ids (id_hash, position) "
             "SELECT coalesce(id_hash, es_event_id_hash(event_id)), position FROM events "
