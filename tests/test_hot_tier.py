@@ -91,7 +91,7 @@ def test_a_seal_indexes_the_sealed_ids_from_their_stored_hashes(tmp_path: Path) 
         lake.append("a", events, expected_version=0, aggregate_type="Clock")
         lake.seal()
         con = lake._store.hot.con
-        stored = dict(con.execute("SELECT position, id_hash FROM event_ids").fetchall())
+        stored = dict(con.execute("SELECT position, id_hash FROM sealed_ids").fetchall())
         assert stored == {n + 1: event_id_hash(str(e.event_id)) for n, e in enumerate(events)}
         assert con.execute("SELECT count(*) FROM events").fetchone()[0] == 0
 
@@ -338,7 +338,7 @@ def test_a_generated_id_appended_alone_to_a_known_stream_is_indexed_by_the_seal(
         assert lake.append("a", [event], expected_version=1, aggregate_type="Clock") == 2
         assert con.execute("SELECT id_hash FROM events WHERE event_id = ?", (event.event_id,)).fetchone() == (None,)
         lake.seal()
-        indexed = con.execute("SELECT position FROM event_ids WHERE id_hash = ?", (event_id_hash(str(event.event_id)),))
+        indexed = con.execute("SELECT position FROM sealed_ids WHERE id_hash = ?", (event_id_hash(str(event.event_id)),))
         assert indexed.fetchall() == [(2,)]
         assert lake.append("a", [again], expected_version=None, aggregate_type="Clock") == 2
         with pytest.raises(DuplicateEventError):
@@ -361,3 +361,85 @@ def test_single_appends_are_kept_for_the_seal_as_one_growing_segment(tmp_path: P
         assert lake._store.manifest().sealed_position == 300
         assert _stored(lake) == before
         assert hot._cached_rows == 0
+
+
+def test_the_sealed_id_index_merges_its_recent_level_and_finds_ids_in_both(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Seals add id hashes to the small recent level; once it holds max(MERGE_MIN_IDS, an eighth of the base)
+    it is merged into the base in the seal's transaction. Retries and reused ids are recognised either way."""
+    import es_analytics.store.hot as hot_module
+
+    monkeypatch.setattr(hot_module, "MERGE_MIN_IDS", 25)
+    with Lake.open(tmp_path / "lake", auto_seal_rows=0) as lake:
+        con = lake._store.hot.con
+        count = lambda table: con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # noqa: E731
+        batches = []
+        for n in range(5):  # 10 events a seal: the third seal merges (30 >= 25); the next two stay recent
+            events = [Event("Ticked", {"n": n, "i": i}, occurred_at=T0) for i in range(10)]
+            lake.append(f"s{n}", events, expected_version=0, aggregate_type="Clock")
+            lake.seal()
+            batches.append(events)
+            assert count("event_ids") + count("recent_ids") == 10 * (n + 1)
+            assert lake._store.hot.meta("recent_ids_rows") == count("recent_ids")
+            assert lake._store.hot.meta("event_ids_rows") == count("event_ids")
+        assert count("event_ids") == 30 and count("recent_ids") == 20
+        for n in (0, 4):  # one batch in the base, one in the recent level: both are retries
+            assert lake.append(f"s{n}", batches[n], expected_version=None, aggregate_type="Clock") == 10
+            with pytest.raises(DuplicateEventError):
+                lake.append("other", [Event("Ticked", {"x": 1}, event_id=batches[n][3].event_id, occurred_at=T0)],
+                            expected_version=0, aggregate_type="Clock")
+        assert lake.events()["event_id"].n_unique() == 50
+        assert lake.check()["ok"]
+
+
+def test_a_bulk_import_as_large_as_a_merge_goes_straight_into_the_base_level(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import es_analytics.store.hot as hot_module
+
+    monkeypatch.setattr(hot_module, "MERGE_MIN_IDS", 25)
+    with Lake.open(tmp_path / "lake", auto_seal_rows=0) as lake:
+        con = lake._store.hot.con
+        small = hot_rows_to_arrow([(n + 1, f"id-{n}", "Ticked", 1, "Clock", "a", n + 1, 0, 0, "{}", "{}")
+                                   for n in range(10)]).drop_columns(["position", "recorded_at"])
+        lake._store.import_table(small)
+        assert con.execute("SELECT count(*) FROM recent_ids").fetchone()[0] == 10
+        big = hot_rows_to_arrow([(n + 1, f"big-{n}", "Ticked", 1, "Clock", "b", n + 1, 0, 0, "{}", "{}")
+                                 for n in range(40)]).drop_columns(["position", "recorded_at"])
+        lake._store.import_table(big)
+        assert con.execute("SELECT count(*) FROM event_ids").fetchone()[0] == 40
+        assert con.execute("SELECT count(*) FROM recent_ids").fetchone()[0] == 10
+        with pytest.raises(DuplicateEventError):
+            lake.append("c", [Event("Ticked", {}, event_id="big-7", occurred_at=T0)], expected_version=0,
+                        aggregate_type="Clock")
+        with pytest.raises(DuplicateEventError):
+            lake.append("c", [Event("Ticked", {}, event_id="id-7", occurred_at=T0)], expected_version=0,
+                        aggregate_type="Clock")
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 9), st.booleans()), min_size=1, max_size=10))
+def test_every_sealed_id_is_indexed_once_whatever_the_merges(
+        tmp_path_factory: pytest.TempPathFactory, steps: list[tuple[int, bool]]) -> None:
+    """Whatever the sizes of the seals and imports, the two levels together hold exactly one (hash,
+    position) pair per sealed event, and their row counts are what the hot tier's meta says."""
+    from unittest.mock import patch
+
+    import es_analytics.store.hot as hot_module
+
+    with patch.object(hot_module, "MERGE_MIN_IDS", 5), \
+            Lake.open(tmp_path_factory.mktemp("ids") / "lake", auto_seal_rows=0) as lake:
+        for i, (size, imported) in enumerate(steps):
+            if imported:
+                rows = [(n + 1, f"imp-{i}-{n}", "Ticked", 1, "Clock", f"i{i}", n + 1, 0, 0, "{}", "{}")
+                        for n in range(size)]
+                lake._store.import_table(hot_rows_to_arrow(rows).drop_columns(["position", "recorded_at"]))
+            else:
+                lake.append(f"s{i}", [Event("Ticked", {"n": n}, occurred_at=T0) for n in range(size)],
+                            expected_version=0, aggregate_type="Clock")
+                lake.seal()
+        con = lake._store.hot.con
+        stored = lake.events()
+        expected = sorted((event_id_hash(e), p) for e, p in zip(stored["event_id"], stored["position"]))
+        assert sorted(con.execute("SELECT id_hash, position FROM sealed_ids").fetchall()) == expected
+        for table, key in (("event_ids", "event_ids_rows"), ("recent_ids", "recent_ids_rows")):
+            assert int(lake._store.hot.meta(key, 0)) == con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]

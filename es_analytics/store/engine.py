@@ -322,14 +322,17 @@ class LakeStore:
             self._insert_id_hashes(pl.concat(parts))
 
     def _insert_id_hashes(self, hashed: pl.DataFrame) -> None:
-        """Insert (id_hash, position) rows, in one pass in hash order."""
+        """Insert (id_hash, position) rows into the sealed-id index, in one pass in hash order."""
         hashed = hashed.sort("id_hash", "position")
+        table = self.hot.ids_target(hashed.height)  # a fixed name of two, never user text
+        added = 0
         for chunk in hashed.iter_slices(_JSON_CHUNK):
             pairs = chunk.select(pl.format("[{},{}]", "id_hash", "position").str.join(",")).item()
-            self.hot.con.execute(
-                "INSERT OR IGNORE INTO event_ids (id_hash, position) SELECT value ->> 0, value ->> 1 FROM json_each(?)",
+            added += max(0, self.hot.con.execute(
+                f"INSERT OR IGNORE INTO {table} (id_hash, position) SELECT value ->> 0, value ->> 1 FROM json_each(?)",
                 (f"[{pairs}]",),
-            )
+            ).rowcount)
+        self.hot._ids_added(added, into_base=table == "event_ids")
 
     def _sync_streams(self, entries: Sequence[FileEntry]) -> None:
         """Raise stream versions to what new files hold (a no-op after a normal seal).
