@@ -435,10 +435,15 @@ class LakeStore:
             return cached if cached is not None else self.hot.arrow_after(after, limit)
 
     def _write_by_type(self, table: pa.Table, level: int = 0) -> tuple[list[FileEntry], dict[str, pl.DataFrame]]:
+        """One file per aggregate type, after one sort of the whole table (each type is then a slice):
+        filtering the table once per type cost 13 ms per 50,000 rows even when there was one type."""
+        table = _sort_for_files(table)
         entries, indexes = [], {}
-        for aggregate_type in pc.unique(table["aggregate_type"]).to_pylist():
-            part = table.filter(pc.equal(table["aggregate_type"], aggregate_type))
-            entry, index = self.sealed.write(part, aggregate_type, level=level)
+        offset = 0
+        for item in pc.value_counts(table["aggregate_type"]).to_pylist():  # types in sorted order
+            part = table.slice(offset, item["counts"])
+            offset += item["counts"]
+            entry, index = self.sealed.write(part, item["values"], level=level, presorted=True)
             entries.append(entry)
             indexes[entry.path] = index
         return entries, indexes
