@@ -231,8 +231,8 @@ class LakeStore:
 
         ``sealed_heads`` (a seal): the new files hold exactly the hot rows up to the manifest's sealed
         position, and these are those rows' stream heads (aggregate_id, aggregate_type, aggregate_version),
-        computed by the seal before it took the lock; the event ids are indexed from the hot rows' stored
-        hashes in one statement. Otherwise (imports, recovery) ids and stream heads come from the files,
+        computed by the seal before it took the lock; the event ids are indexed from the hot rows in one
+        statement (``index_sealed_ids``). Otherwise (imports, recovery) ids and stream heads come from the files,
         and the heads of any hot rows now sealed are read from those rows. Either way the sealed heads go
         to ``streams`` and the sealed hot rows are deleted, in this one transaction.
         """
@@ -332,7 +332,7 @@ class LakeStore:
                 f"INSERT OR IGNORE INTO {table} (id_hash, position) SELECT value ->> 0, value ->> 1 FROM json_each(?)",
                 (f"[{pairs}]",),
             ).rowcount)
-        self.hot._ids_added(added, into_base=table == "event_ids")
+        self.hot.ids_added(added, into_base=table == "event_ids")
 
     def _sync_streams(self, entries: Sequence[FileEntry]) -> None:
         """Raise stream versions to what new files hold (a no-op after a normal seal).

@@ -148,8 +148,8 @@ _INSERT_IF_CURRENT_SQL = (
 )
 _INSERT_IF_UNCHANGED_SQL = _INSERT_IF_CURRENT_SQL.split(" AND NOT EXISTS")[0]  # ids made with their events
 _HEAD_UNSENT_SQL = _HEAD_SQL.format(probe="0")
-_HEAD_CACHE_STREAMS = 100_000
-MERGE_MIN_IDS = 250_000  # the recent level of the sealed-id index is merged at max(this, an eighth of the base)  # streams whose head a connection remembers between its appends
+_HEAD_CACHE_STREAMS = 100_000  # streams whose head a connection remembers between its appends
+MERGE_MIN_IDS = 250_000  # the recent level of the sealed-id index is merged at max(this, an eighth of the base)
 _LOCATIONS_SQL = (
     "SELECT f.path, s.row_group FROM stream_index s JOIN files f USING (file_id) "
     "WHERE s.aggregate_id = ? ORDER BY f.file_id, s.row_group"
@@ -825,7 +825,7 @@ class SQLiteHotTier:
             "WHERE position > ? AND position <= ? ORDER BY 1, 2",
             (after, through),
         ).rowcount
-        self._ids_added(max(added, 0), into_base=False)
+        self.ids_added(max(added, 0), into_base=False)
 
     # -- the sealed-id index: two levels ------------------------------------------------------
     # Id hashes are random keys: adding a seal's 50k of them to one index of 10M dirtied most of its pages
@@ -844,7 +844,7 @@ class SQLiteHotTier:
             self.set_meta("event_ids_rows", base)
         return max(MERGE_MIN_IDS, int(base) // 8)
 
-    def _ids_added(self, added: int, *, into_base: bool) -> None:
+    def ids_added(self, added: int, *, into_base: bool) -> None:
         """Inside a write transaction: count ``added`` new id hashes; merge the recent level when due."""
         if into_base:
             self.set_meta("event_ids_rows", int(self.meta("event_ids_rows", 0)) + added)
