@@ -443,3 +443,31 @@ def test_every_sealed_id_is_indexed_once_whatever_the_merges(
         assert sorted(con.execute("SELECT id_hash, position FROM sealed_ids").fetchall()) == expected
         for table, key in (("event_ids", "event_ids_rows"), ("recent_ids", "recent_ids_rows")):
             assert int(lake._store.hot.meta(key, 0)) == con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+
+
+@pytest.mark.parametrize("damage", ["lost ids", "wrong counts"])
+def test_check_finds_a_damaged_sealed_id_index_and_rebuilds_it(tmp_path: Path, damage: str) -> None:
+    with Lake.open(tmp_path / "lake", auto_seal_rows=0) as lake:
+        events = [Event("Ticked", {"n": n}, occurred_at=T0) for n in range(20)]
+        lake.append("a", events, expected_version=0, aggregate_type="Clock")
+        lake.seal()
+        lake.append("b", [_tick(1)], expected_version=0, aggregate_type="Clock")  # stays hot
+        assert lake.check()["ok"]
+        con = lake._store.hot.con
+        with lake._store.hot.write():
+            if damage == "lost ids":
+                con.execute("DELETE FROM recent_ids WHERE position % 3 = 0")
+            else:
+                lake._store.hot.set_meta("recent_ids_rows", 7)
+        report = lake.check()
+        assert not report["ok"]
+        assert [p["check"] for p in report["problems"]] == ["sealed-id index"]
+        assert report["problems"][0]["repairable"]
+        repaired = lake.check(repair=True)
+        assert repaired["ok"], repaired
+        assert any("rebuilt the sealed-id index" in r for r in repaired["repaired"])
+        # retries of sealed events are recognised again
+        assert lake.append("a", events, expected_version=None, aggregate_type="Clock") == 20
+        with pytest.raises(DuplicateEventError):
+            lake.append("c", [Event("Ticked", {"x": 1}, event_id=events[3].event_id, occurred_at=T0)],
+                        expected_version=0, aggregate_type="Clock")

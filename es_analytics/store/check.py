@@ -1,13 +1,15 @@
 """``lake.check()``: an fsck for the event lake. It reports, and repairs only what is safe to repair.
 
 Checked: the manifest against the files (present, size, Parquet footer, row count, schema); temporary and
-unlisted files; the hot tier's SQLite integrity and leftovers of a finished seal; unique
-(aggregate_id, aggregate_version) and event_id; contiguous versions 1..n per stream; gap-free positions;
-``recorded_at`` never decreasing with position; the stream table against the events.
+unlisted files; the hot tier's SQLite integrity and leftovers of a finished seal; the sealed-id index (one
+entry per sealed event); unique (aggregate_id, aggregate_version) and event_id; contiguous versions 1..n per
+stream; gap-free positions; ``recorded_at`` never decreasing with position; the stream table against the
+events.
 
 Safe repairs (``repair=True``): delete temporary and unlisted files, finish an interrupted seal, drop hot rows
-already sealed, and bring a stream's recorded version up to the events it really holds. Nothing that would
-need a choice between two versions of history is touched: such findings are only reported.
+already sealed, rebuild the sealed-id index from the sealed files, and bring a stream's recorded version up
+to the events it really holds. Nothing that would need a choice between two versions of history is touched:
+such findings are only reported.
 """
 
 from __future__ import annotations
@@ -72,6 +74,18 @@ def _check_hot(store: LakeStore) -> list[dict[str, Any]]:
         problems.append(_problem("hot tier", f"{leftover} hot rows are already sealed (interrupted seal)", repairable=True))
     if int(store.hot.meta("manifest_generation", -1)) != store.manifest().generation:
         problems.append(_problem("hot tier", "the stream index lags the manifest (interrupted seal)", repairable=True))
+        return problems  # the sealed-id index lags with it: recovery brings both up to date
+    base, recent = con.execute("SELECT (SELECT count(*) FROM event_ids), (SELECT count(*) FROM recent_ids)").fetchone()
+    sealed_events = sum(f.rows for f in store.manifest().files)
+    if base + recent != sealed_events:
+        problems.append(_problem(
+            "sealed-id index",
+            f"it holds {base + recent} event ids for {sealed_events} sealed events, so retries of sealed events "
+            "may not be recognised",
+            repairable=True,
+        ))
+    elif (int(store.hot.meta("event_ids_rows", base)), int(store.hot.meta("recent_ids_rows", 0))) != (base, recent):
+        problems.append(_problem("sealed-id index", "its recorded row counts disagree with its tables", repairable=True))
     return problems
 
 
@@ -135,13 +149,17 @@ def _check_events(store: LakeStore) -> tuple[list[dict[str, Any]], dict[str, Any
     return problems, {"events": count, "first_position": first, "last_position": last, "streams": streams}
 
 
-def _repair(store: LakeStore) -> list[str]:
+def _repair(store: LakeStore, problems: list[dict[str, Any]]) -> list[str]:
     done = []
     result = store.recover()
     done += [f"removed {p}" for p in result["removed_files"]]
     if result["indexed_files"]:
         done.append(f"indexed {result['indexed_files']} sealed files")
     con = store.hot.con
+    if any(p["check"] == "sealed-id index" for p in problems):
+        with store.hot.write():
+            rows = store.rebuild_sealed_ids()
+        done.append(f"rebuilt the sealed-id index from the sealed files ({rows} event ids)")
     with store.hot.write():
         sealed = store.manifest().sealed_position
         deleted = con.execute("DELETE FROM events WHERE position <= ?", (sealed,)).rowcount
@@ -172,7 +190,7 @@ def check_lake(store: LakeStore, *, repair: bool = False) -> dict[str, Any]:
         problems += event_problems
     repaired: list[str] = []
     if repair and any(p["repairable"] for p in problems):
-        repaired = _repair(store)
+        repaired = _repair(store, problems)
         after = check_lake(store, repair=False)
         return {**after, "repaired": repaired, "found_before_repair": problems}
     return {"ok": not problems, "problems": problems, "files": files, **stats, "repaired": repaired}

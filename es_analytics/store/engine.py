@@ -311,6 +311,19 @@ class LakeStore:
             parts.append(_hash_ids(ids))
         self._insert_id_hashes(pl.concat(parts))
 
+    def rebuild_sealed_ids(self) -> int:
+        """Inside a hot write transaction: build the sealed-id index again from every sealed file (a repair
+        of ``check``). Returns the number of ids indexed."""
+        con = self.hot.con
+        con.execute("DELETE FROM event_ids")
+        con.execute("DELETE FROM recent_ids")
+        self.hot.set_meta("event_ids_rows", 0)
+        self.hot.set_meta("recent_ids_rows", 0)
+        files = self.manifest().files
+        if files:
+            self._index_event_ids(files)
+        return int(con.execute("SELECT count(*) FROM sealed_ids").fetchone()[0])
+
     def _index_staged_ids(self, stage: StagedImport, first: int) -> None:
         """Add a staged import's event ids to the hash index (hashed when staged; positions from ``first``)."""
         parts = []
