@@ -88,3 +88,30 @@ def test_a_clean_block_takes_the_fast_path_only(tmp_path: Path, monkeypatch: Any
     validator.close()
     assert rejects == [] and good.num_rows == 49
     assert good["aggregate_version"].to_pylist() == list(range(1, 50))
+
+
+_LINE_TEXT = st.text(st.characters(blacklist_characters="\n", blacklist_categories=("Cs",)), max_size=40)
+
+
+@settings(max_examples=60, deadline=None)
+@given(lines=st.lists(_LINE_TEXT, min_size=1, max_size=30), final_newline=st.booleans(),
+       block=st.sampled_from([16, 64, 1 << 16]))
+def test_the_json_lines_reader_yields_every_line_once_with_its_number(
+        tmp_path_factory: Any, lines: list[str], final_newline: bool, block: int) -> None:
+    """Whatever the block size (lines longer than a block included), the reader's records, in order, are the
+    file's lines with their newlines, numbered from 1, and its progress adds up to the file's size."""
+    path = tmp_path_factory.mktemp("r") / "e.jsonl"
+    text = "\n".join([json.dumps(GOOD), *lines]) + ("\n" if final_newline else "")
+    path.write_bytes(text.encode("utf-8"))
+    _, batches = src.read_jsonl(path, {}, block)
+    records, numbers, progress = [], [], 0
+    for batch in batches:
+        records += batch.table["_record"].to_pylist()
+        numbers += batch.table["_line"].to_pylist()
+        progress += batch.progress
+        assert batch.rejects == []
+    data = text.encode("utf-8")
+    expected = [part + b"\n" for part in data.split(b"\n")[:-1]] + ([] if data.endswith(b"\n") else [data.rsplit(b"\n", 1)[-1]])
+    assert [r.encode("utf-8") for r in records] == expected
+    assert numbers == list(range(1, len(expected) + 1))
+    assert progress == len(text.encode("utf-8"))

@@ -147,10 +147,24 @@ def resolve_columns(available: Sequence[str], mapping: Mapping[str, str], where:
 
 
 # -- JSON Lines ---------------------------------------------------------------------------------
-def _split_lines(block: bytes | memoryview, first_line: int) -> pa.Table:
-    """Split a block of whole lines into an Arrow string column without a Python object per line."""
+_NEWLINE_SCAN = 1 << 20  # bytes compared at a time: the temporary mask stays small and its memory is reused
+
+
+def _line_ends(raw: np.ndarray) -> np.ndarray:
+    """Offsets of the newlines in ``raw`` (uint8), found a slice at a time: one mask of the whole 64 MB block
+    is a fresh allocation whose pages the kernel zeroes for every block (39 ms against 17 ms here). The
+    caller passes them on to ``_split_lines``, so each block is scanned once (it was scanned twice)."""
+    parts = [np.flatnonzero(raw[start:start + _NEWLINE_SCAN] == 10) + start
+             for start in range(0, len(raw), _NEWLINE_SCAN)]
+    return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+
+
+def _split_lines(block: bytes | memoryview, first_line: int, ends: np.ndarray | None = None) -> pa.Table:
+    """Split a block of whole lines into an Arrow string column without a Python object per line (the
+    column shares the block's memory). ``ends``: the newline offsets in ``block``, if known."""
     raw = np.frombuffer(block, dtype=np.uint8)
-    ends = np.flatnonzero(raw == 10)
+    if ends is None:
+        ends = _line_ends(raw)
     if not len(ends) or ends[-1] != len(raw) - 1:
         ends = np.append(ends, len(raw))
     offsets = np.empty(len(ends) + 1, dtype=np.int32)
@@ -188,7 +202,9 @@ def read_jsonl(path: Path, mapping: Mapping[str, str], block_bytes: int) -> tupl
 
     def batches() -> Iterator[RawBatch]:
         # A fresh buffer per block: blocks are validated on two threads, so one stays valid while the
-        # next is read (the page faults of a new 64 MB buffer cost a few ms against ~0.2 s of validation).
+        # next is read. (Taking it from Arrow's memory pool instead, which reuses memory and so spares the
+        # kernel zeroing new pages, cost DuckDB ~5 CPU-s more over 10M lines than it saved here: a new
+        # 64 MB bytearray is backed by huge pages, which the validators' scans of the lines prefer.)
         buffer = bytearray(block_bytes)
         line, filled = 1, 0
         with open(path, "rb") as handle:
@@ -201,10 +217,11 @@ def read_jsonl(path: Path, mapping: Mapping[str, str], block_bytes: int) -> tupl
                 if not got:
                     break
                 filled += got
-                cut = buffer.rfind(b"\n", 0, filled)
-                if cut < 0:
+                ends = _line_ends(np.frombuffer(buffer, dtype=np.uint8, count=filled))
+                if not len(ends):
                     continue
-                table = _split_lines(memoryview(buffer)[: cut + 1], line)
+                cut = int(ends[-1])
+                table = _split_lines(memoryview(buffer)[: cut + 1], line, ends)
                 line += table.num_rows
                 table, rejects = _valid_utf8(table)
                 yield RawBatch(table, {}, rejects, cut + 1)
