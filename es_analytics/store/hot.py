@@ -7,7 +7,8 @@ holds the heads of sealed streams and is brought up to date when rows are sealed
 A handle remembers the heads its own appends left while SQLite's ``data_version`` shows that no other
 connection has committed since; a one-event append to such a stream is then a single self-committing
 INSERT guarded by that check (see ``_append_one``), and anything unexpected takes the full path.
-``events`` holds the committed events not yet sealed (with each id's hash, so a seal indexes them in SQL),
+``events`` holds the committed events not yet sealed (with each id's hash, so a seal indexes them in SQL;
+a single append of an event with a generated id leaves it for the seal to compute),
 ``event_ids`` and ``recent_ids`` (read together through the view ``sealed_ids``) a compact two-level
 hash index of sealed event ids (for idempotent retries; see ``index_sealed_ids``), ``files`` and
 ``stream_index`` say which sealed file and row group hold a stream. SQLite's locking lets several
