@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -12,7 +11,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import duckdb
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -23,7 +21,7 @@ from .events import EVENT_COLUMNS, Event, check_aggregate_id, check_aggregate_ty
 from .privacy import ALGORITHM, ENVELOPE_KEY, KEY_FILE, FileKeyStore, KeyStore, Privacy
 from .store.engine import LakeStore
 from .store.hot import Durability
-from .store.reader import translate_errors, translated_error
+from .store.reader import TRANSLATED, translate_errors, translated_error
 from .upcasting import UpcasterRegistry, default_registry, upcast_frame
 
 if TYPE_CHECKING:
@@ -237,7 +235,7 @@ class Lake:
                 aggregate_id, aggregate_type, batch, expected_version, encoded, self._store.lookup_sealed,
                 unsent=unsent,
             )
-        except (duckdb.Error, sqlite3.DatabaseError, pa.ArrowInvalid, OSError) as exc:
+        except TRANSLATED as exc:
             error = translated_error("append", exc)
             if error is None:
                 raise

@@ -286,10 +286,7 @@ class SQLiteHotTier:
         process-wide lock: a thread waiting for it is woken when it is released, whereas SQLite's busy
         handler polls with growing sleeps and can starve a writer behind a busy one.
         """
-        if not self._local_writer.acquire(timeout=self.busy_timeout):
-            raise LakeBusyError(
-                f"another thread of this process held the lake's hot tier for {self.busy_timeout:.0f} s"
-            )
+        self._take_writer()
         self._seen_version = None  # any other write may move heads: the next append reads them again
         try:
             self._begin("BEGIN IMMEDIATE")
@@ -305,6 +302,16 @@ class SQLiteHotTier:
             self._local_writer.release()
         if committed:
             self._remember(committed)
+
+    def _take_writer(self) -> threading.Lock:
+        """Take this process's lock on the hot tier (released by the caller) and return it; an uncontended
+        lock is taken without a timed wait."""
+        lock = self._local_writer
+        if not lock.acquire(False) and not lock.acquire(timeout=self.busy_timeout):
+            raise LakeBusyError(
+                f"another thread of this process held the lake's hot tier for {self.busy_timeout:.0f} s"
+            )
+        return lock
 
     # -- the rows this handle appended, kept for the next seal ------------------------------------
     def _remember(self, rows: list[tuple[Any, ...]]) -> None:
@@ -488,11 +495,7 @@ class SQLiteHotTier:
         if cached is None or cached[0] != aggregate_type or (
                 expected_version is not None and expected_version != cached[1]):
             return None
-        lock = self._local_writer
-        if not lock.acquire(False) and not lock.acquire(timeout=self.busy_timeout):  # uncontended: no timed wait
-            raise LakeBusyError(
-                f"another thread of this process held the lake's hot tier for {self.busy_timeout:.0f} s"
-            )
+        lock = self._take_writer()
         try:
             seen = self._seen_version
             if seen is None or con.in_transaction:
@@ -549,10 +552,7 @@ class SQLiteHotTier:
         """
         hashes = [event_id_hash(e.event_id) for e in events]  # type: ignore[arg-type]
         con = self.con
-        if not self._local_writer.acquire(timeout=self.busy_timeout):
-            raise LakeBusyError(
-                f"another thread of this process held the lake's hot tier for {self.busy_timeout:.0f} s"
-            )
+        self._take_writer()
         try:
             self._begin("BEGIN IMMEDIATE")
             try:

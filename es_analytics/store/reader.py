@@ -50,12 +50,17 @@ def translated_error(what: str, exc: BaseException) -> Exception | None:
     return None
 
 
+# What ``translated_error`` turns into es_analytics errors (callers that cannot afford a context manager
+# catch these themselves).
+TRANSLATED = (duckdb.Error, sqlite3.DatabaseError, pa.ArrowInvalid, OSError)
+
+
 @contextmanager
 def translate_errors(what: str) -> Iterator[None]:
     """Turn DuckDB, SQLite and pyarrow errors into es_analytics errors, keeping the cause."""
     try:
         yield
-    except (duckdb.Error, sqlite3.DatabaseError, pa.ArrowInvalid, OSError) as exc:
+    except TRANSLATED as exc:
         error = translated_error(what, exc)
         if error is None:
             raise
