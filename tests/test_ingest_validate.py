@@ -27,6 +27,8 @@ CHANGES: list[tuple[str, Any]] = [
     ("occurred_at", "2024-03-01 09:00:00+02:00"), ("occurred_at", ""), ("data", [1, 2]), ("data", "{\"a\": 1}"),
     ("data", "not json"), ("data", {"note": "NaN and Infinity"}), ("data", {}), ("metadata", None),
     ("metadata", "{}"), ("metadata", 5), ("metadata", {"x": "Infinity"}),
+    ("data", {"nested": {"a": [1, {"b": "}{"}]}, "é": "ü\u2028"}), ("data", " {\"a\": 1}"), ("data", True),
+    ("metadata", {"k": "{"}), ("metadata", "[]"),
 ]
 RAW_LINES = ["", "not json", "[1, 2]", "  ", '{"event_id": "e-9", "data": {"amount": NaN}}',
              json.dumps({**GOOD, "data": "{\"amount\": NaN}"})]
@@ -95,23 +97,48 @@ _LINE_TEXT = st.text(st.characters(blacklist_characters="\n", blacklist_categori
 
 @settings(max_examples=60, deadline=None)
 @given(lines=st.lists(_LINE_TEXT, min_size=1, max_size=30), final_newline=st.booleans(),
-       block=st.sampled_from([16, 64, 1 << 16]))
+       block=st.sampled_from([16, 64, 1 << 16]), hold=st.booleans())
 def test_the_json_lines_reader_yields_every_line_once_with_its_number(
-        tmp_path_factory: Any, lines: list[str], final_newline: bool, block: int) -> None:
+        tmp_path_factory: Any, lines: list[str], final_newline: bool, block: int, hold: bool) -> None:
     """Whatever the block size (lines longer than a block included), the reader's records, in order, are the
-    file's lines with their newlines, numbered from 1, and its progress adds up to the file's size."""
+    file's lines with their newlines, numbered from 1, and its progress adds up to the file's size; blocks
+    still held when later ones are read (``hold``) keep their lines (their buffers are not reused)."""
     path = tmp_path_factory.mktemp("r") / "e.jsonl"
     text = "\n".join([json.dumps(GOOD), *lines]) + ("\n" if final_newline else "")
     path.write_bytes(text.encode("utf-8"))
     _, batches = src.read_jsonl(path, {}, block)
-    records, numbers, progress = [], [], 0
+    records, numbers, progress, held = [], [], 0, []
     for batch in batches:
-        records += batch.table["_record"].to_pylist()
-        numbers += batch.table["_line"].to_pylist()
+        if hold:
+            held.append(batch.table)
+        else:
+            records += batch.table["_record"].to_pylist()
+            numbers += batch.table["_line"].to_pylist()
         progress += batch.progress
         assert batch.rejects == []
+    for table in held:
+        records += table["_record"].to_pylist()
+        numbers += table["_line"].to_pylist()
     data = text.encode("utf-8")
     expected = [part + b"\n" for part in data.split(b"\n")[:-1]] + ([] if data.endswith(b"\n") else [data.rsplit(b"\n", 1)[-1]])
     assert [r.encode("utf-8") for r in records] == expected
     assert numbers == list(range(1, len(expected) + 1))
     assert progress == len(text.encode("utf-8"))
+
+
+def test_fields_read_from_one_shared_key_agree_on_both_paths(tmp_path: Path) -> None:
+    """A mapping may read two fields from one key (no json_transform structure then): same result."""
+    path = tmp_path / "e.jsonl"
+    lines = [{**GOOD, "event_id": f"e-{v}", "aggregate_version": v, "payload": {"n": v}} for v in range(1, 6)]
+    lines[2]["payload"] = "not an object"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    columns, batches = src.read_jsonl(path, {"data": "payload", "metadata": "payload"}, 1 << 16)
+    validator = Validator(columns, json_lines=True, kinds={}, timezone=None)
+    assert validator._structure is None
+    batch = next(batches)
+    good, rejects = validator.run(batch)
+    full_good, full_rejects = validator._run_full(batch.table)
+    validator.close()
+    assert good.to_pylist() == full_good.to_pylist() and rejects == full_rejects
+    assert good["data"].to_pylist() == good["metadata"].to_pylist() == [f'{{"n":{v}}}' for v in (1, 2, 4, 5)]
+    assert [r[0] for r in rejects] == [3]
