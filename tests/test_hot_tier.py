@@ -496,3 +496,21 @@ def test_rows_kept_in_memory_equal_the_rows_stored(tmp_path_factory: pytest.Temp
         hashes = dict(hot.con.execute("SELECT event_id, id_hash FROM events").fetchall())
         assert all(h is None or h == event_id_hash(i) for i, h in hashes.items())
         assert sum(h is not None for h in hashes.values()) >= sum(s for s, g, _ in batches if g)
+
+
+def test_column_hashes_equal_the_per_event_hash_from_several_threads_at_once() -> None:
+    """Imports hash whole columns in DuckDB (on a private database, from any thread); the values are the
+    ones a single append computes in Python."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from es_analytics.store.engine import _hash_ids
+
+    def run(k: int) -> bool:
+        ids = [f"{k}-{n}-é" if n % 3 else new_event_id() for n in range(2_000)]
+        table = pa.table({"event_id": ids, "position": pa.array(range(len(ids)), pa.int64())})
+        hashed = _hash_ids(table)
+        return hashed["id_hash"].to_list() == [event_id_hash(i) for i in ids] and \
+            hashed["position"].to_list() == list(range(len(ids)))
+
+    with ThreadPoolExecutor(4) as pool:
+        assert all(pool.map(run, range(8)))

@@ -913,11 +913,37 @@ def _stream_boundary(ids: pa.ChunkedArray, at: int) -> int | None:
     return None if found < 0 else at + found
 
 
+_HASHING: list[duckdb.DuckDBPyConnection] = []
+_HASHING_GUARD = threading.Lock()
+
+
+def _hashing_database() -> duckdb.DuckDBPyConnection:
+    with _HASHING_GUARD:
+        if not _HASHING:
+            _HASHING.append(duckdb.connect())
+        return _HASHING[0]
+
+
+def _forget_hashing_database() -> None:
+    """In a forked child: the parent's database and its threads are not the child's to use."""
+    global _HASHING_GUARD
+    _HASHING.clear()
+    _HASHING_GUARD = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_hashing_database)
+
+
 def _hash_ids(ids: pa.Table) -> pl.DataFrame:
-    """(id_hash, position) of a table's events, hashed column-wise in DuckDB."""
-    relation = duckdb.sql(f"SELECT {EVENT_ID_HASH_SQL} AS id_hash, position FROM ids")
-    assert relation is not None
-    frame = relation.pl()
+    """(id_hash, position) of a table's events, hashed column-wise in DuckDB.
+
+    A cursor of a private in-memory database (not DuckDB's process-wide default connection, which other
+    threads may be using; a cursor is a connection of its own and cheap to open, a new database ~17 ms),
+    with the table registered by name rather than found among the caller's variables.
+    """
+    with _hashing_database().cursor() as con:
+        con.register("ids", ids)
+        frame = con.sql(f"SELECT {EVENT_ID_HASH_SQL} AS id_hash, position FROM ids").pl()
     assert isinstance(frame, pl.DataFrame)
     return frame
 
