@@ -291,6 +291,21 @@ class Event:
         metadata = {} if self.metadata is None else self.metadata
         object.__setattr__(self, "metadata_json", encode_json(metadata, "metadata"))
 
+    def _take_unsent(self) -> bool:
+        """True once, for the first append of an event whose id was made with it (see ``__post_init__``).
+
+        The mark is removed with ``object.__delattr__``: of two threads appending one event object only one
+        succeeds. (Reaching it through ``__dict__`` would make Python build a dict for every event, 1,000
+        objects per batch for the garbage collector to count and walk.)
+        """
+        if not getattr(self, "_unsent", False):
+            return False
+        try:
+            object.__delattr__(self, "_unsent")
+        except AttributeError:  # another thread took it first
+            return False
+        return True
+
     def __getstate__(self) -> dict[str, Any]:
         """Pickled and copied events are never "unsent": the original may have been appended since."""
         state = dict(self.__dict__)

@@ -223,12 +223,12 @@ class Lake:
         check_version(expected_version, "expected_version", allow_none=True)
         if type(events) is list and len(events) == 1 and type(events[0]) is Event:
             batch = [events[0]]  # one event (the usual single append): the checks below hold trivially
-            unsent = batch[0].__dict__.pop("_unsent", False)
+            unsent = batch[0]._take_unsent()
         else:
             batch = self._check_events(events)
-            # Every event's mark is taken (a list, not a short-circuiting generator); dict.pop is
-            # atomic, so of two threads appending one event object only one sees it unsent.
-            unsent = all([e.__dict__.pop("_unsent", False) for e in batch])
+            # Every event's mark is taken (a list, not a short-circuiting generator); of two threads
+            # appending one event object only one sees it unsent.
+            unsent = all([e._take_unsent() for e in batch])
         encoded = self._privacy.encode(batch)
         try:  # translate_errors("append") inline: a context manager costs ~2 µs, on every single append
             version, last_position = self._store.hot.append(

@@ -514,3 +514,26 @@ def test_column_hashes_equal_the_per_event_hash_from_several_threads_at_once() -
 
     with ThreadPoolExecutor(4) as pool:
         assert all(pool.map(run, range(8)))
+
+
+def test_the_unsent_mark_is_taken_once_whatever_the_threads() -> None:
+    """Of several threads appending the same event objects, one sees each event unsent; no event object
+    gets an instance dict on the way (that would cost the garbage collector per batch)."""
+    import gc
+    from concurrent.futures import ThreadPoolExecutor
+
+    events = [Event("Ticked", {"n": n}, occurred_at=T0) for n in range(3_000)]
+    given = Event("Ticked", {"n": 0}, event_id="given-id", occurred_at=T0)
+    with ThreadPoolExecutor(4) as pool:
+        taken = list(pool.map(lambda k: sum(e._take_unsent() for e in events), range(4)))
+    assert sum(taken) == len(events)
+    assert not any(e._take_unsent() for e in events) and not given._take_unsent()
+    fresh = [Event("Ticked", {"n": n}, occurred_at=T0) for n in range(3_000)]
+    gc.collect()
+    gc.disable()  # the count of new tracked objects then only grows
+    try:
+        before = gc.get_count()[0]
+        assert all([e._take_unsent() for e in fresh])
+        assert gc.get_count()[0] - before < 10
+    finally:
+        gc.enable()
