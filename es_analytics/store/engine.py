@@ -10,8 +10,9 @@ with (finish). Readers never see a mix: the view is the manifest's files plus ho
 from __future__ import annotations
 
 import fcntl
-import logging
+import functools
 import json
+import logging
 import os
 import threading
 import time
@@ -913,25 +914,13 @@ def _stream_boundary(ids: pa.ChunkedArray, at: int) -> int | None:
     return None if found < 0 else at + found
 
 
-_HASHING: list[duckdb.DuckDBPyConnection] = []
-_HASHING_GUARD = threading.Lock()
-
-
+@functools.cache
 def _hashing_database() -> duckdb.DuckDBPyConnection:
-    with _HASHING_GUARD:
-        if not _HASHING:
-            _HASHING.append(duckdb.connect())
-        return _HASHING[0]
+    """A private in-memory DuckDB database for column-wise id hashing (a forked child makes its own)."""
+    return duckdb.connect()
 
 
-def _forget_hashing_database() -> None:
-    """In a forked child: the parent's database and its threads are not the child's to use."""
-    global _HASHING_GUARD
-    _HASHING.clear()
-    _HASHING_GUARD = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_forget_hashing_database)
+os.register_at_fork(after_in_child=_hashing_database.cache_clear)
 
 
 def _hash_ids(ids: pa.Table) -> pl.DataFrame:
