@@ -537,3 +537,23 @@ def test_the_unsent_mark_is_taken_once_whatever_the_threads() -> None:
         assert gc.get_count()[0] - before < 10
     finally:
         gc.enable()
+
+
+@pytest.mark.parametrize("count", [7, 100, 250])
+def test_rows_of_several_streams_in_one_transaction_are_kept_as_stored(tmp_path: Path, count: int) -> None:
+    """``append_rows`` (several streams at once) inserts small batches as row tuples and large ones column
+    by column; either way the rows kept for the seal equal the rows SQLite holds, and the seal writes them."""
+    with Lake.open(tmp_path / "lake", auto_seal_rows=100_000) as lake:
+        hot = lake._store.hot
+        streams = ["a", "b", "c"]
+        rows = [(f"id-{n}", "Ticked", 1 + n % 2, "Clock", streams[n % 3], n // 3 + 1, 1_700_000_000_000_000 + n,
+                 f'{{"n": {n}}}', '{"k": "é"}') for n in range(count)]
+        assert hot.append_rows(rows, lake._store.lookup_sealed) == 1
+        kept = hot.cached_after(0, count, count)
+        assert kept is not None and kept.equals(hot.arrow_after(0, count))
+        stored = dict(hot.con.execute("SELECT event_id, id_hash FROM events").fetchall())
+        assert stored == {f"id-{n}": event_id_hash(f"id-{n}") for n in range(count)}
+        before = _stored(lake)
+        lake.seal()
+        assert _stored(lake) == before and lake.check()["ok"]
+        assert [lake.current_version(s) for s in streams] == [len(range(i, count, 3)) for i in range(3)]

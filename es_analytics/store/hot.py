@@ -670,29 +670,47 @@ class SQLiteHotTier:
             if self.cache_limit:
                 self._pending = rows
         else:
-            # Column by column: ``zip`` hands executemany one tuple it reuses for every row (the statement
-            # lets go of each before the next), so a large batch allocates no row objects for the
-            # collector to track, and the kept Arrow copy is made from the same lists without transposing.
-            ids = [e.event_id for e in events]
-            types = [e.event_type for e in events]
-            schemas = [e.schema_version for e in events]
-            occurred = [to_micros(e.occurred_at) for e in events]  # type: ignore[arg-type]
-            data = [d for d, _ in encoded]
-            metadata = [m for _, m in encoded]
-            positions = range(before + 1, before + count + 1)
-            versions = range(actual + 1, actual + count + 1)
-            con.executemany(_INSERT_SQL, zip(
-                positions, ids, types, schemas, repeat(aggregate_type), repeat(aggregate_id), versions, occurred,
-                repeat(recorded), data, metadata, hashes))
-            if self.cache_limit:
-                self._pending = (before + 1, before + count, pa.Table.from_arrays([
-                    pa.array(positions, pa.int64()), pa.array(ids, pa.string()), pa.array(types, pa.string()),
-                    pa.array(schemas, pa.int32()), pa.repeat(pa.scalar(aggregate_type, pa.string()), count),
-                    pa.repeat(pa.scalar(aggregate_id, pa.string()), count), pa.array(versions, pa.int64()),
-                    pa.array(occurred, _MICROS), pa.repeat(pa.scalar(recorded, _MICROS), count),
-                    pa.array(data, pa.string()), pa.array(metadata, pa.string()),
-                ], schema=EVENT_SCHEMA))
+            self._insert_columns(
+                before + 1, [e.event_id for e in events], [e.event_type for e in events],  # type: ignore[misc]
+                [e.schema_version for e in events], aggregate_type, aggregate_id, range(actual + 1, actual + count + 1),
+                [to_micros(e.occurred_at) for e in events], recorded,  # type: ignore[arg-type]
+                [d for d, _ in encoded], [m for _, m in encoded], hashes)
         return actual + count, before + count
+
+    def _insert_columns(
+        self, first: int, ids: Sequence[str], types: Sequence[str], schemas: Sequence[int],
+        aggregate_types: str | Sequence[str], aggregate_ids: str | Sequence[str], versions: Sequence[int],
+        occurred: Sequence[int], recorded: int, data: Sequence[str], metadata: Sequence[str], hashes: Sequence[int],
+    ) -> None:
+        """Inside a write transaction: insert rows given column by column at positions ``first`` on, and keep
+        them as Arrow for the seal (``aggregate_types`` / ``aggregate_ids``: one value for every row, or one
+        per row).
+
+        ``zip`` hands executemany one tuple it reuses for every row (the statement lets go of each before the
+        next): 7 tracked objects per 1,000 rows against 1,001 for a list of row tuples, so a large batch gives
+        the garbage collector nothing to count, and the Arrow copy is made from the same lists.
+        """
+        count = len(ids)
+        positions = range(first, first + count)
+
+        def each(value: str | Sequence[str]) -> Any:
+            return repeat(value) if isinstance(value, str) else value
+
+        def strings(value: str | Sequence[str]) -> pa.Array:
+            if isinstance(value, str):
+                return pa.repeat(pa.scalar(value, pa.string()), count)
+            return pa.array(value, pa.string())
+
+        self.con.executemany(_INSERT_SQL, zip(
+            positions, ids, types, schemas, each(aggregate_types), each(aggregate_ids), versions, occurred,
+            repeat(recorded), data, metadata, hashes))
+        if self.cache_limit:
+            self._pending = (first, first + count - 1, pa.Table.from_arrays([
+                pa.array(positions, pa.int64()), pa.array(ids, pa.string()), pa.array(types, pa.string()),
+                pa.array(schemas, pa.int32()), strings(aggregate_types), strings(aggregate_ids),
+                pa.array(versions, pa.int64()), pa.array(occurred, _MICROS), pa.repeat(pa.scalar(recorded, _MICROS), count),
+                pa.array(data, pa.string()), pa.array(metadata, pa.string()),
+            ], schema=EVENT_SCHEMA))
 
     def _known(self, events: Sequence[Event], lookup_sealed: Any) -> dict[str, StoredMatch]:
         """The stored events, among those given, keyed by event id."""
@@ -839,10 +857,15 @@ class SQLiteHotTier:
             running[aggregate_id] = version
         recorded = max(int(time.time() * 1_000_000), self.last_recorded_at())
         before = self.last_position()
-        new_rows = [(before + i, *r[:7], recorded, r[7], r[8], event_id_hash(r[0])) for i, r in enumerate(rows, start=1)]
-        con.executemany(_INSERT_SQL, new_rows)
-        if self.cache_limit:
-            self._pending = new_rows
+        if len(rows) < _COLUMNS_FROM:
+            new_rows = [(before + i, *r[:7], recorded, r[7], r[8], event_id_hash(r[0])) for i, r in enumerate(rows, start=1)]
+            con.executemany(_INSERT_SQL, new_rows)
+            if self.cache_limit:
+                self._pending = new_rows
+        else:
+            event_ids, event_types, schemas, aggregate_types, aggregate_ids, versions, occurred, data, metadata = zip(*rows)
+            self._insert_columns(before + 1, event_ids, event_types, schemas, aggregate_types, aggregate_ids, versions,
+                                 occurred, recorded, data, metadata, [event_id_hash(i) for i in event_ids])
         return before + 1
 
     def keep_heads(self, after: int, through: int) -> None:
