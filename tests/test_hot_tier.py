@@ -557,3 +557,19 @@ def test_rows_of_several_streams_in_one_transaction_are_kept_as_stored(tmp_path:
         lake.seal()
         assert _stored(lake) == before and lake.check()["ok"]
         assert [lake.current_version(s) for s in streams] == [len(range(i, count, 3)) for i in range(3)]
+
+
+@settings(max_examples=40, deadline=None)
+@given(ids=st.lists(st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=80), min_size=1,
+                    max_size=50))
+def test_the_column_hash_is_the_per_event_hash_and_the_one_stored_by_earlier_versions(ids: list[str]) -> None:
+    """``EVENT_ID_HASH_SQL`` gives what ``event_id_hash`` gives for any id, and what lakes written with
+    ``md5_number_lower`` hold (their sealed-id index stays valid)."""
+    import duckdb
+
+    from es_analytics.store.hot import EVENT_ID_HASH_SQL
+
+    with duckdb.connect() as con:
+        con.register("t", pa.table({"event_id": ids}))
+        rows = con.sql(f"SELECT {EVENT_ID_HASH_SQL}, (md5_number_lower(event_id) >> 1)::BIGINT FROM t").fetchall()
+    assert [r[0] for r in rows] == [event_id_hash(i) for i in ids] == [r[1] for r in rows]

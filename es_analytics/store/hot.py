@@ -203,8 +203,8 @@ except ImportError:  # a Python built without it
 def event_id_hash(event_id: str) -> int:
     """A 63-bit hash of an event id: the key of the compact sealed-id index.
 
-    It equals DuckDB's ``(md5_number_lower(event_id) >> 1)::BIGINT``, so bulk paths hash whole columns
-    in SQL (see ``EVENT_ID_HASH_SQL``) and single appends hash in Python, to the same value.
+    It equals ``EVENT_ID_HASH_SQL`` in DuckDB (the upper half of ``md5_number``, shifted), so bulk paths hash
+    whole columns in SQL and single appends hash in Python, to the same value.
 
     Examples
     --------
@@ -214,7 +214,9 @@ def event_id_hash(event_id: str) -> int:
     return int.from_bytes(_md5(event_id.encode("utf-8")).digest()[8:], "little") >> 1
 
 
-EVENT_ID_HASH_SQL = "(md5_number_lower(event_id) >> 1)::BIGINT"
+# The same value as ``md5_number_lower(event_id) >> 1``, which DuckDB 2 defines as a macro that goes through a
+# 128-character bit string: 0.55 against 0.125 µs per id here.
+EVENT_ID_HASH_SQL = "((md5_number(event_id) >> 64)::UBIGINT >> 1)::BIGINT"
 
 
 @dataclass(frozen=True)
