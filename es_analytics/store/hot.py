@@ -330,16 +330,15 @@ class SQLiteHotTier:
     def _remember(self, rows: _Kept) -> None:
         """Keep committed rows (position first, contiguous) so a seal need not read them back.
 
-        A large append is kept as Arrow at once (0.75 µs per event here, against about 2 µs per event to
-        convert 50k rows at seal time); small ones as the row tuples, converted when a seal takes them.
-        ``rows`` is a list of row tuples or, from a batch inserted column by column, ``(first, last, table)``.
+        An append of ``_COLUMNS_FROM`` events or more comes as ``(first, last, table)``, made as Arrow while it
+        was inserted (against about 2 µs per event to convert 50k rows at seal time); smaller ones come as
+        the row tuples, converted when a seal takes them.
         """
         payload: pa.Table | list[tuple[Any, ...]]
         if isinstance(rows, tuple):
             first, last, payload = rows
         else:
-            payload = hot_rows_to_arrow(rows) if len(rows) >= 100 else rows
-            first, last = rows[0][0], rows[-1][0]
+            payload, first, last = rows, rows[0][0], rows[-1][0]
         count = last - first + 1
         with self._cache_guard:
             segments = self._cache
