@@ -275,8 +275,8 @@ def test_a_handles_own_other_writes_make_it_read_heads_again(tmp_path: Path) -> 
 
 
 def test_a_head_remembered_before_another_handle_sealed_is_not_trusted(tmp_path: Path) -> None:
-    """The other handle appends and seals, which deletes its hot row: only the change of SQLite's
-    data_version tells this handle that its remembered head (version 1) is stale."""
+    """The other handle appends and seals, which deletes its hot row: only the raised sealed position
+    tells this handle that its remembered head (version 1) is stale."""
     from es_analytics import ConcurrencyError
 
     with Lake.open(tmp_path / "lake", auto_seal_rows=0) as mine, Lake.open(tmp_path / "lake", auto_seal_rows=0) as other:
@@ -289,6 +289,37 @@ def test_a_head_remembered_before_another_handle_sealed_is_not_trusted(tmp_path:
         assert mine.append("b", [_tick(4)], expected_version=0, aggregate_type="Clock") == 1
         assert mine.sql("SELECT position FROM events ORDER BY position")["position"].to_list() == [1, 2, 3]
         assert mine.events("a")["aggregate_version"].to_list() == [1, 2]
+
+
+@pytest.mark.parametrize("then", ["nothing", "seal", "seal and append", "import"])
+def test_a_one_event_append_never_reuses_a_position_another_handle_took(tmp_path: Path, then: str) -> None:
+    """This handle remembers stream "a" and the last position; another handle appends to another stream
+    (and maybe seals, deleting its hot row, or imports). The one-statement append must see that the next
+    position is taken, hot or sealed, and take the full path: positions stay 1..n in commit order."""
+    with Lake.open(tmp_path / "lake", auto_seal_rows=0) as mine, Lake.open(tmp_path / "lake", auto_seal_rows=0) as other:
+        mine.append("a", [_tick(1)], expected_version=0, aggregate_type="Clock")
+        mine.append("a", [_tick(2)], expected_version=1, aggregate_type="Clock")
+        other.append("b", [_tick(3)], expected_version=0, aggregate_type="Clock")
+        expected_ids = ["a", "a", "b"]
+        if then.startswith("seal"):
+            other.seal()
+        if then == "seal and append":
+            other.append("b", [_tick(4)], expected_version=1, aggregate_type="Clock")
+            expected_ids.append("b")
+        if then == "import":
+            other._store.import_table(pa.table({
+                "event_id": [new_event_id()], "event_type": ["Ticked"], "schema_version": pa.array([1], pa.int32()),
+                "aggregate_type": ["Clock"], "aggregate_id": ["c"], "aggregate_version": [1],
+                "occurred_at": pa.array([T0], pa.timestamp("us", tz="UTC")), "data": ['{"n": 4}'], "metadata": ["{}"],
+            }))
+            expected_ids.append("c")
+        assert mine.append("a", [_tick(5)], expected_version=2, aggregate_type="Clock") == 3
+        expected_ids.append("a")
+        stored = mine.sql("SELECT position, aggregate_id, recorded_at FROM events ORDER BY position")
+        assert stored["position"].to_list() == list(range(1, len(expected_ids) + 1))
+        assert stored["aggregate_id"].to_list() == expected_ids
+        assert stored["recorded_at"].is_sorted()
+        assert mine.check()["ok"]
 
 
 @pytest.mark.parametrize("how", ["same object", "pickled copy", "copy.copy", "deepcopy"])
