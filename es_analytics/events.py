@@ -72,21 +72,23 @@ def check_identifier(value: object, name: str) -> str:
     return value
 
 
-_KNOWN_TYPES: set[str] = set()  # aggregate types that passed the check (a lake has a handful)
+KNOWN_TYPES: set[str] = set()  # aggregate types that passed the check (a lake has a handful; read-only outside)
 
 
 def check_aggregate_type(value: object) -> str:
     """Validate an aggregate type: it becomes a partition folder, so it must be an identifier."""
-    if type(value) is str and value in _KNOWN_TYPES:
+    if type(value) is str and value in KNOWN_TYPES:
         return value  # checked before: a set lookup costs far less than the regex on the append path
     checked = check_identifier(value, "aggregate_type")
-    if type(checked) is str and len(_KNOWN_TYPES) < 4096:
-        _KNOWN_TYPES.add(checked)
+    if type(checked) is str and len(KNOWN_TYPES) < 4096:
+        KNOWN_TYPES.add(checked)
     return checked
 
 
 def check_aggregate_id(value: object, name: str = "aggregate_id") -> str:
     """Validate a stream id: any non-empty text without control characters, at most 1024 characters."""
+    if type(value) is str and value.isascii() and value.isprintable() and 0 < len(value) <= MAX_ID_LENGTH:
+        return value  # the usual id, first: printable ASCII is exactly "no control characters", and valid UTF-8
     if isinstance(value, uuid.UUID):
         value = str(value)
     if not isinstance(value, str) or not value:
@@ -116,6 +118,8 @@ def check_event_types(types: object) -> list[str] | None:
 
 def check_version(value: object, name: str, *, allow_none: bool = False) -> int | None:
     """Validate a version number: a non-negative int (``bool`` is refused)."""
+    if type(value) is int and value >= 0:
+        return value
     if value is None and allow_none:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:

@@ -92,6 +92,7 @@ class PersonalFields:
 
 
 _DECLARED: dict[tuple[str, int | None], PersonalFields] = {}
+PERSONAL_FIELDS = _DECLARED  # the same dict (never rebound), read-only outside: empty when nothing is declared
 
 
 def _check_path(path: object, name: str) -> str:

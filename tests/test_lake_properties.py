@@ -96,3 +96,56 @@ def test_random_histories_read_back_as_the_model_says(ops: list[tuple]) -> None:
             assert lake.check()["ok"]
         finally:
             lake.close()
+
+
+_any_version = st.none() | st.integers(-3, 3) | st.booleans() | st.floats(allow_nan=False) | st.text(max_size=2)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.text(max_size=6) | st.text(min_size=1020, max_size=1030) | st.uuids(),
+       st.sampled_from(["Clock", "Clock2", "_x", "2bad", "", "a-b", "Ünï", "x" * 129]) | st.text(max_size=4),
+       _any_version, st.booleans())
+def test_single_and_batched_appends_refuse_exactly_what_the_checks_refuse(
+        aggregate_id: object, aggregate_type: object, expected: object, single: bool) -> None:
+    """``Lake.append`` tests the usual single-append values inline and sends the rest to the checks: it must
+    accept exactly what ``check_aggregate_id``, ``check_aggregate_type`` and ``check_version`` accept, in
+    that order, for one event and for a batch alike, and a refused append stores nothing."""
+    from es_analytics import InvalidArgumentError
+    from es_analytics.events import check_aggregate_id, check_aggregate_type, check_version
+
+    try:
+        stream = check_aggregate_id(aggregate_id)
+        check_aggregate_type(aggregate_type)
+        check_version(expected, "expected_version", allow_none=True)
+        refused = None
+    except InvalidArgumentError as exc:
+        refused = str(exc)
+    with tempfile.TemporaryDirectory() as tmp, Lake.open(Path(tmp) / "lake", durability="normal") as lake:
+        for _ in range(2):  # the second time the type is among the checked ones and the stream is known
+            events = [Event("Ticked", {"n": 1})] if single else [Event("Ticked", {"n": 1}), Event("Ticked", {"n": 2})]
+            try:
+                lake.append(aggregate_id, events, expected_version=expected, aggregate_type=aggregate_type)  # type: ignore[arg-type]
+            except InvalidArgumentError as exc:
+                assert str(exc) == refused
+            except ConcurrencyError:
+                assert refused is None and expected not in (None, lake.current_version(stream))
+            else:
+                assert refused is None
+        stored = lake.events()
+        if refused is not None:
+            assert stored.height == 0
+        else:
+            assert set(stored["aggregate_id"].to_list()) <= {stream}
+
+
+@given(st.datetimes(timezones=st.timezones()))
+def test_micros_by_timedelta_division_equal_to_micros(value: datetime) -> None:
+    """The one-event append computes ``to_micros`` inline as ``(t - EPOCH) // MICROSECOND``."""
+    from es_analytics._time import EPOCH, MICROSECOND, from_micros, to_micros
+
+    try:
+        expected = to_micros(value)
+    except OverflowError:
+        return  # a local time whose UTC offset leaves the datetime range
+    assert (value - EPOCH) // MICROSECOND == expected
+    assert from_micros(expected) == value.astimezone(timezone.utc).replace(fold=0)

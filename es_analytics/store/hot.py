@@ -36,7 +36,7 @@ from typing import Any, Literal
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .._time import to_micros
+from .._time import EPOCH, MICROSECOND, to_micros
 from ..errors import (
     ConcurrencyError,
     DuplicateEventError,
@@ -360,20 +360,6 @@ class SQLiteHotTier:
             segments.append((first, last, payload))
             self._cached_rows += count
 
-    def _remember_one(self, row: tuple[Any, ...]) -> None:
-        """``_remember([row])`` for one row: it joins the last segment when that one holds row tuples."""
-        position = row[0]
-        with self._cache_guard:
-            segments = self._cache
-            if segments:
-                first, last, payload = segments[-1]
-                if last + 1 == position and type(payload) is list and self._cached_rows < self.cache_limit:
-                    payload.append(row)
-                    segments[-1] = (first, position, payload)
-                    self._cached_rows += 1
-                    return
-        self._remember([row])
-
     def cached_after(self, position: int, through: int, limit: int) -> pa.Table | None:
         """The hot rows in ``(position, min(through, position + limit)]`` as Arrow if this handle appended
         every one of them (``through``: the highest hot position in the caller's read snapshot)."""
@@ -524,18 +510,22 @@ class SQLiteHotTier:
         if cached is None or cached[0] != aggregate_type or (
                 expected_version is not None and expected_version != cached[1]):
             return None
-        lock = self._take_writer()
+        lock = self._local_writer
+        if not lock.acquire(False):  # ``_take_writer`` inline when uncontended: one call less per append
+            lock = self._take_writer()
         try:
             if self._seen_version is None or con.in_transaction:
                 return None
             last_position, last_recorded = self._last_handed
             position, version = last_position + 1, cached[1] + 1
-            recorded = max(int(time.time() * 1_000_000), last_recorded)
+            recorded = time.time_ns() // 1000
+            if recorded < last_recorded:
+                recorded = last_recorded
             # An unsent id needs no probe, and its hash waits for the seal (``index_sealed_ids``): right
             # after an fsync, md5 through OpenSSL is the costliest step of the whole append (~10 µs here).
             id_hash = None if unsent else event_id_hash(event.event_id)  # type: ignore[arg-type]
             row = (position, event.event_id, event.event_type, event.schema_version, aggregate_type, aggregate_id,
-                   version, to_micros(event.occurred_at), recorded, encoded[0], encoded[1], id_hash)  # type: ignore[arg-type]
+                   version, (event.occurred_at - EPOCH) // MICROSECOND, recorded, encoded[0], encoded[1], id_hash)  # type: ignore[operator]
             try:
                 inserted = con.execute(_INSERT_IF_UNCHANGED_SQL if unsent else _INSERT_IF_CURRENT_SQL, row).rowcount
             except sqlite3.Error:
@@ -548,8 +538,9 @@ class SQLiteHotTier:
             self._seen_changes = con.total_changes
         finally:
             lock.release()
-        if self.cache_limit:
-            self._remember_one(row)
+        # The row is not kept for the seal: the seal reads it back from SQLite, which costs about what
+        # converting kept row tuples costs (115–190 ms for 50k rows either way), whereas keeping it took
+        # ~3 µs of every durable append (docs/decisions.md). Batches of 100 or more are kept, as Arrow.
         return version, position
 
     def _append_fast(
@@ -659,7 +650,7 @@ class SQLiteHotTier:
             )
         if expected_version is not None and expected_version != actual:
             raise ConcurrencyError(aggregate_id, expected_version, actual)
-        recorded = self._recorded = max(int(time.time() * 1_000_000), int(head[2]))
+        recorded = self._recorded = max(time.time_ns() // 1000, int(head[2]))
         if hashes is None:
             hashes = [event_id_hash(e.event_id) for e in events]  # type: ignore[arg-type]
         before, count = int(head[4]), len(events)
@@ -863,7 +854,7 @@ class SQLiteHotTier:
             if version != actual + 1:
                 raise ConcurrencyError(aggregate_id, version - 1, actual)
             running[aggregate_id] = version
-        recorded = max(int(time.time() * 1_000_000), self.last_recorded_at())
+        recorded = max(time.time_ns() // 1000, self.last_recorded_at())
         before = self.last_position()
         if len(rows) < _COLUMNS_FROM:
             new_rows = [(before + i, *r[:7], recorded, r[7], r[8], event_id_hash(r[0])) for i, r in enumerate(rows, start=1)]
