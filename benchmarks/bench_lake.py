@@ -70,7 +70,7 @@ def _events(n: int, tag: str) -> list[Event]:
                   metadata={"user_id": "teller-01", "correlation_id": f"c-{tag}-{i}"}) for i in range(n)]
 
 
-def bench_single_appends(n: int, rounds: int = 6) -> list[tuple[str, float, float, str]]:
+def bench_single_appends(n: int, rounds: int = 30) -> list[tuple[str, float, float, str]]:
     """Single-event appends, the row store and the lake (both durabilities) interleaved in ``rounds`` rounds.
 
     Interleaving puts the same disk and machine noise on all sides. The order rotates from round to round
