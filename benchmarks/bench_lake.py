@@ -110,13 +110,14 @@ def bench_single_appends(n: int, rounds: int = 30) -> list[tuple[str, float, flo
 
 
 def bench_batched_appends(
-    batches: int, rounds: int = 5, *, start_lake: Path | None = None, start_rows: Path | None = None,
+    batches: int, rounds: int = 10, *, start_lake: Path | None = None, start_rows: Path | None = None,
 ) -> tuple[str, float, float, str]:
     """1,000-event appends to fresh streams, interleaved with the row store in ``rounds`` rounds.
 
     The lake seals on its own every 50,000 events (its defaults: inline, by the append that crosses the
     threshold), so with a few hundred batches the figure is a sustained rate that includes writing Parquet,
-    not a burst into the hot tier; the last round also waits for any seal still running.
+    not a burst into the hot tier; the last round also waits for any seal still running. The order
+    alternates from round to round, as for single appends.
     ``start_lake`` / ``start_rows``: append to copies of these (a lake folder, a row-store file) instead
     of empty stores.
     """
@@ -131,20 +132,19 @@ def bench_batched_appends(
         with Lake.open(Path(tmp) / "lake") as lake:
             start = lake._store.manifest().sealed_position
             for r in range(rounds):
-                prepared = [_events(1000, f"rb{r}-{b}") for b in range(per_round)]
-                gc.collect()
-                started = time.perf_counter()
-                for b, events in enumerate(prepared):
-                    row_store_append(base, f"acc-{r}-{b}", events, 0)
-                spent["rows"] += time.perf_counter() - started
-                prepared = [_events(1000, f"b{r}-{b}") for b in range(per_round)]
-                gc.collect()
-                started = time.perf_counter()
-                for b, events in enumerate(prepared):
-                    lake.append(f"acc-{r}-{b}", events, expected_version=0, aggregate_type="BankAccount")
-                if r == rounds - 1:
-                    lake._store.wait_for_seal()  # the last round also waits for the seal it started
-                spent["lake"] += time.perf_counter() - started
+                for side in ("rows", "lake") if r % 2 == 0 else ("lake", "rows"):
+                    prepared = [_events(1000, f"{side}{r}-{b}") for b in range(per_round)]
+                    gc.collect()
+                    started = time.perf_counter()
+                    if side == "rows":
+                        for b, events in enumerate(prepared):
+                            row_store_append(base, f"acc-{r}-{b}", events, 0)
+                    else:
+                        for b, events in enumerate(prepared):
+                            lake.append(f"acc-{r}-{b}", events, expected_version=0, aggregate_type="BankAccount")
+                        if r == rounds - 1:
+                            lake._store.wait_for_seal()  # the last round also waits for the seal it started
+                    spent[side] += time.perf_counter() - started
             sealed = lake._store.manifest().sealed_position - start
     total = per_round * rounds * 1000
     into = "" if start_lake is None else f" into a copy of the {start:,}-event lake"

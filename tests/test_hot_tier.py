@@ -612,3 +612,133 @@ def test_the_column_hash_is_the_per_event_hash_and_the_one_stored_by_earlier_ver
         con.register("t", pa.table({"event_id": ids}))
         rows = con.sql(f"SELECT {EVENT_ID_HASH_SQL}, (md5_number_lower(event_id) >> 1)::BIGINT FROM t").fetchall()
     assert [r[0] for r in rows] == [event_id_hash(i) for i in ids] == [r[1] for r in rows]
+
+
+def _hot_ids_consistent(lake: Lake) -> None:
+    """``hot_ids`` holds exactly the ids of the hot rows at or below its watermark, with their positions."""
+    con = lake._store.hot.con
+    through = con.execute("SELECT value FROM meta WHERE key = 'hot_ids_through'").fetchone()[0]
+    below = set(con.execute("SELECT event_id, position FROM events WHERE position <= ?", (through,)).fetchall())
+    assert set(con.execute("SELECT event_id, position FROM hot_ids").fetchall()) == below
+
+
+@pytest.mark.parametrize("size", [1, 3, 150])
+def test_a_copy_of_an_unsealed_event_with_a_made_id_is_a_retry_or_refused(tmp_path: Path, size: int) -> None:
+    """Appends of ids made with their events do not index them (one B-tree less to write); a copy appended
+    later, to any stream, must still be seen: as a retry with the same content, refused with other content."""
+    import copy
+
+    with Lake.open(tmp_path / "lake", auto_seal_rows=0) as lake:
+        lake.append("a", [_tick(0)], expected_version=0, aggregate_type="Clock")  # a known stream: one statement
+        events = [Event("Ticked", {"n": n}, occurred_at=T0) for n in range(size)]
+        assert lake.append("a", events, expected_version=1, aggregate_type="Clock") == 1 + size
+        lake.append("a", [_tick(9)], expected_version=1 + size, aggregate_type="Clock")
+        assert lake._store.hot.con.execute("SELECT count(*) FROM hot_ids").fetchone()[0] == 0
+        again = copy.deepcopy(events)
+        assert lake.append("a", again, expected_version=None, aggregate_type="Clock") == 1 + size
+        with pytest.raises(DuplicateEventError):
+            lake.append("b", copy.deepcopy(events), expected_version=0, aggregate_type="Clock")
+        altered = [Event("Ticked", {"n": -1}, event_id=events[-1].event_id, occurred_at=T0)]
+        with pytest.raises(DuplicateEventError):
+            lake.append("a", altered, expected_version=None, aggregate_type="Clock")
+        with pytest.raises(DuplicateEventError):  # several streams at once, as the eventsourcing recorders do
+            lake._store.hot.append_rows(
+                [(events[0].event_id, "Ticked", 1, "Clock", "c", 1, 0, '{"n": 0}', "{}")], lake._store.lookup_sealed)
+        _hot_ids_consistent(lake)
+        stored = lake.events()
+        assert stored.height == size + 2 and stored["event_id"].n_unique() == size + 2
+        lake.seal()
+        assert lake._store.hot.con.execute("SELECT count(*) FROM hot_ids").fetchone()[0] == 0
+        assert lake.append("a", copy.deepcopy(events), expected_version=None, aggregate_type="Clock") == 1 + size
+        assert lake.check()["ok"]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["made", "given", "copy", "altered", "seal"]),
+                          st.sampled_from("ab"), st.integers(1, 3)), min_size=1, max_size=25))
+def test_ids_made_with_events_and_given_ids_mix_without_a_repeat(ops: list[tuple[str, str, int]]) -> None:
+    """Any mix of appends of made ids (not indexed), given ids (indexed), copies and altered copies of
+    earlier events, and seals: every id is stored once, retries answer, reuses are refused, and
+    ``hot_ids`` always holds exactly the hot rows at or below its watermark."""
+    import copy
+    import tempfile
+
+    stored: dict[str, tuple[str, Event]] = {}  # event_id -> (stream, event as appended)
+    versions = {"a": 0, "b": 0}
+    counter = 0
+    with tempfile.TemporaryDirectory() as tmp, Lake.open(Path(tmp) / "lake", auto_seal_rows=0,
+                                                         durability="normal") as lake:
+        for kind, stream, n in ops:
+            if kind == "seal":
+                lake.seal()
+                _hot_ids_consistent(lake)
+                continue
+            earlier = list(stored.values())
+            if kind in ("copy", "altered") and not earlier:
+                continue
+            if kind == "made":
+                batch = [Event("Ticked", {"k": i}, occurred_at=T0) for i in range(n)]
+            elif kind == "given":
+                counter += 1
+                batch = [Event("Ticked", {"k": i}, event_id=f"g{counter}-{i}", occurred_at=T0) for i in range(n)]
+            else:
+                home, original = earlier[n % len(earlier)]
+                batch = [copy.copy(original)] if kind == "copy" else [
+                    Event("Ticked", {"k": "other"}, event_id=original.event_id, occurred_at=T0)]
+            if kind == "copy" and home == stream:
+                before = lake.current_version(stream)
+                lake.append(stream, batch, expected_version=None, aggregate_type="Clock")
+                assert lake.current_version(stream) == before  # a retry: nothing stored again
+            elif kind in ("copy", "altered"):
+                with pytest.raises(DuplicateEventError):
+                    lake.append(stream, batch, expected_version=None, aggregate_type="Clock")
+            else:
+                assert lake.append(stream, batch, expected_version=versions[stream], aggregate_type="Clock") == \
+                    versions[stream] + len(batch)
+                versions[stream] += len(batch)
+                stored.update((e.event_id, (stream, e)) for e in batch)  # type: ignore[misc]
+            _hot_ids_consistent(lake)
+        frame = lake.events()
+        assert sorted(frame["event_id"].to_list()) == sorted(stored)
+        assert lake.check()["ok"]
+
+
+def test_an_empty_hot_table_of_an_older_lake_loses_its_event_id_index_and_a_full_one_keeps_it(tmp_path: Path) -> None:
+    def unique_on_id(path: Path) -> bool:
+        con = sqlite3.connect(path / "hot.sqlite")
+        try:
+            return any(i[2] and [c[2] for c in con.execute("SELECT * FROM pragma_index_info(?)", (i[1],))] == ["event_id"]
+                       for i in con.execute("SELECT * FROM pragma_index_list('events')").fetchall())
+        finally:
+            con.close()
+
+    for rows in (0, 1):
+        path = tmp_path / f"lake-{rows}"
+        with Lake.open(path, auto_seal_rows=0) as lake:
+            lake.append("a", [_tick(1), _tick(2)], expected_version=0, aggregate_type="Clock")
+            lake.seal()
+        con = sqlite3.connect(path / "hot.sqlite")
+        con.execute("DROP VIEW stream_heads")
+        con.execute("DROP TABLE events")
+        con.execute(LEGACY_EVENTS)
+        con.execute("DELETE FROM meta WHERE key = 'hot_ids_through'")
+        if rows:
+            con.execute(
+                "INSERT INTO events (position, event_id, event_type, schema_version, aggregate_type, aggregate_id, "
+                "aggregate_version, occurred_at, recorded_at, data, metadata) "
+                "VALUES (3, 'old', 'Ticked', 1, 'Clock', 'a', 3, ?, ?, '{\"n\": 3}', '{}')",
+                (int(T0.timestamp() * 1e6), time.time_ns() // 1000))
+        con.commit()
+        con.close()
+        assert unique_on_id(path)
+        with Lake.open(path, auto_seal_rows=0) as lake:
+            assert unique_on_id(path) == bool(rows)
+            _hot_ids_consistent(lake)
+            version = lake.append("a", [_tick(4)], expected_version=2 + rows, aggregate_type="Clock")
+            assert version == 3 + rows
+            if rows:  # the row kept from before is indexed, and its id refused with other content
+                with pytest.raises(DuplicateEventError):
+                    lake.append("b", [Event("Ticked", {"n": 0}, event_id="old")], expected_version=0, aggregate_type="Clock")
+            assert lake.events()["position"].to_list() == list(range(1, 4 + rows))
+            report = lake.check()
+            assert report["ok"], report

@@ -163,6 +163,7 @@ def _repair(store: LakeStore, problems: list[dict[str, Any]]) -> list[str]:
     with store.hot.write():
         sealed = store.manifest().sealed_position
         deleted = con.execute("DELETE FROM events WHERE position <= ?", (sealed,)).rowcount
+        con.execute("DELETE FROM hot_ids WHERE position <= ?", (sealed,))
         if deleted:
             done.append(f"dropped {deleted} hot rows that were already sealed")
         fixed = con.execute(

@@ -63,7 +63,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS events (
     position INTEGER PRIMARY KEY,
-    event_id TEXT NOT NULL UNIQUE,
+    event_id TEXT NOT NULL,
     event_type TEXT NOT NULL,
     schema_version INTEGER NOT NULL,
     aggregate_type TEXT NOT NULL,
@@ -76,6 +76,10 @@ CREATE TABLE IF NOT EXISTS events (
     id_hash INTEGER,
     UNIQUE (aggregate_id, aggregate_version)
 );
+CREATE TABLE IF NOT EXISTS hot_ids (
+    event_id TEXT PRIMARY KEY,
+    position INTEGER NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS streams (
     aggregate_id TEXT PRIMARY KEY,
     aggregate_type TEXT NOT NULL,
@@ -122,6 +126,8 @@ _LAST_POSITION_SQL = (
     "coalesce((SELECT value FROM meta WHERE key = 'sealed_position'), 0))"
 )
 _FAST_PATH_EVENTS = 5_000
+# Every hot row at or below this position has its id in ``hot_ids``; the rows above it have none.
+_HOT_IDS_THROUGH = "hot_ids_through"
 _COLUMNS_FROM = 100  # events in one append from which rows are inserted and kept column by column
 _MICROS = pa.timestamp("us", tz="UTC")
 # Committed rows waiting to be kept: row tuples, or (first position, last position, table).
@@ -147,19 +153,15 @@ _PROBE_ONE_SQL = _PROBE_SQL.format(probe="(SELECT count(*) FROM sealed_ids WHERE
 _PROBE_UNSENT_SQL = _PROBE_SQL.format(probe="0")
 # One event at the position and version this connection computed from what its own appends left, as
 # a plain INSERT … VALUES whose event_type is NULL (refused by NOT NULL) unless the sealed position is
-# below ?1, and, for ids not made with their events, the id hash (?12) is not among the sealed ids. Every
-# commit that adds events, from any connection, takes the next positions, so if another one did since,
-# either its first hot row holds ?1 (the primary key refuses the insert) or a seal deleted that row and
-# raised the sealed position in the same transaction (the check refuses it). The VALUES form and one seek
-# cost ~17 µs less CPU per durable append than INSERT … SELECT … WHERE with SQLite's data_version
-# (pragma_data_version() prepares a statement on every call).
-_ONE_CHECK = "NOT EXISTS (SELECT 1 FROM meta WHERE key = 'sealed_position' AND value >= ?1)"
+# below ?1. Every commit that adds events, from any connection, takes the next positions, so if another
+# one did since, either its first hot row holds ?1 (the primary key refuses the insert) or a seal deleted
+# that row and raised the sealed position in the same transaction (the check refuses it). The VALUES form
+# and one seek cost ~17 µs less CPU per durable append than INSERT … SELECT … WHERE with SQLite's
+# data_version (pragma_data_version() prepares a statement on every call).
 _INSERT_ONE_SQL = _INSERT_SQL.split(" VALUES ")[0] + (
-    " VALUES (?1,?2,CASE WHEN {check} THEN ?3 END,?4,?5,?6,?7,?8,?9,?10,?11,?12)"
+    " VALUES (?1,?2,CASE WHEN NOT EXISTS (SELECT 1 FROM meta WHERE key = 'sealed_position' AND value >= ?1) "
+    "THEN ?3 END,?4,?5,?6,?7,?8,?9,?10,?11,?12)"
 )
-_INSERT_IF_CURRENT_SQL = _INSERT_ONE_SQL.format(
-    check=_ONE_CHECK + " AND NOT EXISTS (SELECT 1 FROM sealed_ids WHERE id_hash = ?12)")
-_INSERT_IF_UNCHANGED_SQL = _INSERT_ONE_SQL.format(check=_ONE_CHECK)  # ids made with their events
 _HEAD_UNSENT_SQL = _HEAD_SQL.format(probe="0")
 _HEAD_CACHE_STREAMS = 100_000  # streams whose head a connection remembers between its appends
 MERGE_MIN_IDS = 250_000  # the recent level of the sealed-id index is merged at max(this, an eighth of the base)
@@ -287,16 +289,40 @@ class SQLiteHotTier:
             with self.write():
                 for statement in filter(str.strip, _SCHEMA.split(";")):
                     self.con.execute(statement)
+                self._renew_events_table()
                 columns = {r[1] for r in self.con.execute("PRAGMA table_info(events)")}
                 if "id_hash" not in columns:  # a lake made before hot rows kept their id hash
                     self.con.execute("ALTER TABLE events ADD COLUMN id_hash INTEGER")
-                self._autoincrement = self.con.execute(
-                    "SELECT 1 FROM sqlite_master WHERE name = 'sqlite_sequence'").fetchone() is not None
+                if self.meta(_HOT_IDS_THROUGH) is None:  # a new lake, or one made before hot_ids
+                    self.con.execute("INSERT OR IGNORE INTO hot_ids (event_id, position) SELECT event_id, position FROM events")
+                    self.set_meta(_HOT_IDS_THROUGH, self.con.execute("SELECT coalesce(max(position), 0) FROM events").fetchone()[0])
+                table_sql = self.con.execute("SELECT sql FROM sqlite_master WHERE name = 'events'").fetchone()[0]
+                self._autoincrement = "AUTOINCREMENT" in table_sql.upper()
         except sqlite3.DatabaseError as exc:
             raise LakeError(f"cannot open the hot tier {str(path)!r}: {exc}") from exc
 
     def close(self) -> None:
         self.con.close()
+
+    def _renew_events_table(self) -> None:
+        """Inside the opening transaction: give an empty hot events table of an older lake the current
+        layout, without the unique index on ``event_id`` (``hot_ids`` does its work, see ``_index_hot_ids``).
+
+        Only an empty table is renewed (no rows to copy; every lake is empty after a full seal), so a lake
+        with unsealed rows keeps the old index, which is then an extra guard, until its next full seal and
+        open. Positions do not depend on the table: they follow the sealed position when it holds no rows.
+        """
+        con = self.con
+        unique_on_id = any(
+            index[2] and [c[2] for c in con.execute("SELECT * FROM pragma_index_info(?)", (index[1],))] == ["event_id"]
+            for index in con.execute("SELECT * FROM pragma_index_list('events')").fetchall()
+        )
+        if not unique_on_id or con.execute("SELECT 1 FROM events LIMIT 1").fetchone() is not None:
+            return
+        con.execute("DROP VIEW IF EXISTS stream_heads")
+        con.execute("DROP TABLE events")
+        for statement in filter(str.strip, _SCHEMA.split(";")):
+            con.execute(statement)
 
     # -- transactions -------------------------------------------------------------------------
     @contextmanager
@@ -464,10 +490,11 @@ class SQLiteHotTier:
         ``encoded`` holds the (data, metadata) JSON text to store for each event (after any field
         encryption). ``lookup_sealed(positions)`` returns ``StoredMatch``es for sealed positions.
         ``unsent``: every event's id was made with the event and this is its first append, so none can
-        be among the sealed ids and that probe is skipped (the hot tier's unique index still applies).
+        be stored anywhere: neither the sealed ids nor ``hot_ids`` are probed, and the ids are not added to
+        ``hot_ids`` (any later append of them, by a copy, catches ``hot_ids`` up first).
         """
-        if len(events) == 1 and self._seen_version is not None:
-            done = self._append_one(aggregate_id, aggregate_type, events[0], expected_version, encoded[0], unsent)
+        if unsent and len(events) == 1 and self._seen_version is not None:
+            done = self._append_one(aggregate_id, aggregate_type, events[0], expected_version, encoded[0])
             if done is not None:
                 return done
         if len(events) <= _FAST_PATH_EVENTS:
@@ -481,7 +508,8 @@ class SQLiteHotTier:
             if known:
                 return self._retry_version(aggregate_id, aggregate_type, events, encoded, known, self.same_data), 0
             head = self.con.execute(_HEAD_SQL.format(probe="0"), (aggregate_id,)).fetchone()
-            return self._insert(aggregate_id, aggregate_type, events, expected_version, encoded, head)
+            return self._insert(aggregate_id, aggregate_type, events, expected_version, encoded, head,
+                                index_ids=not unsent)
 
     def _append_one(
         self,
@@ -490,9 +518,9 @@ class SQLiteHotTier:
         event: Event,
         expected_version: int | None,
         encoded: tuple[str, str],
-        unsent: bool = False,
     ) -> tuple[int, int] | None:
-        """One event to a stream whose head this connection knows: a single self-committing INSERT.
+        """One event whose id was made with it, to a stream whose head this connection knows: a single
+        self-committing INSERT (the id cannot repeat a stored one, so it is neither probed nor indexed).
 
         The statement inserts only if no other connection has taken a position since this one's last
         append (the next position is free in the hot tier and above the sealed position: any commit that
@@ -521,13 +549,12 @@ class SQLiteHotTier:
             recorded = time.time_ns() // 1000
             if recorded < last_recorded:
                 recorded = last_recorded
-            # An unsent id needs no probe, and its hash waits for the seal (``index_sealed_ids``): right
-            # after an fsync, md5 through OpenSSL is the costliest step of the whole append (~10 µs here).
-            id_hash = None if unsent else event_id_hash(event.event_id)  # type: ignore[arg-type]
+            # The id's hash waits for the seal (``index_sealed_ids``): right after an fsync, hashing is one
+            # of the costliest steps of the whole append.
             row = (position, event.event_id, event.event_type, event.schema_version, aggregate_type, aggregate_id,
-                   version, (event.occurred_at - EPOCH) // MICROSECOND, recorded, encoded[0], encoded[1], id_hash)  # type: ignore[operator]
+                   version, (event.occurred_at - EPOCH) // MICROSECOND, recorded, encoded[0], encoded[1], None)  # type: ignore[operator]
             try:
-                inserted = con.execute(_INSERT_IF_UNCHANGED_SQL if unsent else _INSERT_IF_CURRENT_SQL, row).rowcount
+                inserted = con.execute(_INSERT_ONE_SQL, row).rowcount
             except sqlite3.Error:
                 inserted = 0  # a check or unique index (a retry?), a lock, a stale snapshot: the full path decides
             if inserted != 1:
@@ -604,7 +631,8 @@ class SQLiteHotTier:
                     raise _MaybeRetry
                 try:
                     version, last_position = self._insert(
-                        aggregate_id, aggregate_type, events, expected_version, encoded, head, hashes)
+                        aggregate_id, aggregate_type, events, expected_version, encoded, head, hashes,
+                        index_ids=not unsent)
                 except sqlite3.IntegrityError:
                     raise _MaybeRetry from None
             except BaseException:
@@ -636,10 +664,14 @@ class SQLiteHotTier:
         encoded: Sequence[tuple[str, str]],
         head: tuple[Any, ...],
         hashes: Sequence[int] | None = None,
+        *,
+        index_ids: bool = True,
     ) -> tuple[int, int]:
         """Inside a write transaction: check type and version, insert (the new hot rows are the new head).
 
         ``head`` is a row of ``_HEAD_SQL``; ``hashes`` the events' id hashes, if computed already.
+        ``index_ids``: the ids may repeat stored ones (they were not all made with their events for this
+        append), so they go to ``hot_ids``, whose key refuses a repeat (see ``_index_hot_ids``).
         """
         con = self.con
         actual = 0 if head[1] is None else int(head[1])
@@ -674,7 +706,25 @@ class SQLiteHotTier:
                 [e.schema_version for e in events], aggregate_type, aggregate_id, range(actual + 1, actual + count + 1),
                 [to_micros(e.occurred_at) for e in events], recorded,  # type: ignore[arg-type]
                 [d for d, _ in encoded], [m for _, m in encoded], hashes)
+        if index_ids:
+            self._index_hot_ids(before + count)
         return actual + count, before + count
+
+    def _index_hot_ids(self, last: int) -> None:
+        """Inside a write transaction, after inserting rows up to position ``last`` whose ids may repeat
+        stored ones: put the ids of every hot row above the watermark in ``hot_ids`` (those rows, and the
+        rows of appends of ids made with their events since, which skipped this) and raise it to ``last``.
+
+        ``hot_ids``'s primary key refuses an id that a hot row holds already (``sqlite3.IntegrityError``,
+        which the callers treat as a possible retry). Ids made with their events cannot repeat a stored one,
+        so their appends add nothing here: one B-tree fewer to write per append (a single durable append
+        +5%, a batch of 1,000 +9%; docs/decisions.md). ``known_ids`` reads the rows above the watermark
+        directly.
+        """
+        self.con.execute(
+            "INSERT INTO hot_ids (event_id, position) SELECT event_id, position FROM events "
+            "WHERE position > coalesce((SELECT value FROM meta WHERE key = 'hot_ids_through'), 0)")
+        self.set_meta(_HOT_IDS_THROUGH, last)
 
     def _insert_columns(
         self, first: int, ids: Sequence[str], types: Sequence[str], schemas: Sequence[int],
@@ -723,12 +773,19 @@ class SQLiteHotTier:
         for start in range(0, len(ids), _KNOWN_CHUNK):
             chunk = ids[start:start + _KNOWN_CHUNK]
             marks = ",".join("?" * len(chunk))
+            # Hot rows through ``hot_ids``, and those above its watermark (appends of ids made with their
+            # events, not indexed) by a range scan; then the sealed ids by hash.
             rows = self.con.execute(
+                "SELECT e.event_id, e.event_type, e.schema_version, e.aggregate_type, e.aggregate_id, "
+                "e.aggregate_version, e.occurred_at, e.data, e.metadata, NULL FROM hot_ids h "
+                f"JOIN events e ON e.position = h.position WHERE h.event_id IN ({marks}) UNION ALL "
                 "SELECT event_id, event_type, schema_version, aggregate_type, aggregate_id, aggregate_version, "
-                f"occurred_at, data, metadata, NULL FROM events WHERE event_id IN ({marks}) UNION ALL "
+                "occurred_at, data, metadata, NULL FROM events "
+                "WHERE position > coalesce((SELECT value FROM meta WHERE key = 'hot_ids_through'), 0) "
+                f"AND event_id IN ({marks}) UNION ALL "
                 "SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, position FROM sealed_ids "
                 f"WHERE id_hash IN ({marks})",
-                [*chunk, *(event_id_hash(i) for i in chunk)],
+                [*chunk, *chunk, *(event_id_hash(i) for i in chunk)],
             ).fetchall()
             for r in rows:
                 if r[9] is None:
@@ -865,6 +922,7 @@ class SQLiteHotTier:
             event_ids, event_types, schemas, aggregate_types, aggregate_ids, versions, occurred, data, metadata = zip(*rows)
             self._insert_columns(before + 1, event_ids, event_types, schemas, aggregate_types, aggregate_ids, versions,
                                  occurred, recorded, data, metadata, [event_id_hash(i) for i in event_ids])
+        self._index_hot_ids(before + len(rows))
         return before + 1
 
     def keep_heads(self, after: int, through: int) -> None:
@@ -933,8 +991,10 @@ class SQLiteHotTier:
             return
         if last <= position:
             self.con.execute("DELETE FROM events")
+            self.con.execute("DELETE FROM hot_ids")
         else:
             self.con.execute("DELETE FROM events WHERE position <= ?", (position,))
+            self.con.execute("DELETE FROM hot_ids WHERE position <= ?", (position,))
 
     # -- reads --------------------------------------------------------------------------------
     def arrow_after(self, position: int, limit: int) -> pa.Table:
