@@ -221,9 +221,9 @@ def parse_json(text: str, name: str) -> Any:
 def new_event_id() -> str:
     """A fresh event id: a UUID version 7 (RFC 9562), time-ordered to the millisecond.
 
-    48 bits of Unix time in milliseconds, then 74 random bits. Ids made later sort later, so the hot
-    tier's unique index on ``event_id`` grows at its end instead of at random pages: a 1,000-event append
-    then writes a few index pages instead of hundreds (see docs/decisions.md).
+    48 bits of Unix time in milliseconds, then 74 random bits. Ids made later sort later, so an index on
+    ``event_id`` (the hot tier's ``hot_ids`` when such an id is appended again, the tables of readers) grows
+    at its end instead of at random pages (see docs/decisions.md).
 
     Examples
     --------

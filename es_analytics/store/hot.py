@@ -3,13 +3,16 @@
 One transaction per append. A stream's version (the optimistic-concurrency check) is the highest
 version of its hot rows (an index seek) or, for a stream with no hot rows, its row in ``streams``, which
 holds the heads of sealed streams and is brought up to date when rows are sealed; the view
-``stream_heads`` combines the two. An append thus writes three B-tree pages, not four.
-A handle remembers the heads its own appends left while SQLite's ``data_version`` shows that no other
-connection has committed since; a one-event append to such a stream is then a single self-committing
-INSERT guarded by that check (see ``_append_one``), and anything unexpected takes the full path.
-``events`` holds the committed events not yet sealed (with each id's hash, so a seal indexes them in SQL;
-a single append of an event with a generated id leaves it for the seal to compute),
-``event_ids`` and ``recent_ids`` (read together through the view ``sealed_ids``) a compact two-level
+``stream_heads`` combines the two. A handle remembers the heads and the last position its own appends
+left; a one-event append of an event whose id was made with it, to such a stream, is then a single
+self-committing INSERT that refuses itself if another connection took a position since (see
+``_append_one``), and anything unexpected takes the full path.
+``events`` holds the committed events not yet sealed (with each id's hash when the append computed it, so
+a seal indexes them in SQL; the seal computes the others). Event ids are unique across the lake: ids made
+with their events cannot repeat a stored one and are not indexed in the hot tier (an append of one writes
+two B-tree pages: the row and its stream's index entry); ``hot_ids`` maps the other hot ids to their
+positions, up to a watermark that any append of ids which may repeat raises first (``_index_hot_ids``).
+``event_ids`` and ``recent_ids`` (read together through the view ``sealed_ids``) are a compact two-level
 hash index of sealed event ids (for idempotent retries; see ``index_sealed_ids``), ``files`` and
 ``stream_index`` say which sealed file and row group hold a stream. SQLite's locking lets several
 processes write one lake at once.
