@@ -742,3 +742,29 @@ def test_an_empty_hot_table_of_an_older_lake_loses_its_event_id_index_and_a_full
             assert lake.events()["position"].to_list() == list(range(1, 4 + rows))
             report = lake.check()
             assert report["ok"], report
+
+
+def test_an_import_finds_an_unindexed_hot_id_among_many(tmp_path: Path) -> None:
+    """A bulk import checks its ids against the lake; with more ids than one look-up statement takes, the
+    hot rows of made ids are indexed first (one pass) instead of being scanned for every chunk."""
+    with Lake.open(tmp_path / "lake", auto_seal_rows=0) as lake:
+        made = [Event("Ticked", {"n": n}, occurred_at=T0) for n in range(1_000)]
+        lake.append("a", made, expected_version=0, aggregate_type="Clock")
+
+        def table(ids: list[str], stream: str) -> pa.Table:
+            return pa.table({
+                "event_id": ids, "event_type": ["Ticked"] * len(ids), "schema_version": pa.array([1] * len(ids), pa.int32()),
+                "aggregate_type": ["Clock"] * len(ids), "aggregate_id": [stream] * len(ids),
+                "aggregate_version": list(range(1, len(ids) + 1)),
+                "occurred_at": pa.array([T0] * len(ids), pa.timestamp("us", tz="UTC")),
+                "data": ['{"n": 1}'] * len(ids), "metadata": ["{}"] * len(ids),
+            })
+
+        fresh = [new_event_id() for _ in range(900)]
+        with pytest.raises(InvalidArgumentError, match="already in the lake"):
+            lake._store.import_table(table([*fresh, str(made[500].event_id)], "b"))
+        assert lake._store.hot.con.execute("SELECT count(*) FROM hot_ids").fetchone()[0] == 0  # rolled back
+        lake._store.import_table(table(fresh, "b"))
+        assert lake.events("b").height == 900
+        _hot_ids_consistent(lake)
+        assert lake.check()["ok"]

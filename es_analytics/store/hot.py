@@ -713,6 +713,13 @@ class SQLiteHotTier:
             self._index_hot_ids(before + count)
         return actual + count, before + count
 
+    def _catch_up_hot_ids(self) -> None:
+        """Inside a write transaction: put the ids of the hot rows above the watermark in ``hot_ids``."""
+        if self.con.execute(
+                "INSERT INTO hot_ids (event_id, position) SELECT event_id, position FROM events "
+                "WHERE position > coalesce((SELECT value FROM meta WHERE key = 'hot_ids_through'), 0)").rowcount:
+            self.set_meta(_HOT_IDS_THROUGH, self.con.execute("SELECT max(position) FROM events").fetchone()[0])
+
     def _index_hot_ids(self, last: int) -> None:
         """Inside a write transaction, after inserting rows up to position ``last`` whose ids may repeat
         stored ones: put the ids of every hot row above the watermark in ``hot_ids`` (those rows, and the
@@ -773,6 +780,8 @@ class SQLiteHotTier:
         up in one statement per chunk of ids; sealed hits are confirmed by reading them."""
         found: dict[str, StoredMatch] = {}
         positions: list[int] = []
+        if self.con.in_transaction and len(ids) > _KNOWN_CHUNK:
+            self._catch_up_hot_ids()  # else each chunk would scan every row above the watermark
         for start in range(0, len(ids), _KNOWN_CHUNK):
             chunk = ids[start:start + _KNOWN_CHUNK]
             marks = ",".join("?" * len(chunk))
