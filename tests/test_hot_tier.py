@@ -768,3 +768,28 @@ def test_an_import_finds_an_unindexed_hot_id_among_many(tmp_path: Path) -> None:
         assert lake.events("b").height == 900
         _hot_ids_consistent(lake)
         assert lake.check()["ok"]
+
+
+@pytest.mark.parametrize("damage", ["lost entry", "stray entry", "watermark past an unindexed row"])
+def test_check_finds_a_damaged_hot_id_index_and_rebuilds_it(tmp_path: Path, damage: str) -> None:
+    with Lake.open(tmp_path / "lake", auto_seal_rows=0) as lake:
+        lake.append("a", [Event("Ticked", {"n": n}, event_id=f"g{n}", occurred_at=T0) for n in range(3)],
+                    expected_version=0, aggregate_type="Clock")
+        made = Event("Ticked", {"n": 3}, occurred_at=T0)
+        lake.append("a", [made], expected_version=3, aggregate_type="Clock")
+        assert lake.check()["ok"]
+        con = lake._store.hot.con
+        if damage == "lost entry":
+            con.execute("DELETE FROM hot_ids WHERE event_id = 'g1'")
+        elif damage == "stray entry":
+            con.execute("INSERT INTO hot_ids VALUES ('ghost', 99)")
+        else:
+            con.execute("UPDATE meta SET value = 4 WHERE key = 'hot_ids_through'")
+        report = lake.check()
+        assert not report["ok"] and any(p["check"] == "hot-id index" for p in report["problems"])
+        repaired = lake.check(repair=True)
+        assert "rebuilt the hot-id index from the hot rows" in repaired["repaired"]
+        assert lake.check()["ok"]
+        _hot_ids_consistent(lake)
+        with pytest.raises(DuplicateEventError):  # the made id is indexed now, and refused with other content
+            lake.append("b", [Event("Ticked", {"n": 0}, event_id=made.event_id)], expected_version=0, aggregate_type="Clock")

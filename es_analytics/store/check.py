@@ -1,13 +1,13 @@
 """``lake.check()``: an fsck for the event lake. It reports, and repairs only what is safe to repair.
 
 Checked: the manifest against the files (present, size, Parquet footer, row count, schema); temporary and
-unlisted files; the hot tier's SQLite integrity and leftovers of a finished seal; the sealed-id index (one
-entry per sealed event); unique (aggregate_id, aggregate_version) and event_id; contiguous versions 1..n per
+unlisted files; the hot tier's SQLite integrity and leftovers of a finished seal; the hot-id index (an entry
+for each hot row at or below its watermark, none for others); the sealed-id index (one entry per sealed event); unique (aggregate_id, aggregate_version) and event_id; contiguous versions 1..n per
 stream; gap-free positions; ``recorded_at`` never decreasing with position; the stream table against the
 events.
 
 Safe repairs (``repair=True``): delete temporary and unlisted files, finish an interrupted seal, drop hot rows
-already sealed, rebuild the sealed-id index from the sealed files, and bring a stream's recorded version up
+already sealed, rebuild the hot-id index from the hot rows and the sealed-id index from the sealed files, and bring a stream's recorded version up
 to the events it really holds. Nothing that would need a choice between two versions of history is touched:
 such findings are only reported.
 """
@@ -75,6 +75,20 @@ def _check_hot(store: LakeStore) -> list[dict[str, Any]]:
     if int(store.hot.meta("manifest_generation", -1)) != store.manifest().generation:
         problems.append(_problem("hot tier", "the stream index lags the manifest (interrupted seal)", repairable=True))
         return problems  # the sealed-id index lags with it: recovery brings both up to date
+    # hot_ids: exactly the hot rows at or below its watermark, at their positions (see SQLiteHotTier._index_hot_ids)
+    wrong = con.execute(
+        "WITH w AS (SELECT coalesce((SELECT value FROM meta WHERE key = 'hot_ids_through'), 0) AS through), "
+        "want AS (SELECT event_id, position FROM events, w WHERE position <= w.through) "
+        "SELECT (SELECT count(*) FROM (SELECT * FROM want EXCEPT SELECT * FROM hot_ids)), "
+        "(SELECT count(*) FROM (SELECT * FROM hot_ids EXCEPT SELECT * FROM want))"
+    ).fetchone()
+    if wrong != (0, 0):
+        problems.append(_problem(
+            "hot-id index",
+            f"{wrong[0]} hot rows below its watermark lack their entry and {wrong[1]} entries match no such row, so a "
+            "repeated event id might not be refused",
+            repairable=True,
+        ))
     base, recent = con.execute("SELECT (SELECT count(*) FROM event_ids), (SELECT count(*) FROM recent_ids)").fetchone()
     sealed_events = sum(f.rows for f in store.manifest().files)
     if base + recent != sealed_events:
@@ -164,6 +178,11 @@ def _repair(store: LakeStore, problems: list[dict[str, Any]]) -> list[str]:
         sealed = store.manifest().sealed_position
         deleted = con.execute("DELETE FROM events WHERE position <= ?", (sealed,)).rowcount
         con.execute("DELETE FROM hot_ids WHERE position <= ?", (sealed,))
+        if any(p["check"] == "hot-id index" for p in problems):
+            con.execute("DELETE FROM hot_ids")
+            store.hot.set_meta("hot_ids_through", 0)
+            store.hot.catch_up_hot_ids()
+            done.append("rebuilt the hot-id index from the hot rows")
         if deleted:
             done.append(f"dropped {deleted} hot rows that were already sealed")
         fixed = con.execute(

@@ -713,7 +713,7 @@ class SQLiteHotTier:
             self._index_hot_ids(before + count)
         return actual + count, before + count
 
-    def _catch_up_hot_ids(self) -> None:
+    def catch_up_hot_ids(self) -> None:
         """Inside a write transaction: put the ids of the hot rows above the watermark in ``hot_ids``."""
         if self.con.execute(
                 "INSERT INTO hot_ids (event_id, position) SELECT event_id, position FROM events "
@@ -781,7 +781,7 @@ class SQLiteHotTier:
         found: dict[str, StoredMatch] = {}
         positions: list[int] = []
         if self.con.in_transaction and len(ids) > _KNOWN_CHUNK:
-            self._catch_up_hot_ids()  # else each chunk would scan every row above the watermark
+            self.catch_up_hot_ids()  # else each chunk would scan every row above the watermark
         for start in range(0, len(ids), _KNOWN_CHUNK):
             chunk = ids[start:start + _KNOWN_CHUNK]
             marks = ",".join("?" * len(chunk))
