@@ -2,14 +2,14 @@
 
 Checked: the manifest against the files (present, size, Parquet footer, row count, schema); temporary and
 unlisted files; the hot tier's SQLite integrity and leftovers of a finished seal; the hot-id index (an entry
-for each hot row at or below its watermark, none for others); the sealed-id index (one entry per sealed event); unique (aggregate_id, aggregate_version) and event_id; contiguous versions 1..n per
-stream; gap-free positions; ``recorded_at`` never decreasing with position; the stream table against the
-events.
+for each hot row at or below its watermark, none for others); the sealed-id index (one entry per sealed
+event); unique (aggregate_id, aggregate_version) and event_id; contiguous versions 1..n per stream; gap-free
+positions; ``recorded_at`` never decreasing with position; the stream table against the events.
 
 Safe repairs (``repair=True``): delete temporary and unlisted files, finish an interrupted seal, drop hot rows
-already sealed, rebuild the hot-id index from the hot rows and the sealed-id index from the sealed files, and bring a stream's recorded version up
-to the events it really holds. Nothing that would need a choice between two versions of history is touched:
-such findings are only reported.
+already sealed, rebuild the hot-id index from the hot rows and the sealed-id index from the sealed files, and
+bring a stream's recorded version up to the events it really holds. Nothing that would need a choice between
+two versions of history is touched: such findings are only reported.
 """
 
 from __future__ import annotations

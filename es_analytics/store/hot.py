@@ -131,6 +131,10 @@ _LAST_POSITION_SQL = (
 _FAST_PATH_EVENTS = 5_000
 # Every hot row at or below this position has its id in ``hot_ids``; the rows above it have none.
 _HOT_IDS_THROUGH = "hot_ids_through"
+_HOT_IDS_CATCH_UP_SQL = (
+    "INSERT INTO hot_ids (event_id, position) SELECT event_id, position FROM events "
+    "WHERE position > coalesce((SELECT value FROM meta WHERE key = 'hot_ids_through'), 0)"
+)
 _COLUMNS_FROM = 100  # events in one append from which rows are inserted and kept column by column
 _MICROS = pa.timestamp("us", tz="UTC")
 # Committed rows waiting to be kept: row tuples, or (first position, last position, table).
@@ -296,9 +300,9 @@ class SQLiteHotTier:
                 columns = {r[1] for r in self.con.execute("PRAGMA table_info(events)")}
                 if "id_hash" not in columns:  # a lake made before hot rows kept their id hash
                     self.con.execute("ALTER TABLE events ADD COLUMN id_hash INTEGER")
-                if self.meta(_HOT_IDS_THROUGH) is None:  # a new lake, or one made before hot_ids
-                    self.con.execute("INSERT OR IGNORE INTO hot_ids (event_id, position) SELECT event_id, position FROM events")
-                    self.set_meta(_HOT_IDS_THROUGH, self.con.execute("SELECT coalesce(max(position), 0) FROM events").fetchone()[0])
+                if self.meta(_HOT_IDS_THROUGH) is None:  # a new lake, or one made before hot_ids: index every hot row
+                    self.set_meta(_HOT_IDS_THROUGH, 0)
+                    self.catch_up_hot_ids()
                 table_sql = self.con.execute("SELECT sql FROM sqlite_master WHERE name = 'events'").fetchone()[0]
                 self._autoincrement = "AUTOINCREMENT" in table_sql.upper()
         except sqlite3.DatabaseError as exc:
@@ -525,14 +529,13 @@ class SQLiteHotTier:
         """One event whose id was made with it, to a stream whose head this connection knows: a single
         self-committing INSERT (the id cannot repeat a stored one, so it is neither probed nor indexed).
 
-        The statement inserts only if no other connection has taken a position since this one's last
-        append (the next position is free in the hot tier and above the sealed position: any commit that
-        adds events, or seals them, breaks one of the two) and the id is not among the sealed ids;
-        SQLite runs it as one transaction, so the check and the write are atomic (a write on a stale
-        snapshot fails with SQLITE_BUSY). Positions taken by no one else mean that the stream's head and
-        the newest ``recorded_at`` are still the ones this connection left. Returns ``None`` when it did
-        not insert, and the caller takes the full path (which also tells a retry from a conflict). One
-        statement instead of four: begin, probe, insert, commit.
+        The statement inserts only if no other connection has taken a position since this one's last append (the
+        next position is free in the hot tier and above the sealed position: any commit that adds events, or
+        seals them, breaks one of the two); SQLite runs it as one transaction, so the check and the write are
+        atomic (a write on a stale snapshot fails with SQLITE_BUSY). Positions taken by no one else mean that
+        the stream's head and the newest ``recorded_at`` are still the ones this connection left. Returns
+        ``None`` when it did not insert, and the caller takes the full path (which also tells a retry from a
+        conflict). One statement instead of four: begin, probe, insert, commit.
         """
         con = self.con
         if con.total_changes != self._seen_changes:
@@ -554,8 +557,9 @@ class SQLiteHotTier:
                 recorded = last_recorded
             # The id's hash waits for the seal (``index_sealed_ids``): right after an fsync, hashing is one
             # of the costliest steps of the whole append.
+            occurred = (event.occurred_at - EPOCH) // MICROSECOND  # type: ignore[operator]
             row = (position, event.event_id, event.event_type, event.schema_version, aggregate_type, aggregate_id,
-                   version, (event.occurred_at - EPOCH) // MICROSECOND, recorded, encoded[0], encoded[1], None)  # type: ignore[operator]
+                   version, occurred, recorded, encoded[0], encoded[1], None)
             try:
                 inserted = con.execute(_INSERT_ONE_SQL, row).rowcount
             except sqlite3.Error:
@@ -569,8 +573,8 @@ class SQLiteHotTier:
         finally:
             lock.release()
         # The row is not kept for the seal: the seal reads it back from SQLite, which costs about what
-        # converting kept row tuples costs (115–190 ms for 50k rows either way), whereas keeping it took
-        # ~3 µs of every durable append (docs/decisions.md). Batches of 100 or more are kept, as Arrow.
+        # converting kept row tuples costs (157–240 ms against 116–273 ms for 50k rows), whereas keeping it
+        # took several µs of every durable append (docs/decisions.md). Batches of 100 or more are kept, as Arrow.
         return version, position
 
     def _append_fast(
@@ -715,9 +719,7 @@ class SQLiteHotTier:
 
     def catch_up_hot_ids(self) -> None:
         """Inside a write transaction: put the ids of the hot rows above the watermark in ``hot_ids``."""
-        if self.con.execute(
-                "INSERT INTO hot_ids (event_id, position) SELECT event_id, position FROM events "
-                "WHERE position > coalesce((SELECT value FROM meta WHERE key = 'hot_ids_through'), 0)").rowcount:
+        if self.con.execute(_HOT_IDS_CATCH_UP_SQL).rowcount:
             self.set_meta(_HOT_IDS_THROUGH, self.con.execute("SELECT max(position) FROM events").fetchone()[0])
 
     def _index_hot_ids(self, last: int) -> None:
@@ -731,9 +733,7 @@ class SQLiteHotTier:
         +5%, a batch of 1,000 +9%; docs/decisions.md). ``known_ids`` reads the rows above the watermark
         directly.
         """
-        self.con.execute(
-            "INSERT INTO hot_ids (event_id, position) SELECT event_id, position FROM events "
-            "WHERE position > coalesce((SELECT value FROM meta WHERE key = 'hot_ids_through'), 0)")
+        self.con.execute(_HOT_IDS_CATCH_UP_SQL)
         self.set_meta(_HOT_IDS_THROUGH, last)
 
     def _insert_columns(
