@@ -314,14 +314,19 @@ def test_a_head_remembered_before_another_handle_sealed_is_not_trusted(tmp_path:
         assert mine.events("a")["aggregate_version"].to_list() == [1, 2]
 
 
+@pytest.mark.parametrize("ids", ["made", "given"])
 @pytest.mark.parametrize("then", ["nothing", "seal", "seal and append", "import"])
-def test_a_one_event_append_never_reuses_a_position_another_handle_took(tmp_path: Path, then: str) -> None:
+def test_a_one_event_append_never_reuses_a_position_another_handle_took(tmp_path: Path, then: str, ids: str) -> None:
     """This handle remembers stream "a" and the last position; another handle appends to another stream
-    (and maybe seals, deleting its hot row, or imports). The one-statement append must see that the next
-    position is taken, hot or sealed, and take the full path: positions stay 1..n in commit order."""
+    (and maybe seals, deleting its hot row, or imports). The one-statement append (of a made id, or of a
+    given one through ``events_with_id``) must see that the next position is taken, hot or sealed, and take
+    the full path: positions stay 1..n in commit order."""
+    def tick(n: int) -> Event:
+        return _tick(n) if ids == "made" else Event("Ticked", {"n": n}, event_id=f"given-{n}", occurred_at=T0)
+
     with Lake.open(tmp_path / "lake", auto_seal_rows=0) as mine, Lake.open(tmp_path / "lake", auto_seal_rows=0) as other:
-        mine.append("a", [_tick(1)], expected_version=0, aggregate_type="Clock")
-        mine.append("a", [_tick(2)], expected_version=1, aggregate_type="Clock")
+        mine.append("a", [tick(1)], expected_version=0, aggregate_type="Clock")
+        mine.append("a", [tick(2)], expected_version=1, aggregate_type="Clock")
         other.append("b", [_tick(3)], expected_version=0, aggregate_type="Clock")
         expected_ids = ["a", "a", "b"]
         if then.startswith("seal"):
@@ -336,13 +341,14 @@ def test_a_one_event_append_never_reuses_a_position_another_handle_took(tmp_path
                 "occurred_at": pa.array([T0], pa.timestamp("us", tz="UTC")), "data": ['{"n": 4}'], "metadata": ["{}"],
             }))
             expected_ids.append("c")
-        assert mine.append("a", [_tick(5)], expected_version=2, aggregate_type="Clock") == 3
+        assert mine.append("a", [tick(5)], expected_version=2, aggregate_type="Clock") == 3
         expected_ids.append("a")
         stored = mine.sql("SELECT position, aggregate_id, recorded_at FROM events ORDER BY position")
         assert stored["position"].to_list() == list(range(1, len(expected_ids) + 1))
         assert stored["aggregate_id"].to_list() == expected_ids
         assert stored["recorded_at"].is_sorted()
         assert mine.check()["ok"]
+        _hot_ids_consistent(mine)
 
 
 @pytest.mark.parametrize("how", ["same object", "pickled copy", "copy.copy", "deepcopy"])
@@ -793,3 +799,37 @@ def test_check_finds_a_damaged_hot_id_index_and_rebuilds_it(tmp_path: Path, dama
         _hot_ids_consistent(lake)
         with pytest.raises(DuplicateEventError):  # the made id is indexed now, and refused with other content
             lake.append("b", [Event("Ticked", {"n": 0}, event_id=made.event_id)], expected_version=0, aggregate_type="Clock")
+
+
+def test_given_ids_appended_alone_are_indexed_by_the_one_statement_path(tmp_path: Path) -> None:
+    """A single event with a given id, to a stream the handle knows, goes in through ``events_with_id``:
+    the row, its ``hot_ids`` entry and the raised watermark in one statement; a repeat of the id, hot or
+    sealed, is a retry or refused; rows of made ids in between send it to the full path, which indexes them."""
+    with Lake.open(tmp_path / "lake", auto_seal_rows=0) as lake:
+        con = lake._store.hot.con
+        lake.append("a", [Event("Ticked", {"n": 1}, event_id="g1", occurred_at=T0)], expected_version=0,
+                    aggregate_type="Clock")
+        before = con.total_changes
+        lake.append("a", [Event("Ticked", {"n": 2}, event_id="g2", occurred_at=T0)], expected_version=1,
+                    aggregate_type="Clock")
+        assert con.total_changes - before == 3  # the row, the entry, the watermark: one statement's trigger
+        assert dict(con.execute("SELECT event_id, position FROM hot_ids").fetchall()) == {"g1": 1, "g2": 2}
+        made = Event("Ticked", {"n": 3}, occurred_at=T0)
+        lake.append("a", [made], expected_version=2, aggregate_type="Clock")  # not indexed
+        lake.append("a", [Event("Ticked", {"n": 4}, event_id="g4", occurred_at=T0)], expected_version=3,
+                    aggregate_type="Clock")  # the full path: indexes the made id too
+        _hot_ids_consistent(lake)
+        assert con.execute("SELECT position FROM hot_ids WHERE event_id = ?", (made.event_id,)).fetchone() == (3,)
+        assert lake.append("a", [Event("Ticked", {"n": 2}, event_id="g2", occurred_at=T0)], expected_version=None,
+                           aggregate_type="Clock") == 2  # a retry
+        with pytest.raises(DuplicateEventError):
+            lake.append("a", [Event("Ticked", {"n": 9}, event_id="g2", occurred_at=T0)], expected_version=None,
+                        aggregate_type="Clock")
+        lake.seal()
+        lake.append("a", [Event("Ticked", {"n": 5}, event_id="g5", occurred_at=T0)], expected_version=4,
+                    aggregate_type="Clock")
+        assert lake.append("a", [Event("Ticked", {"n": 1}, event_id="g1", occurred_at=T0)], expected_version=None,
+                           aggregate_type="Clock") == 1  # sealed: found by the trigger's probe, then the full path
+        assert lake.events("a")["event_id"].to_list() == ["g1", "g2", made.event_id, "g4", "g5"]
+        _hot_ids_consistent(lake)
+        assert lake.check()["ok"]

@@ -105,6 +105,9 @@ CREATE TABLE IF NOT EXISTS recent_ids (
 ) WITHOUT ROWID;
 CREATE VIEW IF NOT EXISTS sealed_ids (id_hash, position) AS
     SELECT id_hash, position FROM event_ids UNION ALL SELECT id_hash, position FROM recent_ids;
+CREATE VIEW IF NOT EXISTS events_with_id AS
+    SELECT position, event_id, event_type, schema_version, aggregate_type, aggregate_id, aggregate_version,
+           occurred_at, recorded_at, data, metadata, id_hash FROM events;
 CREATE TABLE IF NOT EXISTS files (
     file_id INTEGER PRIMARY KEY,
     path TEXT NOT NULL UNIQUE
@@ -118,6 +121,25 @@ CREATE TABLE IF NOT EXISTS stream_index (
 """
 
 
+# A one-event append of an id that may repeat a stored one, as one statement (an INSERT into the view
+# ``events_with_id``): the row, its ``hot_ids`` entry and the raised watermark, or nothing if the sealed
+# position reached the row's position (another connection sealed since), the watermark is not right below
+# it (rows of made ids wait to be indexed: the full path catches them up) or the id's hash is among the
+# sealed ids. ``hot_ids``'s key refuses a repeat of a hot id, and the primary key a taken position.
+_EVENTS_WITH_ID_TRIGGER = """
+CREATE TRIGGER IF NOT EXISTS events_with_id_insert INSTEAD OF INSERT ON events_with_id BEGIN
+    SELECT RAISE(ABORT, 'stale remembered state, or an id that may be stored')
+    WHERE EXISTS (SELECT 1 FROM meta WHERE key = 'sealed_position' AND value >= NEW.position)
+       OR coalesce((SELECT value FROM meta WHERE key = 'hot_ids_through'), 0) != NEW.position - 1
+       OR EXISTS (SELECT 1 FROM sealed_ids WHERE id_hash = NEW.id_hash);
+    INSERT INTO events (position, event_id, event_type, schema_version, aggregate_type, aggregate_id,
+                        aggregate_version, occurred_at, recorded_at, data, metadata, id_hash)
+    VALUES (NEW.position, NEW.event_id, NEW.event_type, NEW.schema_version, NEW.aggregate_type, NEW.aggregate_id,
+            NEW.aggregate_version, NEW.occurred_at, NEW.recorded_at, NEW.data, NEW.metadata, NEW.id_hash);
+    INSERT INTO hot_ids (event_id, position) VALUES (NEW.event_id, NEW.position);
+    UPDATE meta SET value = NEW.position WHERE key = 'hot_ids_through';
+END
+"""
 _KNOWN_CHUNK = 400  # ids per lookup statement (two bound parameters each), well under SQLite's limit
 _INSERT_SQL = (
     "INSERT INTO events (position, event_id, event_type, schema_version, aggregate_type, aggregate_id, "
@@ -165,6 +187,7 @@ _PROBE_UNSENT_SQL = _PROBE_SQL.format(probe="0")
 # that row and raised the sealed position in the same transaction (the check refuses it). The VALUES form
 # and one seek cost ~17 µs less CPU per durable append than INSERT … SELECT … WHERE with SQLite's
 # data_version (pragma_data_version() prepares a statement on every call).
+_INSERT_ONE_WITH_ID_SQL = _INSERT_SQL.replace("INSERT INTO events ", "INSERT INTO events_with_id ")
 _INSERT_ONE_SQL = _INSERT_SQL.split(" VALUES ")[0] + (
     " VALUES (?1,?2,CASE WHEN NOT EXISTS (SELECT 1 FROM meta WHERE key = 'sealed_position' AND value >= ?1) "
     "THEN ?3 END,?4,?5,?6,?7,?8,?9,?10,?11,?12)"
@@ -297,6 +320,7 @@ class SQLiteHotTier:
                 for statement in filter(str.strip, _SCHEMA.split(";")):
                     self.con.execute(statement)
                 self._renew_events_table()
+                self.con.execute(_EVENTS_WITH_ID_TRIGGER)
                 columns = {r[1] for r in self.con.execute("PRAGMA table_info(events)")}
                 if "id_hash" not in columns:  # a lake made before hot rows kept their id hash
                     self.con.execute("ALTER TABLE events ADD COLUMN id_hash INTEGER")
@@ -327,6 +351,7 @@ class SQLiteHotTier:
         if not unique_on_id or con.execute("SELECT 1 FROM events LIMIT 1").fetchone() is not None:
             return
         con.execute("DROP VIEW IF EXISTS stream_heads")
+        con.execute("DROP VIEW IF EXISTS events_with_id")  # and its trigger
         con.execute("DROP TABLE events")
         for statement in filter(str.strip, _SCHEMA.split(";")):
             con.execute(statement)
@@ -500,8 +525,8 @@ class SQLiteHotTier:
         be stored anywhere: neither the sealed ids nor ``hot_ids`` are probed, and the ids are not added to
         ``hot_ids`` (any later append of them, by a copy, catches ``hot_ids`` up first).
         """
-        if unsent and len(events) == 1 and self._seen_version is not None:
-            done = self._append_one(aggregate_id, aggregate_type, events[0], expected_version, encoded[0])
+        if len(events) == 1 and self._seen_version is not None:
+            done = self._append_one(aggregate_id, aggregate_type, events[0], expected_version, encoded[0], unsent)
             if done is not None:
                 return done
         if len(events) <= _FAST_PATH_EVENTS:
@@ -525,9 +550,12 @@ class SQLiteHotTier:
         event: Event,
         expected_version: int | None,
         encoded: tuple[str, str],
+        unsent: bool = False,
     ) -> tuple[int, int] | None:
-        """One event whose id was made with it, to a stream whose head this connection knows: a single
-        self-committing INSERT (the id cannot repeat a stored one, so it is neither probed nor indexed).
+        """One event to a stream whose head this connection knows: a single self-committing INSERT. An id
+        made with its event (``unsent``) cannot repeat a stored one, so it is neither probed nor indexed;
+        another goes in through ``events_with_id``, whose trigger also probes the sealed ids and indexes it
+        in ``hot_ids`` (when no rows of made ids wait to be indexed; else the full path catches them up).
 
         The statement inserts only if no other connection has taken a position since this one's last append (the
         next position is free in the hot tier and above the sealed position: any commit that adds events, or
@@ -555,13 +583,18 @@ class SQLiteHotTier:
             recorded = time.time_ns() // 1000
             if recorded < last_recorded:
                 recorded = last_recorded
-            # The id's hash waits for the seal (``index_sealed_ids``): right after an fsync, hashing is one
+            # A made id's hash waits for the seal (``index_sealed_ids``): right after an fsync, hashing is one
             # of the costliest steps of the whole append.
+            id_hash = None if unsent else event_id_hash(event.event_id)  # type: ignore[arg-type]
             occurred = (event.occurred_at - EPOCH) // MICROSECOND  # type: ignore[operator]
             row = (position, event.event_id, event.event_type, event.schema_version, aggregate_type, aggregate_id,
-                   version, occurred, recorded, encoded[0], encoded[1], None)
+                   version, occurred, recorded, encoded[0], encoded[1], id_hash)
             try:
-                inserted = con.execute(_INSERT_ONE_SQL, row).rowcount
+                if unsent:
+                    inserted = con.execute(_INSERT_ONE_SQL, row).rowcount
+                else:  # the view's trigger raises rather than insert nothing (a view counts no changes)
+                    con.execute(_INSERT_ONE_WITH_ID_SQL, row)
+                    inserted = 1
             except sqlite3.Error:
                 inserted = 0  # a check or unique index (a retry?), a lock, a stale snapshot: the full path decides
             if inserted != 1:
