@@ -744,7 +744,7 @@ class SQLiteHotTier:
             self._insert_columns(
                 before + 1, [e.event_id for e in events], [e.event_type for e in events],  # type: ignore[misc]
                 [e.schema_version for e in events], aggregate_type, aggregate_id, range(actual + 1, actual + count + 1),
-                [to_micros(e.occurred_at) for e in events], recorded,  # type: ignore[arg-type]
+                [(e.occurred_at - EPOCH) // MICROSECOND for e in events], recorded,  # type: ignore[operator]
                 [d for d, _ in encoded], [m for _, m in encoded], hashes)
         if index_ids:
             self._index_hot_ids(before + count)
