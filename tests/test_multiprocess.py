@@ -17,13 +17,17 @@ STREAMS = 6
 
 
 def _worker(path: str, worker: int, log: str) -> None:
-    """Append with random expected versions (often stale); log every acknowledged event id."""
+    """Append with random expected versions (often stale) and ids given or made; log every acknowledged event id."""
     rng = random.Random(worker)
     acknowledged = []
     with Lake.open(path, auto_seal_rows=300) as lake:
         for n in range(APPENDS):
             stream = f"s{rng.randrange(STREAMS)}"
-            events = [Event("Counted", {"worker": worker, "n": n, "k": k}, event_id=f"w{worker}-{n}-{k}")
+            # Ids given (indexed in the hot tier) or made with the events (not indexed; their one-event
+            # appends rely on the position check alone), at random.
+            made = rng.random() < 0.5
+            events = [Event("Counted", {"worker": worker, "n": n, "k": k},
+                            event_id=None if made else f"w{worker}-{n}-{k}")
                       for k in range(rng.choice((1, 1, 2, 3)))]
             guess = rng.choice(["fresh", "stale", "any"])
             expected = None if guess == "any" else lake.current_version(stream)
