@@ -524,11 +524,16 @@ def test_check_finds_a_damaged_sealed_id_index_and_rebuilds_it(tmp_path: Path, d
 def test_rows_kept_in_memory_equal_the_rows_stored(tmp_path_factory: pytest.TempPathFactory,
                                                    batches: list[tuple[int, bool, str]]) -> None:
     """Whatever the batch sizes (small ones kept as row tuples, large ones inserted and kept column by
-    column), generated or given ids, and streams, the rows kept for the seal are the rows SQLite holds."""
+    column), generated or given ids, and streams, the rows kept for the seal are the rows SQLite holds;
+    only a one-event append to a stream the handle knows (one statement) may keep nothing, so the seal reads
+    the rows back."""
     path = tmp_path_factory.mktemp("kept") / "lake"
     with Lake.open(path, auto_seal_rows=100_000) as lake:
         hot = lake._store.hot
         n = 0
+        # a one-event append that may have been one statement
+        one_statement = any(size == 1 and stream in {s for _, _, s in batches[:i]}
+                            for i, (size, _, stream) in enumerate(batches))
         for size, given_ids, stream in batches:
             events = [Event("Ticked", {"n": n + k, "s": "é" * (k % 3)}, metadata={"k": k},
                             occurred_at=datetime(2024, 3, 1, 9, 0, k % 60, k, tzinfo=timezone.utc),
@@ -537,7 +542,9 @@ def test_rows_kept_in_memory_equal_the_rows_stored(tmp_path_factory: pytest.Temp
             lake.append(stream, events, expected_version=None, aggregate_type="Clock")
             n += size
         kept = hot.cached_after(0, n, n)
-        assert kept is not None and kept.equals(hot.arrow_after(0, n))
+        assert kept is not None or one_statement
+        if kept is not None:
+            assert kept.equals(hot.arrow_after(0, n))
         hashes = dict(hot.con.execute("SELECT event_id, id_hash FROM events").fetchall())
         assert all(h is None or h == event_id_hash(i) for i, h in hashes.items())
         assert sum(h is not None for h in hashes.values()) >= sum(s for s, g, _ in batches if g)
