@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..events import EVENT_SCHEMA
+from .hot import HOT_IDS_WATERMARK_SQL
 
 if TYPE_CHECKING:
     from .engine import LakeStore
@@ -75,9 +76,9 @@ def _check_hot(store: LakeStore) -> list[dict[str, Any]]:
     if int(store.hot.meta("manifest_generation", -1)) != store.manifest().generation:
         problems.append(_problem("hot tier", "the stream index lags the manifest (interrupted seal)", repairable=True))
         return problems  # the sealed-id index lags with it: recovery brings both up to date
-    # hot_ids: exactly the hot rows at or below its watermark, at their positions (see SQLiteHotTier._index_hot_ids)
+    # hot_ids: exactly the hot rows at or below its watermark, at their positions (see SQLiteHotTier.catch_up_hot_ids)
     wrong = con.execute(
-        "WITH w AS (SELECT coalesce((SELECT value FROM meta WHERE key = 'hot_ids_through'), 0) AS through), "
+        f"WITH w AS (SELECT {HOT_IDS_WATERMARK_SQL} AS through), "
         "want AS (SELECT event_id, position FROM events, w WHERE position <= w.through) "
         "SELECT (SELECT count(*) FROM (SELECT * FROM want EXCEPT SELECT * FROM hot_ids)), "
         "(SELECT count(*) FROM (SELECT * FROM hot_ids EXCEPT SELECT * FROM want))"
@@ -179,9 +180,7 @@ def _repair(store: LakeStore, problems: list[dict[str, Any]]) -> list[str]:
         deleted = con.execute("DELETE FROM events WHERE position <= ?", (sealed,)).rowcount
         con.execute("DELETE FROM hot_ids WHERE position <= ?", (sealed,))
         if any(p["check"] == "hot-id index" for p in problems):
-            con.execute("DELETE FROM hot_ids")
-            store.hot.set_meta("hot_ids_through", 0)
-            store.hot.catch_up_hot_ids()
+            store.hot.rebuild_hot_ids()
             done.append("rebuilt the hot-id index from the hot rows")
         if deleted:
             done.append(f"dropped {deleted} hot rows that were already sealed")

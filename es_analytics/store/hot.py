@@ -11,7 +11,7 @@ self-committing INSERT that refuses itself if another connection took a position
 a seal indexes them in SQL; the seal computes the others). Event ids are unique across the lake: ids made
 with their events cannot repeat a stored one and are not indexed in the hot tier (an append of one writes
 two B-tree pages: the row and its stream's index entry); ``hot_ids`` maps the other hot ids to their
-positions, up to a watermark that any append of ids which may repeat raises first (``_index_hot_ids``).
+positions, up to a watermark that any append of ids which may repeat raises first (``catch_up_hot_ids``).
 ``event_ids`` and ``recent_ids`` (read together through the view ``sealed_ids``) are a compact two-level
 hash index of sealed event ids (for idempotent retries; see ``index_sealed_ids``), ``files`` and
 ``stream_index`` say which sealed file and row group hold a stream. SQLite's locking lets several
@@ -121,23 +121,29 @@ CREATE TABLE IF NOT EXISTS stream_index (
 """
 
 
+# Every hot row at or below this position has its id in ``hot_ids``; the rows above it have none.
+_HOT_IDS_THROUGH = "hot_ids_through"
+HOT_IDS_WATERMARK_SQL = f"coalesce((SELECT value FROM meta WHERE key = '{_HOT_IDS_THROUGH}'), 0)"
+_HOT_IDS_CATCH_UP_SQL = (
+    f"INSERT INTO hot_ids (event_id, position) SELECT event_id, position FROM events WHERE position > {HOT_IDS_WATERMARK_SQL}"
+)
 # A one-event append of an id that may repeat a stored one, as one statement (an INSERT into the view
 # ``events_with_id``): the row, its ``hot_ids`` entry and the raised watermark, or nothing if the sealed
 # position reached the row's position (another connection sealed since), the watermark is not right below
 # it (rows of made ids wait to be indexed: the full path catches them up) or the id's hash is among the
 # sealed ids. ``hot_ids``'s key refuses a repeat of a hot id, and the primary key a taken position.
-_EVENTS_WITH_ID_TRIGGER = """
+_EVENTS_WITH_ID_TRIGGER = f"""
 CREATE TRIGGER IF NOT EXISTS events_with_id_insert INSTEAD OF INSERT ON events_with_id BEGIN
     SELECT RAISE(ABORT, 'stale remembered state, or an id that may be stored')
     WHERE EXISTS (SELECT 1 FROM meta WHERE key = 'sealed_position' AND value >= NEW.position)
-       OR coalesce((SELECT value FROM meta WHERE key = 'hot_ids_through'), 0) != NEW.position - 1
+       OR {HOT_IDS_WATERMARK_SQL} != NEW.position - 1
        OR EXISTS (SELECT 1 FROM sealed_ids WHERE id_hash = NEW.id_hash);
     INSERT INTO events (position, event_id, event_type, schema_version, aggregate_type, aggregate_id,
                         aggregate_version, occurred_at, recorded_at, data, metadata, id_hash)
     VALUES (NEW.position, NEW.event_id, NEW.event_type, NEW.schema_version, NEW.aggregate_type, NEW.aggregate_id,
             NEW.aggregate_version, NEW.occurred_at, NEW.recorded_at, NEW.data, NEW.metadata, NEW.id_hash);
     INSERT INTO hot_ids (event_id, position) VALUES (NEW.event_id, NEW.position);
-    UPDATE meta SET value = NEW.position WHERE key = 'hot_ids_through';
+    UPDATE meta SET value = NEW.position WHERE key = '{_HOT_IDS_THROUGH}';
 END
 """
 _KNOWN_CHUNK = 400  # ids per lookup statement (two bound parameters each), well under SQLite's limit
@@ -151,12 +157,6 @@ _LAST_POSITION_SQL = (
     "coalesce((SELECT value FROM meta WHERE key = 'sealed_position'), 0))"
 )
 _FAST_PATH_EVENTS = 5_000
-# Every hot row at or below this position has its id in ``hot_ids``; the rows above it have none.
-_HOT_IDS_THROUGH = "hot_ids_through"
-_HOT_IDS_CATCH_UP_SQL = (
-    "INSERT INTO hot_ids (event_id, position) SELECT event_id, position FROM events "
-    "WHERE position > coalesce((SELECT value FROM meta WHERE key = 'hot_ids_through'), 0)"
-)
 _COLUMNS_FROM = 100  # events in one append from which rows are inserted and kept column by column
 _MICROS = pa.timestamp("us", tz="UTC")
 # Committed rows waiting to be kept: row tuples, or (first position, last position, table).
@@ -324,9 +324,8 @@ class SQLiteHotTier:
                 columns = {r[1] for r in self.con.execute("PRAGMA table_info(events)")}
                 if "id_hash" not in columns:  # a lake made before hot rows kept their id hash
                     self.con.execute("ALTER TABLE events ADD COLUMN id_hash INTEGER")
-                if self.meta(_HOT_IDS_THROUGH) is None:  # a new lake, or one made before hot_ids: index every hot row
-                    self.set_meta(_HOT_IDS_THROUGH, 0)
-                    self.catch_up_hot_ids()
+                if self.meta(_HOT_IDS_THROUGH) is None:  # a new lake, or one made before hot_ids
+                    self.rebuild_hot_ids()
                 table_sql = self.con.execute("SELECT sql FROM sqlite_master WHERE name = 'events'").fetchone()[0]
                 self._autoincrement = "AUTOINCREMENT" in table_sql.upper()
         except sqlite3.DatabaseError as exc:
@@ -337,7 +336,7 @@ class SQLiteHotTier:
 
     def _renew_events_table(self) -> None:
         """Inside the opening transaction: give an empty hot events table of an older lake the current
-        layout, without the unique index on ``event_id`` (``hot_ids`` does its work, see ``_index_hot_ids``).
+        layout, without the unique index on ``event_id`` (``hot_ids`` does its work, see ``catch_up_hot_ids``).
 
         Only an empty table is renewed (no rows to copy; every lake is empty after a full seal), so a lake
         with unsealed rows keeps the old index, which is then an extra guard, until its next full seal and
@@ -711,7 +710,7 @@ class SQLiteHotTier:
 
         ``head`` is a row of ``_HEAD_SQL``; ``hashes`` the events' id hashes, if computed already.
         ``index_ids``: the ids may repeat stored ones (they were not all made with their events for this
-        append), so they go to ``hot_ids``, whose key refuses a repeat (see ``_index_hot_ids``).
+        append), so they go to ``hot_ids``, whose key refuses a repeat (see ``catch_up_hot_ids``).
         """
         con = self.con
         actual = 0 if head[1] is None else int(head[1])
@@ -747,27 +746,32 @@ class SQLiteHotTier:
                 [(e.occurred_at - EPOCH) // MICROSECOND for e in events], recorded,  # type: ignore[operator]
                 [d for d, _ in encoded], [m for _, m in encoded], hashes)
         if index_ids:
-            self._index_hot_ids(before + count)
+            self.catch_up_hot_ids(before + count)
         return actual + count, before + count
 
-    def catch_up_hot_ids(self) -> None:
-        """Inside a write transaction: put the ids of the hot rows above the watermark in ``hot_ids``."""
-        if self.con.execute(_HOT_IDS_CATCH_UP_SQL).rowcount:
-            self.set_meta(_HOT_IDS_THROUGH, self.con.execute("SELECT max(position) FROM events").fetchone()[0])
-
-    def _index_hot_ids(self, last: int) -> None:
-        """Inside a write transaction, after inserting rows up to position ``last`` whose ids may repeat
-        stored ones: put the ids of every hot row above the watermark in ``hot_ids`` (those rows, and the
-        rows of appends of ids made with their events since, which skipped this) and raise it to ``last``.
+    def catch_up_hot_ids(self, last: int | None = None) -> None:
+        """Inside a write transaction: put the ids of every hot row above the watermark in ``hot_ids`` and
+        raise the watermark to the last hot row (``last``, when the caller knows it: after inserting rows
+        whose ids may repeat stored ones, this indexes them and any rows of made ids before them).
 
         ``hot_ids``'s primary key refuses an id that a hot row holds already (``sqlite3.IntegrityError``,
-        which the callers treat as a possible retry). Ids made with their events cannot repeat a stored one,
-        so their appends add nothing here: one B-tree fewer to write per append (a single durable append
+        which the append paths treat as a possible retry). Ids made with their events cannot repeat a stored
+        one, so their appends skip this: one B-tree fewer to write per append (a single durable append
         +5%, a batch of 1,000 +9%; docs/decisions.md). ``known_ids`` reads the rows above the watermark
         directly.
         """
-        self.con.execute(_HOT_IDS_CATCH_UP_SQL)
-        self.set_meta(_HOT_IDS_THROUGH, last)
+        added = self.con.execute(_HOT_IDS_CATCH_UP_SQL).rowcount
+        if last is None and added:
+            last = self.con.execute("SELECT max(position) FROM events").fetchone()[0]
+        if last is not None:
+            self.set_meta(_HOT_IDS_THROUGH, last)
+
+    def rebuild_hot_ids(self) -> None:
+        """Inside a write transaction: make ``hot_ids`` again from the hot rows (a new lake, one made before
+        ``hot_ids``, a repair of ``check``)."""
+        self.con.execute("DELETE FROM hot_ids")
+        self.set_meta(_HOT_IDS_THROUGH, 0)
+        self.catch_up_hot_ids()
 
     def _insert_columns(
         self, first: int, ids: Sequence[str], types: Sequence[str], schemas: Sequence[int],
@@ -826,8 +830,7 @@ class SQLiteHotTier:
                 f"JOIN events e ON e.position = h.position WHERE h.event_id IN ({marks}) UNION ALL "
                 "SELECT event_id, event_type, schema_version, aggregate_type, aggregate_id, aggregate_version, "
                 "occurred_at, data, metadata, NULL FROM events "
-                "WHERE position > coalesce((SELECT value FROM meta WHERE key = 'hot_ids_through'), 0) "
-                f"AND event_id IN ({marks}) UNION ALL "
+                f"WHERE position > {HOT_IDS_WATERMARK_SQL} AND event_id IN ({marks}) UNION ALL "
                 "SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, position FROM sealed_ids "
                 f"WHERE id_hash IN ({marks})",
                 [*chunk, *chunk, *(event_id_hash(i) for i in chunk)],
@@ -967,7 +970,7 @@ class SQLiteHotTier:
             event_ids, event_types, schemas, aggregate_types, aggregate_ids, versions, occurred, data, metadata = zip(*rows)
             self._insert_columns(before + 1, event_ids, event_types, schemas, aggregate_types, aggregate_ids, versions,
                                  occurred, recorded, data, metadata, [event_id_hash(i) for i in event_ids])
-        self._index_hot_ids(before + len(rows))
+        self.catch_up_hot_ids(before + len(rows))
         return before + 1
 
     def keep_heads(self, after: int, through: int) -> None:
