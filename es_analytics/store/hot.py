@@ -535,7 +535,9 @@ class SQLiteHotTier:
             except _MaybeRetry:
                 pass  # rolled back; the slow path below tells a retry from a conflict
         with self.write():
-            known = self._known(events, lookup_sealed)
+            # Made ids cannot be stored anywhere yet (the fast path skips the probe for them too); looking
+            # them up would index every hot row first when there are more than one statement takes.
+            known = {} if unsent else self._known(events, lookup_sealed)
             if known:
                 return self._retry_version(aggregate_id, aggregate_type, events, encoded, known, self.same_data), 0
             head = self.con.execute(_HEAD_SQL.format(probe="0"), (aggregate_id,)).fetchone()
