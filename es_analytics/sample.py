@@ -340,7 +340,7 @@ def _cents(col: str) -> pl.Expr:
 
 
 def _pick(options: list[str], col: str = "choice") -> pl.Expr:
-    return pl.lit(pl.Series(options)).get(pl.col(col) % len(options))
+    return pl.lit(pl.Series(options)).gather(pl.col(col) % len(options))
 
 
 def _materialise(batch: pl.DataFrame, spec: SampleSpec) -> pa.Table:
