@@ -150,7 +150,7 @@ def test_sealing_compaction_and_forgetting_keep_the_chain(empty_lake: Lake) -> N
     empty_lake.compact()
     after = empty_lake.verify(checkpoint=False)
     assert after["ok"] and after["chain_head"] == head
-    assert {f["status"] for f in after["files"]} == {"new since checkpoint"}
+    assert {f["status"] for f in after["files"]} == {"ok"}  # compaction recorded its files' hashes
     empty_lake.forget("u-1")
     result = empty_lake.verify()
     assert result["ok"] and result["checked_events"] == 22  # 20 deposits, the user, the tombstone
@@ -197,20 +197,22 @@ def test_verify_does_not_hold_the_seal_lock_while_it_compares(sealed_lake: Lake,
 
     original, free = integrity._check, []
 
-    def spy(lake: Lake, con: object, recorded: dict[str, object]) -> object:
-        with lake._store.seal_lock(wait=False) as got:  # a seal or an import could run now
+    def spy(store: object, con: object, *rest: object) -> object:
+        with sealed_lake._store.seal_lock(wait=False) as got:  # a seal or an import could run now
             free.append(got)
-        return original(lake, con, recorded)
+        return original(store, con, *rest)
 
     monkeypatch.setattr(integrity, "_check", spy)
     assert sealed_lake.verify()["ok"] and free == [True]
 
 
-def test_seal_leaves_the_first_checkpoint_of_a_large_lake_to_verify(empty_lake: Lake,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_seal_leaves_the_first_checkpoint_of_a_large_older_lake_to_verify(empty_lake: Lake,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     import es_analytics.integrity as integrity
 
     monkeypatch.setattr(integrity, "FIRST_CHECKPOINT_LIMIT", 5)
+    with empty_lake._store.hot.write() as con:  # a lake made before chains were anchored at creation
+        con.execute("DELETE FROM meta WHERE key = ?", (integrity.ANCHOR_KEY,))
     fill(empty_lake, accounts=2)
     assert "run lake.verify()" in empty_lake.seal()["integrity"]["skipped"]
     assert "integrity" not in empty_lake._store.manifest().extra
@@ -218,3 +220,11 @@ def test_seal_leaves_the_first_checkpoint_of_a_large_lake_to_verify(empty_lake: 
     empty_lake.append("acc-9", [Event("MoneyDeposited", {"amount": 1}, occurred_at=T0)], expected_version=0,
                       aggregate_type="BankAccount")
     assert empty_lake.seal()["integrity"]["added"] == 1  # once started, every seal extends it
+
+
+def test_a_new_lake_chains_its_first_seal_whatever_its_size(empty_lake: Lake, monkeypatch: pytest.MonkeyPatch) -> None:
+    import es_analytics.integrity as integrity
+
+    monkeypatch.setattr(integrity, "FIRST_CHECKPOINT_LIMIT", 5)
+    fill(empty_lake, accounts=2)
+    assert empty_lake.seal()["integrity"]["added"] == 10

@@ -117,6 +117,7 @@ class LakeWriter:
         if self.counts["imported"]:
             with self.store.seal_lock():
                 self.store._maybe_compact()
+            self.store.extend_integrity_chain()  # the hashes of the files compaction wrote
 
     def _commit(self, stage: StagedImport) -> None:
         """Import the staged rows at once; if a stream moved meanwhile, chunk by chunk, checked again."""

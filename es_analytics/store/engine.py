@@ -30,7 +30,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from .._time import now_utc, to_micros
-from ..errors import InvalidArgumentError, LakeBusyError, LakeCorruptError, LakeError, NotALakeError
+from ..errors import EsAnalyticsError, InvalidArgumentError, LakeBusyError, LakeCorruptError, LakeError, NotALakeError
 from ..events import EVENT_SCHEMA
 from .hot import EVENT_ID_HASH_SQL, Durability, SQLiteHotTier, StoredMatch
 from .manifest import FileEntry, Manifest, read_manifest, write_manifest
@@ -104,6 +104,9 @@ class LakeStore:
         self._manifest = Manifest()
         # Set by the privacy layer: encrypts declared personal fields of bulk-imported events.
         self.encrypt_table: Callable[[pa.Table], pa.Table] | None = None
+        # Set by the lake: extends the integrity chain over the events a seal or an import just sealed
+        # (es_analytics.integrity.extend); runs after the locks are released, see extend_integrity_chain.
+        self.extend_chain: Callable[[LakeStore], dict[str, Any]] | None = None
         # Set by import_table around its _apply: index facts of the files it just wrote, by path.
         self._import_facts: dict[str, _FileFacts] = {}
         self.recover()
@@ -206,6 +209,18 @@ class LakeStore:
                 hook(self.folder, fresh)
             except Exception:  # a derived cache must never break sealing
                 logger.exception("seal hook %r failed for %d new files", hook, len(fresh))
+
+    def extend_integrity_chain(self) -> dict[str, Any] | None:
+        """Extend the integrity chain over newly sealed events and files (call it outside the seal lock). A
+        failure is logged and reported, never raised: the seal or import is committed already, and
+        ``verify`` reports what the chain lacks."""
+        if self.extend_chain is None:
+            return None
+        try:
+            return self.extend_chain(self)
+        except (EsAnalyticsError, OSError) as exc:
+            logger.warning("could not extend the integrity checkpoint of %s: %r", self.folder, exc)
+            return {"error": str(exc)}
 
     # -- recovery -----------------------------------------------------------------------------
     def recover(self) -> dict[str, Any]:
@@ -425,14 +440,18 @@ class LakeStore:
                     break
             compacted = self._maybe_compact()
             self._drop_retired(self.manifest())
+        integrity = self.extend_integrity_chain() if total else None
         self._run_seal_hooks()
-        return {
+        result = {
             "sealed_events": total,
             "files": files,
             "compacted": compacted,
             "sealed_position": self.manifest().sealed_position,
             "seconds": round(time.perf_counter() - started, 3),
         }
+        if integrity is not None:
+            result["integrity"] = integrity
+        return result
 
     def _read_hot(self, after: int, limit: int, *, from_memory: bool = False) -> pa.Table:
         """Committed hot rows above ``after`` as Arrow, from one read snapshot.
@@ -481,6 +500,7 @@ class LakeStore:
                     busy_timeout=self.busy_timeout,
                 )
                 store.row_cache = self.hot  # seal the rows this handle appended without reading them back
+                store.extend_chain = self.extend_chain
                 self._sealer_store = store
             self._sealer_store.seal(wait=False)
             self.seal_error = None
@@ -516,6 +536,7 @@ class LakeStore:
             for name in types:
                 self._compact_type(name)
             self._drop_retired(self.manifest())
+        self.extend_integrity_chain()  # records the new files' hashes
         self._run_seal_hooks()
         return types
 
@@ -613,8 +634,10 @@ class LakeStore:
                 )
                 self._publish_import(manifest, indexes, facts)
             compacted = self._maybe_compact()
+        integrity = self.extend_integrity_chain()
         self._run_seal_hooks()
-        return {"imported_events": n, "first_position": first, "last_position": first + n - 1, "compacted": compacted}
+        return {"imported_events": n, "first_position": first, "last_position": first + n - 1, "compacted": compacted,
+                "integrity": integrity}
 
     def _publish_import(self, manifest: Manifest, indexes: dict[str, pl.DataFrame], facts: dict[str, _FileFacts]) -> None:
         """Inside the hot write transaction: publish an import's manifest and bring SQLite up to it, taking
@@ -696,8 +719,10 @@ class LakeStore:
                 compacted = self._maybe_compact()
         finally:
             con.close()
+        integrity = self.extend_integrity_chain()
         self._run_seal_hooks()
-        return {"imported_events": n, "first_position": first, "last_position": first + n - 1, "compacted": compacted}
+        return {"imported_events": n, "first_position": first, "last_position": first + n - 1, "compacted": compacted,
+                "integrity": integrity}
 
     def _validate_staged(self, con: duckdb.DuckDBPyConnection) -> None:
         """Inside the hot write transaction: each staged stream continues its stored version and type."""
