@@ -376,13 +376,17 @@ class Lake:
         Parameters are bound (``?`` or ``$name``), never pasted. Statements that would change the lake
         or write files raise ``ReadOnlyQueryError``; with ``safe_sql`` so do reads of outside files.
         """
-        return self._query(query, params, what="lake.sql")
+        self._refresh_views()
+        return self._store.reader.user_query(query, params, what="lake.sql")
 
     def _query(self, query: str, params: Sequence[Any] | dict[str, Any] | None, *, what: str) -> pl.DataFrame:
+        self._refresh_views()
+        return self._store.reader.query(query, params, what=what)
+
+    def _refresh_views(self) -> None:
         self._store.refresh()
         self._install_upcast_sql()
         self._install_projection_views()
-        return self._store.reader.query(query, params, what=what)
 
     def check(self, *, repair: bool = False) -> dict[str, Any]:
         """Check the lake (fsck) and report; with ``repair=True`` fix what is safe to fix."""

@@ -22,11 +22,9 @@ import pyarrow.dataset as ds
 from ..errors import LakeBusyError, LakeCorruptError, LakeError, QueryError, ReadOnlyQueryError
 from ..events import EVENT_SCHEMA
 from .hot import hot_rows_to_arrow
+from .sql_gate import check_user_sql
 
 __all__ = ["DuckReader", "hot_rows_to_arrow", "translate_errors"]
-
-_READ_ONLY_TYPES = {"SELECT", "EXPLAIN"}
-
 
 def translated_error(what: str, exc: BaseException) -> Exception | None:
     """The es_analytics error for a DuckDB, SQLite, pyarrow or OS error (``None`` for any other)."""
@@ -115,25 +113,27 @@ class DuckReader:
             self.files, self.hot, self.sealed_position, self.snapshot_key = files, hot, sealed_position, key
 
     def query(self, sql: str, params: Sequence[Any] | dict[str, Any] | None, *, what: str) -> pl.DataFrame:
-        """Run one read-only statement and return its result as a polars DataFrame."""
+        """Run one of the package's own read-only statements and return its result as a polars DataFrame."""
         with self.lock, translate_errors(what):
-            self._check_read_only(sql)
             frame: pl.DataFrame = self.con.sql(sql, params=params).pl()
+            return frame
+
+    def user_query(self, sql: str, params: Sequence[Any] | dict[str, Any] | None, *, what: str) -> pl.DataFrame:
+        """Run a user's statement: through the gate, then in a transaction that is always rolled back."""
+        with self.lock, translate_errors(what):
+            check_user_sql(self.con, sql, safe=self.safe)
+            return self.rolled_back(sql, params)
+
+    def rolled_back(self, sql: str, params: Sequence[Any] | dict[str, Any] | None = None) -> pl.DataFrame:
+        """Run ``sql`` in a transaction that is always rolled back: whatever it changes does not stay."""
+        with self.lock:
+            self.con.execute("BEGIN TRANSACTION")
+            try:
+                frame: pl.DataFrame = self.con.sql(sql, params=params).pl()
+            finally:
+                self.con.execute("ROLLBACK")
             return frame
 
     def relation(self, sql: str, params: Sequence[Any] | None = None) -> duckdb.DuckDBPyRelation:
         """A lazy relation for the package's own generated SQL (callers hold ``lock``)."""
         return self.con.sql(sql, params=params)
-
-    def _check_read_only(self, sql: str) -> None:
-        if not isinstance(sql, str) or not sql.strip():
-            raise QueryError(f"the query must be non-empty SQL text, got {sql!r}")
-        statements = self.con.extract_statements(sql)
-        if len(statements) != 1:
-            raise QueryError(f"lake.sql runs exactly one statement, got {len(statements)}")
-        kind = statements[0].type.name
-        if kind not in _READ_ONLY_TYPES:
-            raise ReadOnlyQueryError(
-                f"lake.sql only reads: a {kind} statement is not allowed (the lake changes only through "
-                "append, seal and forget)"
-            )
