@@ -30,11 +30,18 @@ def to_utc(value: object, name: str) -> datetime:
         raise InvalidArgumentError(
             f"{name} must be a timezone-aware datetime, got {type(value).__name__} {value!r}"
         )
-    if value.tzinfo is None or value.tzinfo.utcoffset(value) is None:
+    try:
+        offset = value.utcoffset()
+    except (ValueError, TypeError, OverflowError) as exc:  # a tzinfo whose offset Python refuses (over 24 h)
+        raise InvalidArgumentError(f"{name} has a time zone Python cannot use ({value.tzinfo!r}): {exc}") from None
+    if offset is None:
         raise InvalidArgumentError(
             f"{name} must be timezone-aware, got {value!r}; pass tzinfo=timezone.utc"
         )
-    return value.astimezone(timezone.utc)
+    try:
+        return value.astimezone(timezone.utc)
+    except (ValueError, TypeError, OverflowError) as exc:  # e.g. 9999-12-31 23:00 at -05:00 is after year 9999
+        raise InvalidArgumentError(f"{name} {value.isoformat()} is outside the years 1..9999 in UTC: {exc}") from None
 
 
 def to_utc_or_none(value: object, name: str) -> datetime | None:

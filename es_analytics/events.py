@@ -10,6 +10,7 @@ import math
 import os
 import re
 import time
+import unicodedata
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -40,9 +41,17 @@ __all__ = [
 MAX_JSON_DEPTH = 64
 MAX_JSON_BYTES = 1_048_576
 MAX_ID_LENGTH = 1024
+# Integers a payload may hold: what DuckDB reads exactly (BIGINT and UBIGINT); larger ones would become
+# doubles in SQL, and Python's json refuses more than 4,300 digits.
+MIN_JSON_INT, MAX_JSON_INT = -(2**63), 2**64 - 1
+# The key of an encrypted field (see privacy.py): only the lake writes it, so no payload may hold it.
+RESERVED_KEY = "$enc"
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 _EVENT_TYPE = re.compile(r"[A-Za-z_][A-Za-z0-9_.:$<>-]{0,254}")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Unicode categories refused in ids: controls, formatting (bidi overrides, zero-width), line and paragraph
+# separators. INVISIBLE_SQL is the same class for DuckDB's regular expressions (ingest).
+_INVISIBLE = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
+INVISIBLE_SQL = r"[\p{Cc}\p{Cf}\p{Zl}\p{Zp}]"
 
 EVENT_SCHEMA = pa.schema(
     [
@@ -86,22 +95,38 @@ def check_aggregate_type(value: object) -> str:
 
 
 def check_aggregate_id(value: object, name: str = "aggregate_id") -> str:
-    """Validate a stream id: any non-empty text without control characters, at most 1024 characters."""
-    if type(value) is str and value.isascii() and value.isprintable() and 0 < len(value) <= MAX_ID_LENGTH:
-        return value  # the usual id, first: printable ASCII is exactly "no control characters", and valid UTF-8
+    """Validate a stream id: non-empty text, not only white space, without control or invisible formatting
+    characters (bidi overrides, zero-width characters, line separators), at most 1024 characters. Returned
+    in Unicode NFC, so that ids that look the same are the same id.
+
+    Examples
+    --------
+    >>> check_aggregate_id("acc-1")
+    'acc-1'
+    >>> check_aggregate_id("cafe\u0301") == "caf\u00e9"
+    True
+    """
+    if (type(value) is str and value.isascii() and value.isprintable() and 0 < len(value) <= MAX_ID_LENGTH
+            and not value.isspace()):
+        return value  # the usual id, first: printable ASCII is exactly "no control characters", valid UTF-8 and NFC
     if isinstance(value, uuid.UUID):
         value = str(value)
     if not isinstance(value, str) or not value:
         raise InvalidArgumentError(f"{name} must be a non-empty string, got {value!r}")
-    if len(value) > MAX_ID_LENGTH:
-        raise InvalidArgumentError(f"{name} is longer than {MAX_ID_LENGTH} characters: {value[:40]!r}…")
-    if value.isascii():  # the usual case: printable ASCII is exactly "no control characters", and valid UTF-8
-        if not value.isprintable():
-            raise InvalidArgumentError(f"{name} must not hold control characters, got {value!r}")
-        return value
-    if _CONTROL.search(value):
+    if value.isspace():
+        raise InvalidArgumentError(f"{name} must not be only white space, got {value!r}")
+    if value.isascii() and not value.isprintable():
         raise InvalidArgumentError(f"{name} must not hold control characters, got {value!r}")
     _check_utf8(value, name)
+    for char in value:
+        if unicodedata.category(char) in _INVISIBLE:
+            raise InvalidArgumentError(
+                f"{name} must not hold control characters or invisible formatting characters "
+                f"(U+{ord(char):04X} {unicodedata.name(char, '')}), got {value!r}".replace(" )", ")")
+            )
+    value = unicodedata.normalize("NFC", value)
+    if len(value) > MAX_ID_LENGTH:
+        raise InvalidArgumentError(f"{name} is longer than {MAX_ID_LENGTH} characters: {value[:40]!r}…")
     return value
 
 
@@ -152,10 +177,21 @@ def _check_tree(value: object, name: str) -> None:
             for key, sub in item.items():
                 if not isinstance(key, str):
                     raise InvalidArgumentError(f"{name} has a non-string key {key!r}; JSON keys are text")
+                if key == RESERVED_KEY:
+                    raise InvalidArgumentError(
+                        f"{name} holds the key {RESERVED_KEY!r}, which marks fields the lake encrypted; declare "
+                        "the field personal (declare_personal) and store it in clear instead"
+                    )
                 _check_utf8(key, name)
                 stack.append((sub, depth + 1))
         elif isinstance(item, (list, tuple)):
             stack.extend((sub, depth + 1) for sub in item)
+        elif type(item) is int:
+            if not MIN_JSON_INT <= item <= MAX_JSON_INT:
+                raise InvalidArgumentError(
+                    f"{name} holds an integer of {item.bit_length()} bits, outside {MIN_JSON_INT}..{MAX_JSON_INT} "
+                    "(what SQL reads exactly); store it as text"
+                )
         elif item is not None and not isinstance(item, (bool, int)):
             raise InvalidArgumentError(
                 f"{name} holds a {type(item).__name__} ({item!r:.60}), which is not JSON; "

@@ -24,6 +24,7 @@ import hashlib
 import json
 import mmap
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterable
@@ -35,7 +36,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import DuplicateEventError, SubjectForgottenError, UnknownSubjectError
+from .errors import DuplicateEventError, PrivacyError, SubjectForgottenError, UnknownSubjectError
 from .events import Event, check_aggregate_id
 from .privacy import ENVELOPE_KEY, Privacy, walk_envelopes
 
@@ -71,14 +72,24 @@ def subject_events(lake: Any, subject_id: str) -> pl.DataFrame:
     return frame.filter(pl.Series(keep, dtype=pl.Boolean))
 
 
-def _plaintext_values(privacy: Privacy, frame: pl.DataFrame, subject_id: str) -> list[Any]:
+def _plaintext_values(privacy: Privacy, frame: pl.DataFrame, subject_id: str) -> tuple[list[Any], list[str]]:
+    """The subject's personal values in clear, and where an envelope did not decrypt (damaged or forged
+    ciphertext: reported, never a reason to keep the key)."""
     keys = privacy.key_store.keys_for([subject_id])
     values: list[Any] = []
+    damaged: list[str] = []
     for event_id, text in frame.select("event_id", "data").iter_rows():
         for path, envelope, _, _ in walk_envelopes(json.loads(text)):
             if envelope.get("sub") == subject_id:
-                values.append(privacy.cipher.open_value(envelope, event_id, path, keys))
-    return values
+                try:
+                    values.append(privacy.cipher.open_value(envelope, event_id, path, keys))
+                except PrivacyError:
+                    damaged.append(f"{event_id}:{path}")
+    return values, damaged
+
+
+# A subject id that is itself personal data stays in the events (subject fields, the tombstone's stream).
+_PERSONAL_ID = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+|\+?[0-9][0-9 ()./-]{6,}[0-9]")
 
 
 def needles_for(values: Iterable[Any]) -> list[bytes]:
@@ -262,7 +273,7 @@ def forget(lake: Any, subject_id: str, *, reason: str | None = None, actor: str 
     started = time.perf_counter()
     frame = subject_events(lake, subject_id)
     aggregates = sorted(set(frame["aggregate_id"].to_list()))
-    values = _plaintext_values(privacy, frame, subject_id) if state == "active" else []
+    values, damaged = _plaintext_values(privacy, frame, subject_id) if state == "active" else ([], [])
     key = privacy.key_store.keys_for([subject_id]).get(subject_id)
     needles = [(f"plaintext value {i + 1}", n) for i, n in enumerate(needles_for(values))]
     if key:
@@ -289,7 +300,9 @@ def forget(lake: Any, subject_id: str, *, reason: str | None = None, actor: str 
         "plaintext_values_checked": sum(1 for label, _ in needles if label.startswith("plaintext")),
         "remedies": remedies,
         "scan": scan,
-        "verified": not scan["found"] and state == "active",
+        "verified": not scan["found"] and state == "active" and not damaged,
+        "undecryptable_values": damaged,
+        "warnings": _warnings(subject_id, damaged),
         "resumed": state != "active",
         "forgotten_at_iso": _iso(time.time()),
         "reason": reason,
@@ -302,6 +315,19 @@ def forget(lake: Any, subject_id: str, *, reason: str | None = None, actor: str 
     privacy.key_store.mark_forgotten(subject_id, {"certificate": certificate,
                                                   "forgotten_at_iso": certificate["forgotten_at_iso"]})
     return certificate
+
+
+def _warnings(subject_id: str, damaged: list[str]) -> list[str]:
+    out = []
+    if _PERSONAL_ID.fullmatch(subject_id):
+        out.append("the subject id itself looks like personal data (an e-mail address or a phone number); it "
+                   "stays in clear in the events that name their subject and in the tombstone's stream id, so "
+                   "use opaque subject ids")
+    if damaged:
+        out.append(f"{len(damaged)} encrypted value(s) of the subject did not decrypt (damaged or forged "
+                   "ciphertext; run lake.verify()); the key was deleted anyway, but the scan could not look for "
+                   "their plaintext, so the erasure is not verified")
+    return out
 
 
 def _delete_snapshots_securely(lake: Any, aggregate_ids: list[str]) -> int:

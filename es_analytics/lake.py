@@ -230,7 +230,7 @@ class Lake:
         # goes to the checks: right after an fsync'd commit each Python call costs ~1 µs and each check
         # 1–3 µs (docs/decisions.md, "Single appends: a plain INSERT … VALUES").
         if not (type(aggregate_id) is str and aggregate_id.isascii() and aggregate_id.isprintable()
-                and 0 < len(aggregate_id) <= MAX_ID_LENGTH):
+                and 0 < len(aggregate_id) <= MAX_ID_LENGTH and not aggregate_id.isspace()):
             aggregate_id = check_aggregate_id(aggregate_id)
         if type(aggregate_type) is not str or aggregate_type not in KNOWN_TYPES:
             aggregate_type = check_aggregate_type(aggregate_type)

@@ -439,7 +439,7 @@ def erasure_certificate(lake: Lake, subject_id: str) -> Report:
     verified = bool(cert["verified"])
     verdict = {"kind": "ok" if verified else "bad",
                "text": "Verified: no file of the lake holds the subject's plaintext or key" if verified
-               else "Not verified: see the scan findings below"}
+               else "Not verified: see the warnings and the scan findings below"}
     facts = [("Subject", subject_id), ("Key deleted at", cert["key_deleted_at"]),
              ("Tombstone", f"{TOMBSTONE_TYPE} at position {cert['tombstone_position']} in stream "
                            f"{cert['tombstone_stream']}, recorded {_cell(tomb_at)}"),
@@ -451,7 +451,9 @@ def erasure_certificate(lake: Lake, subject_id: str) -> Report:
                   ("Values looked for", cert["plaintext_values_checked"]), ("Findings", len(scan["found"])),
                   ("Scan time", f"{scan['seconds']} s"), ("Remedies applied", "; ".join(cert["remedies"]) or "none")]
     sections = [
-        _section("Erasure", facts=facts, paragraphs=[cert.get("note", "")] if cert.get("note") else []),
+        _section("Erasure", facts=facts,
+                 paragraphs=([cert["note"]] if cert.get("note") else [])
+                 + [f"Warning: {w}" for w in cert.get("warnings", [])]),
         _section("Verification scan", facts=scan_facts, paragraphs=[
             "Every file under the lake folder was read: raw bytes (SQLite databases with their write-ahead logs, "
             "the key store, manifests, snapshots, projection caches) and the decoded text columns of every "

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from es_analytics import Event, Lake
+from es_analytics.errors import ConcurrencyError, LakeCorruptError
 
 APPEND_LOOP = """
 import sys, json
@@ -161,10 +162,101 @@ def test_orphans_of_an_interrupted_seal_are_removed_on_open(tmp_path: Path) -> N
         lake.append("a", [Event("Ticked", {"n": 1})], expected_version=0, aggregate_type="Clock")
         lake.seal()
     folder = path / "events" / "aggregate_type=Clock"
+    unpublished = f"part-g{99:010d}-{2:012d}-0123456789ab.parquet"  # written for a generation never reached
     (folder / "part-x.parquet.tmp").write_bytes(b"half a file")
-    (folder / "part-orphan.parquet").write_bytes(b"PAR1 truncated")
+    (folder / unpublished).write_bytes(b"PAR1 truncated")
     with Lake.open(path) as lake:
         assert not (folder / "part-x.parquet.tmp").exists()
-        assert not (folder / "part-orphan.parquet").exists()
+        assert not (folder / unpublished).exists()
         assert lake.events().height == 1
     assert os.path.exists(path / "manifest.json")
+
+
+def test_an_unlisted_file_of_a_published_generation_is_refused_not_deleted(tmp_path: Path) -> None:
+    path = tmp_path / "lake"
+    with Lake.open(path) as lake:
+        lake.append("a", [Event("Ticked", {"n": 1})], expected_version=0, aggregate_type="Clock")
+        lake.seal()
+    folder = path / "events" / "aggregate_type=Clock"
+    stray = folder / f"part-g{1:010d}-{7:012d}-0123456789ab.parquet"
+    stray.write_bytes(b"PAR1 someone's file")
+    with pytest.raises(LakeCorruptError, match="not listed in manifest.json"):
+        Lake.open(path)
+    assert stray.exists()
+    stray.unlink()
+    with Lake.open(path) as lake:
+        assert lake.events().height == 1
+
+
+@pytest.mark.parametrize("damage", ["missing", "one-seal-older", "lists-no-files", "newer-but-empty"])
+def test_a_lost_or_rolled_back_manifest_never_deletes_committed_files(tmp_path: Path, damage: str) -> None:
+    path = tmp_path / "lake"
+    manifest = path / "manifest.json"
+    with Lake.open(path, auto_seal_rows=0) as lake:
+        lake.append("s", [Event("Ticked", {"n": n}, event_id=f"a{n}") for n in range(100)], expected_version=0,
+                    aggregate_type="Clock")
+        lake.seal()
+    older = manifest.read_text(encoding="utf-8")
+    with Lake.open(path, auto_seal_rows=0) as lake:
+        lake.append("t", [Event("Ticked", {"n": n}, event_id=f"b{n}") for n in range(50)], expected_version=0,
+                    aggregate_type="Clock")
+        lake.seal()
+        lake.append("t", [Event("Ticked", {"n": 50}, event_id="hot")], expected_version=50, aggregate_type="Clock")
+    on_disk = sorted((path / "events").rglob("*.parquet"))
+    assert len(on_disk) == 2
+    body = json.loads(manifest.read_text(encoding="utf-8"))
+    if damage == "missing":
+        manifest.unlink()
+    elif damage == "one-seal-older":
+        manifest.write_text(older, encoding="utf-8")
+    elif damage == "lists-no-files":
+        manifest.write_text(json.dumps({**body, "files": [], "sealed_position": 0}), encoding="utf-8")
+    else:
+        manifest.write_text(json.dumps({**body, "files": [], "generation": body["generation"] + 5}), encoding="utf-8")
+    before = {p: p.read_bytes() for p in on_disk}
+    with pytest.raises(LakeCorruptError, match="Nothing was deleted"):
+        Lake.open(path)
+    assert {p: p.read_bytes() for p in sorted((path / "events").rglob("*.parquet"))} == before
+    manifest.write_text(json.dumps(body), encoding="utf-8")  # the backup, put back
+    with Lake.open(path) as lake:
+        assert lake.events().height == 151
+        assert lake.check()["ok"]
+
+
+SEAL_THEN_DIE = """
+import os, signal, sys
+from es_analytics import Lake, Event
+from es_analytics.store import engine
+path = sys.argv[1]
+original = engine.write_manifest
+def write_then_die(*args, **kwargs):
+    original(*args, **kwargs)
+    os.kill(os.getpid(), signal.SIGKILL)
+with Lake.open(path, auto_seal_rows=0) as lake:
+    lake.append("victim", [Event("Ticked", {"n": n}) for n in range(3)], expected_version=0, aggregate_type="Clock")
+    engine.write_manifest = write_then_die
+    lake.seal()
+print("survived")
+"""
+
+
+@pytest.mark.parametrize("opened", ["before", "after"])
+def test_a_seal_killed_after_its_manifest_keeps_every_stream_head(tmp_path: Path, opened: str) -> None:
+    """A handle open across the crash (or opened after it) seals its own streams: the killed seal's stream
+    heads survive, and its version 1 can never be written twice."""
+    path = tmp_path / "lake"
+    Lake.open(path, auto_seal_rows=0).close()
+    survivor = Lake.open(path, auto_seal_rows=0) if opened == "before" else None
+    result = subprocess.run([sys.executable, "-c", SEAL_THEN_DIE, str(path)], capture_output=True, text=True)
+    assert result.returncode == -signal.SIGKILL, result.stderr
+    survivor = survivor or Lake.open(path, auto_seal_rows=0)
+    with survivor:
+        survivor.append("other", [Event("Ticked", {"n": 0})], expected_version=0, aggregate_type="Clock")
+        survivor.seal()
+        assert survivor.current_version("victim") == 3
+        with pytest.raises(ConcurrencyError):
+            survivor.append("victim", [Event("Ticked", {"n": 9})], expected_version=0, aggregate_type="Clock")
+    with Lake.open(path) as fresh:
+        assert fresh.current_version("victim") == 3
+        assert fresh.events("victim")["aggregate_version"].to_list() == [1, 2, 3]
+        assert fresh.check()["ok"]

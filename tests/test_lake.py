@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone, tzinfo
 from pathlib import Path
 
 import polars as pl
@@ -115,6 +115,11 @@ def test_bad_appends_raise_typed_errors_and_change_nothing(lake: Lake, change: d
     assert lake.sql("SELECT count(*) AS n FROM events")["n"].item() == 0
 
 
+class _ThirtyHours(tzinfo):
+    def utcoffset(self, dt: datetime | None) -> timedelta:
+        return timedelta(hours=30)
+
+
 BAD_EVENTS = [
     ({"occurred_at": datetime(2024, 3, 1, 9)}, "occurred_at must be timezone-aware"),
     ({"data": {"x": float("nan")}}, "cannot represent"),
@@ -132,6 +137,12 @@ BAD_EVENTS = [
     ({"event_type": "has space"}, "event_type must be a name"),
     ({"schema_version": 0}, "schema_version must be a positive int"),
     ({"schema_version": True}, "schema_version must be a positive int"),
+    ({"data": {"x": 10**4000}}, "integer of 13288 bits"),
+    ({"data": {"x": -(2**63) - 1}}, "outside"),
+    ({"data": '{"x": ' + "7" * 5000 + "}"}, "not valid JSON"),
+    ({"occurred_at": datetime(9999, 12, 31, 23, tzinfo=timezone(timedelta(hours=-5)))}, "outside the years"),
+    ({"occurred_at": datetime(2024, 1, 1, tzinfo=_ThirtyHours())}, "time zone Python cannot use"),
+    ({"event_id": "id\u202e"}, "invisible formatting"),
 ]
 
 
@@ -396,11 +407,13 @@ def test_bulk_import_refuses_a_known_event_id_and_writes_nothing(lake: Lake, sea
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.text(max_size=12) | st.text(st.characters(max_codepoint=0x7f), max_size=12))
+@given(st.text(max_size=12) | st.text(st.characters(max_codepoint=0x7f), max_size=12)
+       | st.text(st.sampled_from(" e\u0301\u00e9\u202e\u200b\u2028\u00ad\x85a"), max_size=6))
 def test_id_checks_accept_exactly_the_documented_ids(value: str) -> None:
-    """Non-empty, at most 1,024 characters, no control characters (U+0000-U+001F, U+007F), valid Unicode:
-    the ASCII shortcut of ``check_aggregate_id`` agrees with that definition for any text."""
-    import re
+    """Non-empty, not only white space, no character of the Unicode categories Cc, Cf, Zl, Zp (controls,
+    bidi and zero-width formatting, line separators), valid Unicode; returned in NFC: the ASCII shortcut
+    of ``check_aggregate_id`` agrees with that definition for any text."""
+    import unicodedata
 
     from es_analytics.events import check_aggregate_id
 
@@ -409,13 +422,28 @@ def test_id_checks_accept_exactly_the_documented_ids(value: str) -> None:
         encodable = True
     except UnicodeEncodeError:
         encodable = False
-    expected = bool(value) and not re.search(r"[\x00-\x1f\x7f]", value) and encodable
+    expected = (bool(value) and not value.isspace() and encodable
+                and not any(unicodedata.category(c) in {"Cc", "Cf", "Zl", "Zp"} for c in value))
     try:
-        assert check_aggregate_id(value) == value
+        checked = check_aggregate_id(value)
         accepted = True
     except InvalidArgumentError:
         accepted = False
     assert accepted == expected
+    if accepted:
+        assert checked == unicodedata.normalize("NFC", value)
+        assert check_aggregate_id(unicodedata.normalize("NFD", value)) == checked  # twins are one id
+
+
+def test_look_alike_ids_are_one_stream_and_invisible_ones_are_refused(lake: Lake) -> None:
+    lake.append("caf\u00e9", [deposit(1)], expected_version=0, aggregate_type="BankAccount")
+    with pytest.raises(ConcurrencyError):  # the NFD spelling of the same id is the same stream
+        lake.append("cafe\u0301", [deposit(2)], expected_version=0, aggregate_type="BankAccount")
+    assert lake.events("cafe\u0301")["aggregate_id"].to_list() == ["caf\u00e9"]
+    for bad in ("   ", "acc\u202e1", "a\u2028b", "zero\u200bwidth", "\u2066x\u2069"):
+        with pytest.raises(InvalidArgumentError, match="white space|invisible|control"):
+            lake.append(bad, [deposit(3)], expected_version=0, aggregate_type="BankAccount")
+    assert lake.sql("SELECT count(*) AS n FROM events")["n"].item() == 1
 
 
 def test_an_aggregate_type_is_checked_on_every_call_even_after_valid_ones(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
@@ -144,12 +145,12 @@ def test_a_stored_v1_event_is_decrypted_before_upcasting(empty_lake: Lake) -> No
 def test_moved_ciphertext_does_not_decrypt(empty_lake: Lake) -> None:
     register(empty_lake, "u-1", "one@example.org", "One Person")
     stored = json.loads(raw_data(empty_lake, "u-1")[0])
-    swapped = Event("UserRegistered", {"userId": "u-1", "profile": {"email": stored["profile"]["name"],
-                                                                     "name": "Plain"}}, schema_version=3)
+    swapped = json.dumps({"userId": "u-1", "profile": {"email": stored["profile"]["name"], "name": "Plain"}},
+                         separators=(",", ":"))
     declaration = personal_fields("UserRegistered", 3)
     assert declaration is not None and declaration.subject == "userId"
     with empty_lake._store.hot.write() as con:  # store the envelope under another path, bypassing append
-        con.execute("UPDATE events SET data = ? WHERE aggregate_id = 'u-1'", (swapped.data_json,))
+        con.execute("UPDATE events SET data = ? WHERE aggregate_id = 'u-1'", (swapped,))
     with pytest.raises(PrivacyError, match="does not decrypt"):
         empty_lake.events("u-1")
 
@@ -382,3 +383,78 @@ def test_two_concurrent_forgets_of_one_subject_agree(lake_path: Path) -> None:
     position = _append_tombstone(Stale(), "u-1", subject_events(second, "u-1"), None, None)
     assert position == a["tombstone_position"] and second.events(tombstone_stream("u-1")).height == 1
     assert second.key_store.delete_key("u-1", {}) == first.key_store.state("u-1")[1]["key_deleted_at"]
+
+
+# -- envelopes only the lake makes ----------------------------------------------------------------
+FORGED = {"$enc": "A256GCM", "sub": "u-victim", "iv": "AAAAAAAAAAAAAAAA", "ct": "AAAAAAAAAAAAAAAAAAAAAAAA"}
+
+
+@pytest.mark.parametrize("payload", [
+    {"note": FORGED},
+    {"deep": [{"x": {"y": FORGED}}]},
+    {"$enc": "anything"},
+])
+def test_a_payload_that_imitates_an_encrypted_field_is_refused_at_append(empty_lake: Lake, payload: dict) -> None:
+    register(empty_lake, "u-victim", "victim@example.org", "Victim Person")
+    with pytest.raises(InvalidArgumentError, match=r"\$enc"):
+        empty_lake.append("x-1", [Event("Noted", payload)], expected_version=0, aggregate_type="Note")
+    assert empty_lake.current_version("x-1") == 0
+    certificate = empty_lake.forget("u-victim")
+    assert certificate["verified"] and not certificate["undecryptable_values"]
+    assert empty_lake.events().height == 2  # the registration and the tombstone
+
+
+@pytest.mark.parametrize("data", [
+    json.dumps({"note": FORGED}),
+    '{"note": {"\\u0024enc": "A256GCM", "sub": "u-victim", "iv": "AA", "ct": "AA"}}',
+    '{"a": 1, "a": 2}',
+    '{"a": {"b": 1, "b": 2}}',
+    '{"big": ' + "9" * 5000 + "}",
+    '{"big": 18446744073709551616}',
+])
+def test_ingest_applies_the_append_rules_to_payloads(empty_lake: Lake, tmp_path: Path, data: str) -> None:
+    from es_analytics.ingest import ingest
+
+    good = {"event_id": "g-1", "event_type": "Noted", "aggregate_type": "Note", "aggregate_id": "n-1",
+            "aggregate_version": 1, "occurred_at": "2025-01-01T00:00:00Z", "data": {"ok": 18446744073709551615}}
+    bad = {**good, "event_id": "b-1", "aggregate_id": "n-2"}
+    line = json.dumps(bad).replace('{"ok": 18446744073709551615}', "DATA").replace('"DATA"', "DATA")
+    source = tmp_path / "events.jsonl"
+    source.write_text(json.dumps(good) + "\n" + line.replace("DATA", data) + "\n", encoding="utf-8")
+    result = ingest(empty_lake, source)
+    assert (result.imported, result.rejected) == (1, 1)
+    assert result.rejects["line"].to_list() == [2]
+    assert empty_lake.events("n-2").height == 0
+    with pytest.raises(InvalidArgumentError):  # the same payload is refused by append
+        empty_lake.append("n-3", [Event("Noted", data)], expected_version=0, aggregate_type="Note")
+    assert json.loads(empty_lake.events("n-1")["data"][0]) == {"ok": 18446744073709551615}
+
+
+def test_forget_shreds_the_key_even_when_a_ciphertext_is_damaged(lake_path: Path) -> None:
+    with Lake.open(lake_path) as lake:
+        register(lake, "u-1", "damaged.q3@example.org", "Dana Maged")
+        stored = json.loads(raw_data(lake, "u-1")[0])
+    ct = stored["profile"]["email"]["ct"]
+    stored["profile"]["email"]["ct"] = ("B" if ct[0] != "B" else "C") + ct[1:]  # one flipped ciphertext byte
+    with sqlite3.connect(lake_path / "hot.sqlite") as con:  # damage the stored event, bypassing append
+        con.execute("UPDATE events SET data = ? WHERE aggregate_id = 'u-1'", (json.dumps(stored, separators=(",", ":")),))
+    con.close()
+    lake = Lake.open(lake_path)
+    certificate = lake.forget("u-1")
+    assert lake.key_store.state("u-1")[0] == "forgotten"
+    assert certificate["undecryptable_values"] == [f"{lake.events('u-1')['event_id'][0]}:profile.email"]
+    assert not certificate["verified"]
+    assert any("did not decrypt" in w for w in certificate["warnings"])
+    profile = json.loads(lake.events("u-1")["data"][0])["profile"]
+    assert profile == {"email": ERASED, "name": ERASED}
+    assert lake.events().height == 2
+    lake.close()
+
+
+def test_the_certificate_warns_when_the_subject_id_is_itself_personal(empty_lake: Lake) -> None:
+    register(empty_lake, "ada@example.org", "ada.w2@example.org", "Ada Wide")
+    certificate = empty_lake.forget("ada@example.org")
+    assert certificate["verified"]
+    assert any("subject id itself looks like personal data" in w for w in certificate["warnings"])
+    register(empty_lake, "u-0f3a", "bo.w2@example.org", "Bo Wide")
+    assert empty_lake.forget("u-0f3a")["warnings"] == []

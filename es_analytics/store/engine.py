@@ -2,9 +2,12 @@
 
 Crash safety rests on one order of steps. Sealing reads committed hot rows, writes Parquet under
 temporary names, fsyncs and publishes them, atomically replaces the manifest, and only then, in one SQLite
-transaction, indexes the new files and deletes the sealed hot rows. Recovery on open (under the seal
-lock) deletes temporary and unlisted files (undo) and applies a manifest that SQLite has not caught up
-with (finish). Readers never see a mix: the view is the manifest's files plus hot rows above its position.
+transaction, indexes the new files and deletes the sealed hot rows. Whoever takes the seal lock next
+first applies a manifest that SQLite has not caught up with (finish), so no stream head is lost when a
+process dies between the two. Recovery on open deletes temporary files and files written for a
+generation no manifest reached (undo), and refuses a lake whose manifest is missing or older than what
+was applied, never deleting a committed file. Readers never see a mix: the view is the manifest's files
+plus hot rows above its position.
 """
 
 from __future__ import annotations
@@ -33,9 +36,9 @@ from .._time import now_utc, to_micros
 from ..errors import EsAnalyticsError, InvalidArgumentError, LakeBusyError, LakeCorruptError, LakeError, NotALakeError
 from ..events import EVENT_SCHEMA
 from .hot import EVENT_ID_HASH_SQL, Durability, SQLiteHotTier, StoredMatch
-from .manifest import FileEntry, Manifest, read_manifest, write_manifest
+from .manifest import FileEntry, Manifest, manifest_exists, read_manifest, write_manifest
 from .reader import DuckReader, hot_rows_to_arrow, translate_errors
-from .sealed import ParquetSealedTier, row_group_index
+from .sealed import ParquetSealedTier, file_generation, row_group_index
 from .staging import StagedImport, read_ipc
 
 __all__ = ["MARKER", "SEAL_HOOKS", "LakeStore", "SealHook"]
@@ -151,8 +154,10 @@ class LakeStore:
 
     # -- locking ------------------------------------------------------------------------------
     @contextmanager
-    def seal_lock(self, *, wait: bool = True) -> Iterator[bool]:
-        """The lake-wide lock for sealing, compaction and recovery (a file lock, so across processes)."""
+    def seal_lock(self, *, wait: bool = True, catch_up: bool = True) -> Iterator[bool]:
+        """The lake-wide lock for sealing, compaction, imports and recovery (a file lock, so across
+        processes). Whoever takes it first finishes a commit that a killed process left half-applied
+        (``catch_up``; only recovery, which checks the manifest first, does that itself)."""
         handle = open(self.folder / LOCK_NAME, "a+b")
         try:
             deadline = time.monotonic() + self.busy_timeout
@@ -170,6 +175,8 @@ class LakeStore:
                         ) from None
                     time.sleep(0.01)
             try:
+                if catch_up:
+                    self._catch_up()
                 yield True
             finally:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
@@ -224,21 +231,79 @@ class LakeStore:
 
     # -- recovery -----------------------------------------------------------------------------
     def recover(self) -> dict[str, Any]:
-        """Finish or undo an interrupted seal; delete temporary files and files past their grace period."""
-        with self.seal_lock():
-            manifest = self.manifest()
+        """Finish or undo an interrupted seal, import or compaction.
+
+        Deleted: temporary files, files written for a generation the manifest never reached (their
+        events are still in the hot tier, or in the files they were compacted from, or belong to an
+        import that was never acknowledged), and files the manifest lists as ``deleting``. Any other
+        sealed file the manifest does not list means the manifest was lost, rolled back or edited: the
+        lake is refused with ``LakeCorruptError`` and nothing is deleted.
+        """
+        with self.seal_lock(catch_up=False):
+            manifest = self._trusted_manifest()
+            listed = {f.path for f in manifest.files} | {p for p, _ in manifest.retired}
+            unpublished, unexplained = [], []
+            for rel in self.sealed.owned_parquet():
+                if rel in listed:
+                    continue
+                generation = file_generation(rel)
+                if rel in manifest.deleting or (generation is not None and generation > manifest.generation):
+                    unpublished.append(rel)
+                else:
+                    unexplained.append(rel)
+            if unexplained:
+                raise LakeCorruptError(
+                    f"{len(unexplained)} sealed file(s) of {str(self.folder)!r} are not listed in manifest.json "
+                    f"(generation {manifest.generation}), e.g. {unexplained[0]!r}: the manifest was lost, rolled "
+                    "back or edited. Nothing was deleted; restore manifest.json from a backup."
+                )
             removed = [str(p.relative_to(self.folder)) for p in self.sealed.temporary_files()]
             for path in self.sealed.temporary_files():
                 path.unlink(missing_ok=True)
-            listed = {f.path for f in manifest.files} | {p for p, _ in manifest.retired}
-            for rel in self.sealed.owned_parquet():
-                if rel not in listed:
-                    self.sealed.remove(rel)
-                    removed.append(rel)
+            for rel in unpublished:
+                self.sealed.remove(rel)
+            removed += unpublished
             with self.hot.write():
                 applied = self._apply(manifest, {})
-            manifest = self._drop_retired(manifest)
+            self._drop_retired(manifest)
         return {"removed_files": removed, "indexed_files": applied}
+
+    def _trusted_manifest(self) -> Manifest:
+        """Under the seal lock: the manifest, unless it is behind what the hot tier has applied (then
+        ``LakeCorruptError``). A lake without a manifest gets an empty one if it holds no sealed file."""
+        applied = self.hot.meta("manifest_generation")
+        known = [row[0] for row in self.hot.con.execute("SELECT path FROM files").fetchall()]
+        if not manifest_exists(self.folder):
+            if self.sealed.owned_parquet() or known or (applied is not None and int(applied) > 0):
+                raise LakeCorruptError(
+                    f"{str(self.folder)!r} holds sealed events but no manifest.json: it was lost. Nothing was "
+                    "deleted; restore manifest.json from a backup."
+                )
+            write_manifest(self.folder, Manifest())
+            self._manifest_key = None
+        manifest = self.manifest()
+        if applied is not None and int(applied) > manifest.generation:
+            raise LakeCorruptError(
+                f"manifest.json of {str(self.folder)!r} is at generation {manifest.generation}, but generation "
+                f"{int(applied)} was applied: the manifest was rolled back. Nothing was deleted; restore the "
+                "newest manifest.json from a backup."
+            )
+        accounted = {f.path for f in manifest.files} | {p for p, _ in manifest.retired} | set(manifest.deleting)
+        forgotten = [path for path in known if path not in accounted]
+        if forgotten:
+            raise LakeCorruptError(
+                f"manifest.json of {str(self.folder)!r} does not list {len(forgotten)} sealed file(s) the lake "
+                f"holds, e.g. {forgotten[0]!r}: it was edited or replaced. Nothing was deleted."
+            )
+        return manifest
+
+    def _catch_up(self) -> None:
+        """Under the seal lock: apply a manifest that another process published but did not apply (it died
+        in between), so that what this handle commits next starts from every stream head."""
+        manifest = self.manifest()
+        if int(self.hot.meta("manifest_generation", -1)) != manifest.generation:
+            with self.hot.write():
+                self._apply(manifest, {})
 
     def _apply(
         self, manifest: Manifest, indexes: dict[str, pl.DataFrame], *, sealed_heads: pl.DataFrame | None = None
@@ -254,8 +319,12 @@ class LakeStore:
         """
         from_hot = sealed_heads is not None
         con = self.hot.con
-        if int(self.hot.meta("manifest_generation", -1)) == manifest.generation:
+        applied = int(self.hot.meta("manifest_generation", -1))
+        if applied == manifest.generation:
             return 0
+        if applied > manifest.generation:
+            raise LakeCorruptError(
+                f"manifest generation {manifest.generation} is older than the applied generation {applied}")
         previous = int(self.hot.meta("sealed_position", 0))
         if from_hot:
             self.hot.index_sealed_ids(previous, manifest.sealed_position)
@@ -394,16 +463,19 @@ class LakeStore:
             )
 
     def _drop_retired(self, manifest: Manifest) -> Manifest:
-        """Delete files retired by compaction once no reader can still be using them."""
+        """Delete files retired by compaction once no reader can still be using them: first a manifest
+        that no longer lists them (it names them ``deleting``) is made durable, then they are deleted."""
+        for path in manifest.deleting:  # a crash may have come between that manifest and the deletes
+            self.sealed.remove(path)
         cutoff = time.time() - self.retire_grace_seconds
         expired = [r for r in manifest.retired if r[1] <= cutoff]
         if not expired:
             return manifest
         keep = tuple(r for r in manifest.retired if r[1] > cutoff)
-        manifest = manifest.next(retired=keep)
+        manifest = manifest.next(retired=keep, deleting=tuple(path for path, _ in expired))
         self._publish(manifest)
         with self.hot.write():
-            self.hot.set_meta("manifest_generation", manifest.generation)
+            self._apply(manifest, {})
         for path, _ in expired:
             self.sealed.remove(path)
         return manifest
@@ -424,7 +496,8 @@ class LakeStore:
                 through = table["position"][-1].as_py()
                 in_file_order = _sort_for_files(table)
                 heads = _last_rows(in_file_order)
-                entries, indexes, _ = self._write_sorted(in_file_order, with_facts=False)
+                entries, indexes, _ = self._write_sorted(
+                    in_file_order, generation=manifest.generation + 1, with_facts=False)
                 manifest = manifest.next(
                     sealed_position=through,
                     last_recorded_at=max(manifest.last_recorded_at, to_micros(table["recorded_at"][-1].as_py())),
@@ -560,7 +633,7 @@ class LakeStore:
             if i + 1 < len(bounds):
                 cond = cond & (ds.field("aggregate_id") < bounds[i + 1])
             part = dataset.to_table(filter=cond)
-            entry, index = self.sealed.write(part, aggregate_type, level=1)
+            entry, index = self.sealed.write(part, aggregate_type, generation=manifest.generation + 1, level=1)
             entries.append(entry)
             indexes[entry.path] = index
         now = time.time()
@@ -626,7 +699,7 @@ class LakeStore:
                 full = batch.events(first, stamp)
                 if hot_rows:  # unsealed appends go into the same files, at their own positions
                     full = _sort_for_files(pa.concat_tables([hot_rows_to_arrow(hot_rows), full]))
-                entries, indexes, facts = self._write_sorted(full)
+                entries, indexes, facts = self._write_sorted(full, generation=manifest.generation + 1)
                 manifest = manifest.next(
                     sealed_position=first + n - 1,
                     last_recorded_at=max(manifest.last_recorded_at, batch.max_recorded_at(stamp)),
@@ -686,7 +759,8 @@ class LakeStore:
                     indexes: dict[str, pl.DataFrame] = {}
                     facts: dict[str, _FileFacts] = {}
                     if hot_rows:  # unsealed appends: sealed with the import, in files of their own
-                        entries, indexes, facts = self._write_sorted(_sort_for_files(hot_rows_to_arrow(hot_rows)))
+                        entries, indexes, facts = self._write_sorted(
+                            _sort_for_files(hot_rows_to_arrow(hot_rows)), generation=manifest.generation + 1)
                     ingested: list[str] = []
                     # Three things at once (pyarrow and SQLite release the GIL): the event-id index is
                     # filled from the staged hashes and positions on one thread (in this transaction, so
@@ -704,7 +778,7 @@ class LakeStore:
                             if waiting:
                                 _collect(waiting.pop(), entries, indexes, facts, ingested)
                             waiting.append((pool.submit(self.sealed.write, part, aggregate_type, level=1,
-                                                        presorted=True), fact))
+                                                        generation=manifest.generation + 1, presorted=True), fact))
                             del part
                         while waiting:
                             _collect(waiting.pop(), entries, indexes, facts, ingested)
@@ -734,9 +808,10 @@ class LakeStore:
             _raise_if_discontinuous(self.hot.con.execute(_CONTINUITY_SQL, (chunk.write_json(),)).fetchone())
 
     def _write_sorted(
-        self, table: pa.Table, *, with_facts: bool = True
+        self, table: pa.Table, *, generation: int, with_facts: bool = True
     ) -> tuple[list[FileEntry], dict[str, pl.DataFrame], dict[str, _FileFacts]]:
         """Write a table sorted by (aggregate_type, aggregate_id, aggregate_version), one file per type
+        for manifest ``generation``
         (each a slice of it: one sort for all types, where a filter per type cost 13 ms per 50,000 rows
         even for one type); returns the entries, their row-group indexes and, ``with_facts``, what the
         other indexes need (imports; a seal takes those from the hot rows)."""
@@ -745,7 +820,7 @@ class LakeStore:
         for item in pc.value_counts(table["aggregate_type"]).to_pylist():  # types in sorted order
             part = table.slice(offset, item["counts"])
             offset += item["counts"]
-            entry, index = self.sealed.write(part, item["values"], presorted=True)
+            entry, index = self.sealed.write(part, item["values"], generation=generation, presorted=True)
             entries.append(entry)
             indexes[entry.path] = index
             if with_facts:

@@ -16,7 +16,7 @@ from typing import Any
 
 from ..errors import LakeCorruptError
 
-__all__ = ["FileEntry", "Manifest", "fsync_dir", "publish_no_replace", "read_manifest", "write_manifest"]
+__all__ = ["FileEntry", "Manifest", "fsync_dir", "manifest_exists", "publish_no_replace", "read_manifest", "write_manifest"]
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = 1
@@ -44,6 +44,9 @@ class Manifest:
     last_recorded_at: int = 0
     files: tuple[FileEntry, ...] = ()
     retired: tuple[tuple[str, float], ...] = ()
+    # Files this generation dropped from ``retired``: deleted right after it was published, and on the
+    # next open if a crash came first. No other unlisted file is ever deleted as garbage (see recovery).
+    deleting: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
     def next(self, **changes: Any) -> Manifest:
@@ -58,6 +61,7 @@ class Manifest:
             "last_recorded_at": self.last_recorded_at,
             "files": [asdict(f) for f in self.files],
             "retired": [list(r) for r in self.retired],
+            "deleting": list(self.deleting),
             "extra": self.extra,
         }
         return json.dumps(body, indent=1, sort_keys=True)
@@ -73,8 +77,13 @@ class Manifest:
             last_recorded_at=int(body.get("last_recorded_at", 0)),
             files=tuple(FileEntry(**f) for f in body["files"]),
             retired=tuple((str(p), float(t)) for p, t in body.get("retired", [])),
+            deleting=tuple(str(p) for p in body.get("deleting", [])),
             extra=dict(body.get("extra", {})),
         )
+
+
+def manifest_exists(folder: Path) -> bool:
+    return (folder / MANIFEST_NAME).exists()
 
 
 def read_manifest(folder: Path) -> Manifest:

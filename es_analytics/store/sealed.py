@@ -3,12 +3,15 @@
 Every file's rows are sorted by (aggregate_id, aggregate_version), so one stream sits in one or two row
 groups of a file; the hot tier's ``stream_index`` says which, and point reads open only those row groups
 (see docs/decisions.md for why the partitions are not monthly). Files are written under a ``.tmp`` name,
-fsynced, and published under their final name without ever replacing an existing file.
+fsynced, and published under their final name without ever replacing an existing file. A file's name
+carries the manifest generation it was written for (``part-g<generation>-<first position>-<random>``), so
+recovery can tell a file that no manifest ever listed from one a lost or rolled-back manifest forgot.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -22,10 +25,17 @@ import pyarrow.parquet as pq
 from ..events import EVENT_SCHEMA
 from .manifest import FileEntry, fsync_dir, publish_no_replace
 
-__all__ = ["ROW_GROUP_SIZE", "ParquetSealedTier", "row_group_index"]
+__all__ = ["ROW_GROUP_SIZE", "ParquetSealedTier", "file_generation", "row_group_index"]
 
 ROW_GROUP_SIZE = 2048
 EVENTS_DIR = "events"
+_NAME = re.compile(r"part-g(\d+)-\d+-[0-9a-f]+\.parquet")
+
+
+def file_generation(rel_path: str) -> int | None:
+    """The manifest generation a sealed file was written for, or None for a name this engine never writes."""
+    match = _NAME.fullmatch(Path(rel_path).name)
+    return int(match.group(1)) if match else None
 
 
 def row_group_index(sorted_ids: pa.Array | pa.ChunkedArray, row_group_size: int) -> pl.DataFrame:
@@ -51,9 +61,10 @@ class ParquetSealedTier:
         return self.folder / EVENTS_DIR / f"aggregate_type={aggregate_type}"
 
     def write(
-        self, table: pa.Table, aggregate_type: str, level: int = 0, *, presorted: bool = False
+        self, table: pa.Table, aggregate_type: str, *, generation: int, level: int = 0, presorted: bool = False
     ) -> tuple[FileEntry, pl.DataFrame]:
-        """Write one sorted file for ``aggregate_type``; returns its entry and its row-group index.
+        """Write one sorted file for ``aggregate_type``, to be listed first by manifest ``generation``;
+        returns its entry and its row-group index.
 
         ``presorted``: the caller has sorted ``table`` by (aggregate_id, aggregate_version) already.
         """
@@ -65,7 +76,7 @@ class ParquetSealedTier:
         folder = self.partition_dir(aggregate_type)
         folder.mkdir(parents=True, exist_ok=True)
         first = pc.min(table["position"]).as_py()
-        name = f"part-{first:012d}-{uuid.uuid4().hex[:12]}.parquet"
+        name = f"part-g{generation:010d}-{first:012d}-{uuid.uuid4().hex[:12]}.parquet"
         tmp = folder / (name + ".tmp")
         pq.write_table(
             table,
