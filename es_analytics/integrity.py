@@ -33,6 +33,7 @@ import hashlib
 import json
 import sqlite3
 import time
+from contextlib import ExitStack
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -304,9 +305,11 @@ def verify(lake: Any, *, checkpoint: bool = True, raise_on_failure: bool = False
     """
     started = time.perf_counter()
     store = lake._store
+    pin = ExitStack()
     with store.seal_lock():  # one consistent snapshot: the manifest, its checkpoint, the hot rows
         recorded, other, copy_problems = _choose(store)
         anchored = bool(recorded) or _copies(store)[1] is not None
+        pin.enter_context(store.pins.pinned(store.manifest().generation))  # compaction keeps its files
         con = _open_events(store)
     try:  # the long part runs without the lock: sealed files never change, seals and imports go on
         result, fresh = _check(store, con, recorded, other)
@@ -325,6 +328,7 @@ def verify(lake: Any, *, checkpoint: bool = True, raise_on_failure: bool = False
                         result["checkpoint_error"] = f"the extended checkpoint could not be written: {exc}"
     finally:
         con.close()
+        pin.close()
     result["seconds"] = round(time.perf_counter() - started, 3)
     if raise_on_failure and not result["ok"]:
         raise TamperEvidenceError(f"the lake's hash chain does not verify: first bad event "

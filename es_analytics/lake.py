@@ -117,7 +117,8 @@ class Lake:
             throughput on two cores and deletes sealed rows more cheaply (see docs/decisions.md).
         key_store
             Where data subjects' keys live (see ``es_analytics.privacy``); default a
-            :class:`~es_analytics.privacy.FileKeyStore` in the lake folder.
+            :class:`~es_analytics.privacy.FileKeyStore` in the lake folder, its keys wrapped with the master
+            key kept outside it (:func:`~es_analytics.privacy.master_key`).
 
         Raises
         ------
@@ -499,13 +500,22 @@ class Lake:
 
         return history(self, aggregate_class, aggregate_id, as_of=as_of, known_at=known_at, version=version)
 
+    def _subjects_of(self, aggregate_id: str, version: int) -> set[str]:
+        """The data subjects whose encrypted fields appear in versions 1..``version`` of a stream."""
+        with translate_errors("reading a stream"):
+            table = self._store.read_stream(aggregate_id)
+        marker = f'"{ENVELOPE_KEY}":"{ALGORITHM}"'
+        texts = [text for text, v in zip(table["data"].to_pylist(), table["aggregate_version"].to_pylist())
+                 if v <= version and marker in text]
+        return self._privacy.subjects_in(texts)
+
     @property
     def snapshots(self) -> SnapshotStore:
         """The aggregate snapshots stored in this lake (``delete(aggregate_id)`` removes one aggregate's)."""
         if self._snapshots is None:
             from .repository import SnapshotStore
 
-            self._snapshots = SnapshotStore(self._store.hot)
+            self._snapshots = SnapshotStore(self._store.hot, keys=self.key_store, subjects_of=self._subjects_of)
         return self._snapshots  # type: ignore[no-any-return]
 
     def upcasting_coverage(self) -> pl.DataFrame:

@@ -18,8 +18,8 @@ run through JSON objects only (not into lists); ``lake.sql`` shows envelopes, ev
 Declarations are per (event type, schema version) of the *stored* payload, because encryption happens
 before anything is stored and decryption happens before upcasting on read; ``schema_version=None`` covers
 every version. Keys live in a :class:`KeyStore` kept apart from the events: :class:`FileKeyStore` (a
-SQLite file in the lake folder, deleted keys overwritten in place) or :class:`InMemoryKeyStore`; a KMS
-can back the same protocol.
+SQLite file in the lake folder whose keys are wrapped with a master key kept outside it, deleted keys
+overwritten in place) or :class:`InMemoryKeyStore`; a KMS can back the same protocol.
 
 Examples
 --------
@@ -65,10 +65,15 @@ __all__ = [
     "SubjectCipher",
     "SubjectState",
     "declare_personal",
+    "default_master_key_file",
+    "master_key",
     "declarations",
     "is_envelope",
     "personal_fields",
     "undeclare_personal",
+    "open_state",
+    "seal_state",
+    "sealed_subjects",
     "walk_envelopes",
 ]
 
@@ -198,6 +203,66 @@ def _new_key() -> bytes:
     return os.urandom(32)
 
 
+MASTER_KEY_ENV = "ES_ANALYTICS_MASTER_KEY"
+MASTER_KEY_FILE_ENV = "ES_ANALYTICS_MASTER_KEY_FILE"
+
+
+def default_master_key_file() -> Path:
+    """Where the master key lives when no environment variable names one: the user's configuration
+    folder (``$XDG_CONFIG_HOME/es_analytics/master.key``, else ``~/.config/es_analytics/master.key``),
+    outside every lake folder."""
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "es_analytics" / "master.key"
+
+
+def master_key() -> bytes:
+    """The key that wraps every data subject's key in a :class:`FileKeyStore` (32 bytes).
+
+    From ``ES_ANALYTICS_MASTER_KEY`` (base64 of 32 bytes) if set, else from the file that
+    ``ES_ANALYTICS_MASTER_KEY_FILE`` names, else from :func:`default_master_key_file`, which is made (mode
+    0600) on first use. A copy of a lake folder alone therefore decrypts nothing.
+    """
+    text = os.environ.get(MASTER_KEY_ENV)
+    source = MASTER_KEY_ENV
+    if text is None:
+        path = Path(os.environ.get(MASTER_KEY_FILE_ENV) or default_master_key_file())
+        source = str(path)
+        try:
+            text = path.read_text(encoding="ascii")
+        except FileNotFoundError:
+            text = _make_master_key_file(path)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise PrivacyError(f"cannot read the master key file {source!r}: {exc}") from exc
+    try:
+        key = base64.b64decode(text.strip(), validate=True)
+    except ValueError:
+        key = b""
+    if len(key) != 32:
+        raise PrivacyError(f"the master key from {source} is not the base64 text of 32 bytes")
+    return key
+
+
+def _make_master_key_file(path: Path) -> str:
+    """Write a new master key to ``path`` unless another process just did; returns the file's text."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as handle:
+            handle.write(base64.b64encode(_new_key()).decode("ascii") + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(tmp, path)  # never replaces a key another process made first
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path.read_text(encoding="ascii")
+    except OSError as exc:
+        raise PrivacyError(f"cannot create the master key file {str(path)!r}: {exc}") from exc
+
+
 class InMemoryKeyStore:
     """Keys in a dict: for tests and throw-away lakes (keys die with the process)."""
 
@@ -241,18 +306,54 @@ class InMemoryKeyStore:
 
 
 class FileKeyStore:
-    """Keys in a SQLite file (by default ``keys.sqlite`` in the lake folder), safe across processes.
+    """Keys in a SQLite file (by default ``keys.sqlite`` in the lake folder), safe across processes, each
+    wrapped with a master key kept outside the lake (:func:`master_key`).
 
-    The file runs in WAL mode with ``synchronous=FULL`` (a key is durable before the event that uses it
-    commits) and ``secure_delete`` (a deleted key's bytes are overwritten in place, not left in free pages);
-    deleting a key also checkpoints and truncates the write-ahead log, so a deleted key is in no file.
+    A subject's key is stored as AES-256-GCM of it under the master key, with the subject id as associated
+    data, so neither the file nor a copy of the lake folder reveals a key, and a wrapped key moved to
+    another subject does not unwrap. The file runs in WAL mode with ``synchronous=FULL`` (a key is durable
+    before the event that uses it commits) and ``secure_delete`` (a deleted key's bytes are overwritten in
+    place, not left in free pages); deleting a key also checkpoints and truncates the write-ahead log, so
+    a deleted key is in no file.
+
+    ``master`` gives the master key directly (32 bytes) instead of :func:`master_key`.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 30.0) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 30.0,
+                 master: bytes | None = None) -> None:
         self.path = Path(path)
         self._busy_timeout = busy_timeout
         self._con: sqlite3.Connection | None = None
         self._lock = threading.Lock()
+        if master is not None and (not isinstance(master, bytes) or len(master) != 32):
+            raise InvalidArgumentError("master must be 32 bytes")
+        self._master = master
+        self._wrapper: Any = None
+
+    def _wrap(self) -> Any:
+        if self._wrapper is None:
+            from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+            self._wrapper = AESGCM(self._master if self._master is not None else master_key())
+        return self._wrapper
+
+    def _wrapped(self, subject: str, key: bytes) -> bytes:
+        nonce = os.urandom(12)
+        return nonce + bytes(self._wrap().encrypt(nonce, key, subject.encode("utf-8")))
+
+    def _unwrapped(self, subject: str, stored: bytes | None) -> bytes | None:
+        if stored is None:
+            return None
+        from cryptography.exceptions import InvalidTag
+
+        try:
+            return bytes(self._wrap().decrypt(stored[:12], stored[12:], subject.encode("utf-8")))
+        except (InvalidTag, ValueError) as exc:
+            raise PrivacyError(
+                f"the key of subject {subject!r} in {str(self.path)!r} does not unwrap: the key store was made "
+                f"with another master key (set {MASTER_KEY_ENV} or {MASTER_KEY_FILE_ENV} to the one it was "
+                "made with)"
+            ) from exc
 
     def _connect(self) -> sqlite3.Connection:
         if self._con is None:
@@ -283,18 +384,20 @@ class FileKeyStore:
             missing = [s for s in wanted if s not in out]
             if create and missing:
                 now = json.dumps({"created_at": time.time()})
-                fresh = [(s, _new_key(), "active", now) for s in missing]
-                con.executemany("INSERT INTO subject_keys VALUES (?, ?, ?, ?)", fresh)
-                out.update((s, k) for s, k, _, _ in fresh)
+                fresh = {s: _new_key() for s in missing}
+                con.executemany("INSERT INTO subject_keys VALUES (?, ?, ?, ?)",
+                                [(s, self._wrapped(s, k), "active", now) for s, k in fresh.items()])
+                out.update(fresh)
             return out
 
-    @staticmethod
-    def _select(con: sqlite3.Connection, subjects: list[str]) -> dict[str, bytes | None]:
+    def _select(self, con: sqlite3.Connection, subjects: list[str]) -> dict[str, bytes | None]:
         out: dict[str, bytes | None] = {}
         for start in range(0, len(subjects), 500):
             chunk = subjects[start:start + 500]
             marks = ",".join("?" * len(chunk))
-            out.update(con.execute(f"SELECT subject, key FROM subject_keys WHERE subject IN ({marks})", chunk))
+            for subject, stored in con.execute(
+                    f"SELECT subject, key FROM subject_keys WHERE subject IN ({marks})", chunk):
+                out[subject] = self._unwrapped(subject, stored)
         return out
 
     def _tx(self, *, write: bool) -> Any:
@@ -432,6 +535,49 @@ class SubjectCipher:
         if plain[:1] == b'"' and b"\\" not in plain:  # a plain string: skip the JSON parser
             return plain[1:-1].decode("utf-8")
         return json.loads(plain)
+
+
+SEALED_STATE_KEY = "$sealed"
+
+
+def seal_state(text: str, keys: Mapping[str, bytes], aad: str) -> str:
+    """Encrypt a whole derived state (a snapshot) with every subject's key in turn, so that deleting any
+    one of the keys makes it unreadable; returns JSON text that names the subjects."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    data, nonces = text.encode("utf-8"), []
+    for subject in sorted(keys):
+        nonce = os.urandom(12)
+        data = AESGCM(keys[subject]).encrypt(nonce, data, aad.encode("utf-8"))
+        nonces.append(_b64(nonce))
+    return json.dumps({SEALED_STATE_KEY: ALGORITHM, "subs": sorted(keys), "ivs": nonces, "ct": _b64(data)},
+                      separators=(",", ":"))
+
+
+def sealed_subjects(text: str) -> list[str] | None:
+    """The subjects a state sealed by :func:`seal_state` needs, or None for a state stored in clear."""
+    if not text.startswith('{"' + SEALED_STATE_KEY):
+        return None
+    return list(json.loads(text)["subs"])
+
+
+def open_state(text: str, keys: Mapping[str, bytes | None], aad: str) -> str | None:
+    """The clear text of a state sealed by :func:`seal_state`; None once a subject's key is gone (or the
+    ciphertext does not open), so the caller folds the events instead."""
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    body = json.loads(text)
+    data = base64.b64decode(body["ct"])
+    try:
+        for subject, nonce in reversed(list(zip(body["subs"], body["ivs"]))):
+            key = keys.get(subject)
+            if key is None:
+                return None
+            data = AESGCM(key).decrypt(base64.b64decode(nonce), data, aad.encode("utf-8"))
+    except (InvalidTag, ValueError):
+        return None
+    return data.decode("utf-8")
 
 
 def walk_envelopes(tree: Any) -> list[tuple[str, dict[str, Any], Any, str]]:

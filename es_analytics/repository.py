@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, Protocol, TypeVar
 
@@ -30,12 +30,14 @@ from ._time import now_utc, to_micros, to_utc_or_none
 from .aggregates import Aggregate, DomainEvent, decode_state, encode_state
 from .errors import InvalidArgumentError, LakeError
 from .events import Event, check_aggregate_id, check_version
+from .privacy import open_state, seal_state, sealed_subjects
 from .store.reader import translate_errors
 from .upcasting import UpcasterRegistry
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
+    from .privacy import KeyStore
     from .store.hot import SQLiteHotTier
     from .temporal.bounds import Watermark
 
@@ -99,10 +101,19 @@ class Snapshot:
 
 
 class SnapshotStore:
-    """Snapshots in the hot tier's SQLite database (table ``snapshots``)."""
+    """Snapshots in the hot tier's SQLite database (table ``snapshots``).
 
-    def __init__(self, hot: SQLiteHotTier) -> None:
+    A snapshot of an aggregate whose events hold personal fields holds them too, so its state is stored
+    encrypted with the key of every data subject those events name (``subjects_of`` tells which, ``keys``
+    gives the keys): once any of them is forgotten the snapshot no longer opens and the fold replays the
+    events instead, which read as erased.
+    """
+
+    def __init__(self, hot: SQLiteHotTier, *, keys: KeyStore | None = None,
+                 subjects_of: Callable[[str, int], set[str]] | None = None) -> None:
         self.hot = hot
+        self.keys = keys
+        self.subjects_of = subjects_of
         self._ready = False
 
     def _exists(self) -> bool:
@@ -117,7 +128,15 @@ class SnapshotStore:
         return self._ready
 
     def save(self, snapshot: Snapshot, *, keep: int) -> None:
-        """Store ``snapshot`` and keep only the newest ``keep`` of its aggregate and fingerprint."""
+        """Store ``snapshot`` (its state encrypted when its events name data subjects) and keep only the
+        newest ``keep`` of its aggregate and fingerprint."""
+        subjects = set() if self.subjects_of is None else self.subjects_of(snapshot.aggregate_id,
+                                                                           snapshot.aggregate_version)
+        if subjects and self.keys is not None:
+            keys = self.keys.keys_for(sorted(subjects))
+            if any(keys.get(s) is None for s in subjects):
+                return  # a subject was forgotten: its data must not come back in a snapshot
+            snapshot = replace(snapshot, state=seal_state(snapshot.state, keys, _state_aad(snapshot)))  # type: ignore[arg-type]
         with translate_errors("saving a snapshot"):
             self._exists()
             with self.hot.write() as con:
@@ -156,7 +175,15 @@ class SnapshotStore:
                 "ORDER BY aggregate_version DESC LIMIT 1",
                 (aggregate_id, fingerprint, as_of, as_of, known_at, known_at, version, version, position, position),
             ).fetchone()
-        return None if row is None else Snapshot(*row[:8])
+        if row is None:
+            return None
+        snapshot = Snapshot(*row[:8])
+        subjects = sealed_subjects(snapshot.state)
+        if subjects is None:
+            return snapshot
+        keys = {} if self.keys is None else self.keys.keys_for(subjects)
+        state = open_state(snapshot.state, keys, _state_aad(snapshot))
+        return None if state is None else replace(snapshot, state=state)
 
     def versions(self, aggregate_id: str) -> pl.DataFrame:
         """The snapshots of one aggregate: ``fingerprint, aggregate_version, max_occurred_at, max_recorded_at``."""
@@ -189,6 +216,11 @@ class SnapshotStore:
                     return int(con.execute("DELETE FROM snapshots WHERE aggregate_id = ?", (aggregate_id,)).rowcount)
             finally:
                 con.execute(f"PRAGMA secure_delete = {('OFF', 'ON', 'FAST')[previous]}")
+
+
+def _state_aad(snapshot: Snapshot) -> str:
+    """What a sealed state is bound to: its aggregate, version and fingerprint (it cannot be moved)."""
+    return f"{snapshot.aggregate_id}\x1f{snapshot.aggregate_version}\x1f{snapshot.fingerprint}"
 
 
 def fingerprint(cls: type[Aggregate], registry: UpcasterRegistry) -> str:

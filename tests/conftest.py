@@ -5,12 +5,18 @@ Add fixtures here additively; keep them small and named after what they hold.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from es_analytics import Lake
+
+# The master key that wraps subjects' keys: one for the whole run (child processes inherit it), in a
+# temporary folder instead of the user's configuration folder.
+os.environ.setdefault("ES_ANALYTICS_MASTER_KEY_FILE", str(Path(tempfile.mkdtemp(prefix="es-master-")) / "master.key"))
 
 
 @pytest.fixture(autouse=True)

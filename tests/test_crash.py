@@ -145,7 +145,7 @@ def test_kill_at_each_step_of_a_seal_finishes_or_rolls_it_back(tmp_path: Path, p
         _assert_streams_contiguous(lake)
         assert not list(path.rglob("*.tmp"))
         manifest_files = {f.path for f in lake._store.manifest().files}
-        retired = {p for p, _ in lake._store.manifest().retired}
+        retired = {p for p, *_ in lake._store.manifest().retired}
         on_disk = {str(p.relative_to(path)) for p in (path / "events").rglob("*.parquet")}
         assert on_disk == manifest_files | retired
         lake.seal()

@@ -330,12 +330,57 @@ def test_files_replaced_by_compaction_stay_for_a_grace_period(tmp_path: Path) ->
         old = [tmp_path / "l" / f.path for f in lake._store.manifest().files]
         lake.compact()
         assert all(p.exists() for p in old)  # a reader that started before may still use them
-        assert {str(p.relative_to(tmp_path / "l")) for p in old} == {p for p, _ in lake._store.manifest().retired}
+        assert {str(p.relative_to(tmp_path / "l")) for p in old} == {p for p, *_ in lake._store.manifest().retired}
         lake._store.retire_grace_seconds = 0
         lake.seal()
         assert not any(p.exists() for p in old)
         assert lake._store.manifest().retired == ()
         assert lake.events("s").height == 6
+
+
+def test_retired_files_are_deleted_as_soon_as_no_reader_holds_them(tmp_path: Path) -> None:
+    path = tmp_path / "l"
+    with Lake.open(path, auto_seal_rows=0) as lake, Lake.open(path, auto_seal_rows=0) as reader:
+        lake._store.retire_grace_seconds = 0
+        for n in range(6):
+            lake.append("s", [deposit(n)], expected_version=None, aggregate_type="T")
+            lake.seal()
+        assert reader.sql("SELECT count(*) AS n FROM events")["n"].item() == 6  # its view reads these files
+        old = [path / f.path for f in lake._store.manifest().files]
+        lake.compact()
+        lake.seal()
+        assert all(p.exists() for p in old)  # the other handle's snapshot still lists them
+        assert reader.sql("SELECT count(*) AS n FROM events")["n"].item() == 6  # it moves to the new files
+        lake.seal()
+        assert not any(p.exists() for p in old)
+        assert lake._store.manifest().retired == ()
+        assert_frame_equal(reader.events("s"), lake.events("s"))
+        assert lake.check()["ok"]
+
+
+def test_automatic_compaction_rewrites_new_files_not_the_whole_type(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from es_analytics.store import engine
+
+    monkeypatch.setattr(engine, "COMPACT_TARGET_ROWS", 100)
+    with Lake.open(tmp_path / "l", auto_seal_rows=0) as lake:
+        lake._store.compact_after_files = 3
+        for n in range(300):
+            lake.append(f"s{n % 30}", [deposit(n)], expected_version=None, aggregate_type="T")
+        lake.seal()
+        lake.compact()
+        big = {f.path for f in lake._store.manifest().files}
+        assert len(big) == 3 and all(f.level == 1 for f in lake._store.manifest().files)
+        for round_ in range(3):  # three small seals: the third makes three level-0 files, which are merged
+            for n in range(10):
+                lake.append(f"new{n}", [deposit(1000 + 10 * round_ + n)], expected_version=None, aggregate_type="T")
+            lake.seal()
+        files = lake._store.manifest().files
+        assert big <= {f.path for f in files}  # the big files were not rewritten
+        assert [f.level for f in files if f.path not in big] == [1]
+        assert sum(f.rows for f in files) == 330
+        assert lake.events().height == 330 and lake.events("new3").height == 3
+        assert lake.check()["ok"]
 
 
 def test_check_reports_damage_it_cannot_repair(tmp_path: Path) -> None:

@@ -168,7 +168,8 @@ def test_forget_shreds_one_subject_everywhere_and_leaves_others(empty_lake: Lake
     alice = repo.get("u-alice")
     alice.suspend("Chargeback dispute", "admin-1")  # type: ignore[union-attr]
     repo.save(alice)  # type: ignore[arg-type]
-    assert any(files_holding(lake.path, "alice.k3j9@example.org"))  # snapshots hold her state in clear
+    assert lake.snapshots.versions("u-alice").height == 1
+    assert files_holding(lake.path, "alice.k3j9@example.org") == []  # snapshots hold her state encrypted
 
     certificate = lake.forget("u-alice", reason="erasure request #17", actor="dpo-1")
 
@@ -199,10 +200,14 @@ def test_forget_with_unicode_values_and_the_key_bytes(lake_path: Path) -> None:
     register(lake, "u-ü", "zoë.ñandú@exämple.org", "Zoë Ñandú 名前")
     key = keys.keys_for(["u-ü"])["u-ü"]
     stored = lambda: b"".join(p.read_bytes() for p in keys.path.parent.glob(keys.path.name + "*"))  # noqa: E731
-    assert key is not None and key in stored()  # in the database or its write-ahead log
+    with sqlite3.connect(keys.path) as con:
+        wrapped = con.execute("SELECT key FROM subject_keys WHERE subject = 'u-ü'").fetchone()[0]
+    con.close()
+    assert key is not None and key not in stored()  # only its wrapped form is stored
+    assert wrapped in stored()  # in the database or its write-ahead log
     certificate = lake.forget("u-ü")
     assert certificate["verified"]
-    assert key not in stored()  # overwritten (secure_delete) and the log truncated
+    assert wrapped not in stored()  # overwritten (secure_delete) and the log truncated
     for value in ("zoë.ñandú@exämple.org", "Zoë Ñandú 名前", "名前"):
         assert files_holding(lake_path, value) == []
     assert keys.state("u-ü")[0] == "forgotten"
@@ -458,3 +463,65 @@ def test_the_certificate_warns_when_the_subject_id_is_itself_personal(empty_lake
     assert any("subject id itself looks like personal data" in w for w in certificate["warnings"])
     register(empty_lake, "u-0f3a", "bo.w2@example.org", "Bo Wide")
     assert empty_lake.forget("u-0f3a")["warnings"] == []
+
+
+# -- keys wrapped with a master key kept outside the lake ----------------------------------------------
+def test_a_copy_of_the_lake_folder_decrypts_nothing_without_its_master_key(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import base64
+    import shutil
+
+    first, other = os.urandom(32), os.urandom(32)
+    monkeypatch.setenv("ES_ANALYTICS_MASTER_KEY", base64.b64encode(first).decode())
+    with Lake.open(tmp_path / "lake") as lake:
+        register(lake, "u-1", "copied.k8@example.org", "Copy Person")
+        key = lake.key_store.keys_for(["u-1"])["u-1"]
+        assert key is not None and len(key) == 32
+    shutil.copytree(tmp_path / "lake", tmp_path / "copy")
+    for form in (key, base64.b64encode(key)):
+        assert not [p for p in (tmp_path / "copy").rglob("*") if p.is_file() and form in p.read_bytes()]
+    monkeypatch.setenv("ES_ANALYTICS_MASTER_KEY", base64.b64encode(other).decode())
+    with Lake.open(tmp_path / "copy") as copy:
+        with pytest.raises(PrivacyError, match="another master key"):
+            copy.events("u-1")
+    monkeypatch.setenv("ES_ANALYTICS_MASTER_KEY", base64.b64encode(first).decode())
+    with Lake.open(tmp_path / "copy") as copy:
+        assert json.loads(copy.events("u-1")["data"][0])["profile"]["email"] == "copied.k8@example.org"
+
+
+def test_the_master_key_file_is_made_once_outside_the_lake_and_private(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from es_analytics.privacy import master_key
+
+    monkeypatch.delenv("ES_ANALYTICS_MASTER_KEY", raising=False)
+    monkeypatch.delenv("ES_ANALYTICS_MASTER_KEY_FILE", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    with Lake.open(tmp_path / "lake") as lake:
+        register(lake, "u-1", "made.once@example.org", "Made Once")
+    path = tmp_path / "config" / "es_analytics" / "master.key"
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert master_key() == master_key()  # the same key on every use
+    assert not list((tmp_path / "lake").rglob("master.key"))
+    monkeypatch.setenv("ES_ANALYTICS_MASTER_KEY", "dG9vIHNob3J0")
+    with pytest.raises(PrivacyError, match="not the base64 text of 32 bytes"):
+        master_key()
+
+
+def test_snapshots_of_personal_data_are_encrypted_and_stop_opening_once_the_subject_is_forgotten(
+        empty_lake: Lake) -> None:
+    lake = empty_lake
+    repo = Repository(lake, User, snapshot_every=1, keep_snapshots=1)
+    user = User("u-snap")
+    user.register("snap.v5@example.org", "Snap Shot")
+    repo.save(user)
+    with sqlite3.connect(lake.path / "hot.sqlite") as con:
+        (state,) = con.execute("SELECT state FROM snapshots WHERE aggregate_id = 'u-snap'").fetchone()
+    con.close()
+    assert "snap.v5@example.org" not in state and json.loads(state)["subs"] == ["u-snap"]
+    best = lake.snapshots.best("u-snap", next(iter(lake.snapshots.versions("u-snap")["fingerprint"])),
+                               as_of=None, known_at=None, version=None)
+    assert best is not None and "snap.v5@example.org" in best.state  # opened for the fold
+    assert repo.get("u-snap").state()["email"] == "snap.v5@example.org"  # type: ignore[union-attr]
+    lake.key_store.delete_key("u-snap", {})  # the key alone gone (forget also deletes the snapshots)
+    assert lake.snapshots.best("u-snap", best.fingerprint, as_of=None, known_at=None, version=None) is None
+    assert repo.get("u-snap").state()["email"] == ERASED  # type: ignore[union-attr]

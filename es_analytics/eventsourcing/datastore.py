@@ -35,7 +35,17 @@ from eventsourcing.persistence import StoredEvent, Tracking
 
 from .._time import now_utc, to_micros
 from ..errors import ConcurrencyError, InvalidArgumentError, LakeBusyError
-from ..events import EVENT_SCHEMA, MAX_JSON_BYTES, MAX_JSON_DEPTH, check_aggregate_id, check_identifier, parse_json
+from ..events import (
+    EVENT_SCHEMA,
+    MAX_JSON_BYTES,
+    MAX_JSON_DEPTH,
+    MAX_JSON_INT,
+    MIN_JSON_INT,
+    RESERVED_KEY,
+    check_aggregate_id,
+    check_identifier,
+    parse_json,
+)
 from ..lake import Lake
 from ..store.hot import NewRow
 from .errors import (
@@ -328,12 +338,14 @@ def parse_state(text: str) -> Any:
 
     Text decoded strictly from UTF-8 holds no lone surrogate unless it escapes one (``\\u``), and
     cannot nest deeper than its count of brackets; only such texts need the full walk. The fast path
-    still refuses duplicate keys, NaN and Infinity, and numbers that overflow to infinity.
+    still refuses duplicate keys, the reserved key of encrypted fields, NaN and Infinity, numbers that
+    overflow to infinity and integers outside what SQL reads exactly.
     """
     if "\\u" in text or text.count("{") + text.count("[") > MAX_JSON_DEPTH:
         return parse_json(text, "state")
     try:
-        return json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_refuse, parse_float=_finite)
+        return json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_refuse, parse_float=_finite,
+                          parse_int=_bounded)
     except ValueError as exc:
         raise InvalidArgumentError(f"state is not lake JSON: {exc}") from None
 
@@ -342,6 +354,15 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     value = dict(pairs)
     if len(value) != len(pairs):
         raise ValueError("an object repeats a key")
+    if RESERVED_KEY in value:
+        raise ValueError(f"an object holds the reserved key {RESERVED_KEY!r}")
+    return value
+
+
+def _bounded(token: str) -> int:
+    value = int(token)
+    if not MIN_JSON_INT <= value <= MAX_JSON_INT:
+        raise ValueError(f"the integer {token[:30]} is outside {MIN_JSON_INT}..{MAX_JSON_INT}")
     return value
 
 

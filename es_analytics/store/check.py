@@ -83,7 +83,7 @@ def _check_files(store: LakeStore) -> tuple[list[dict[str, Any]], int, dict[str,
                 row_groups[entry.path] = index
     finally:
         con.close()
-    listed = {f.path for f in manifest.files} | {p for p, _ in manifest.retired}
+    listed = {f.path for f in manifest.files} | {p for p, *_ in manifest.retired}
     for rel in store.sealed.owned_parquet():
         if rel not in listed:
             problems.append(_problem("orphan", f"{rel} is not in the manifest (left by an interrupted seal)", repairable=True))

@@ -36,6 +36,7 @@ from .._time import now_utc, to_micros
 from ..errors import EsAnalyticsError, InvalidArgumentError, LakeBusyError, LakeCorruptError, LakeError, NotALakeError
 from ..events import EVENT_SCHEMA
 from .hot import EVENT_ID_HASH_SQL, Durability, SQLiteHotTier, StoredMatch
+from .pins import ReaderPins
 from .manifest import FileEntry, Manifest, manifest_exists, read_manifest, write_manifest
 from .reader import DuckReader, hot_rows_to_arrow, translate_errors
 from .sealed import ParquetSealedTier, file_generation, row_group_index
@@ -81,7 +82,7 @@ class LakeStore:
         auto_seal_rows: int = 50_000,
         seal_in_background: bool = False,
         compact_after_files: int = 8,
-        retire_grace_seconds: float = 600.0,
+        retire_grace_seconds: float = 5.0,
         busy_timeout: float = 30.0,
     ) -> None:
         self.folder = folder
@@ -102,6 +103,7 @@ class LakeStore:
         self.row_cache = self.hot
         self.sealed = ParquetSealedTier(folder)
         self.reader = DuckReader(folder, safe=safe_sql)
+        self.pins = ReaderPins(folder)  # the generation this handle's view reads, held against deletion
         self._manifest_key: tuple[int, int, int] | None = None
         self._fresh_files: list[str] = []
         self._manifest = Manifest()
@@ -150,6 +152,7 @@ class LakeStore:
             self._sealer_store.close()
             self._sealer_store = None
         self.reader.close()
+        self.pins.release()
         self.hot.close()
 
     # -- locking ------------------------------------------------------------------------------
@@ -241,7 +244,7 @@ class LakeStore:
         """
         with self.seal_lock(catch_up=False):
             manifest = self._trusted_manifest()
-            listed = {f.path for f in manifest.files} | {p for p, _ in manifest.retired}
+            listed = {f.path for f in manifest.files} | {p for p, *_ in manifest.retired}
             unpublished, unexplained = [], []
             for rel in self.sealed.owned_parquet():
                 if rel in listed:
@@ -288,7 +291,7 @@ class LakeStore:
                 f"{int(applied)} was applied: the manifest was rolled back. Nothing was deleted; restore the "
                 "newest manifest.json from a backup."
             )
-        accounted = {f.path for f in manifest.files} | {p for p, _ in manifest.retired} | set(manifest.deleting)
+        accounted = {f.path for f in manifest.files} | {p for p, *_ in manifest.retired} | set(manifest.deleting)
         forgotten = [path for path in known if path not in accounted]
         if forgotten:
             raise LakeCorruptError(
@@ -463,20 +466,22 @@ class LakeStore:
             )
 
     def _drop_retired(self, manifest: Manifest) -> Manifest:
-        """Delete files retired by compaction once no reader can still be using them: first a manifest
-        that no longer lists them (it names them ``deleting``) is made durable, then they are deleted."""
+        """Delete files retired by compaction once no reader can still be using them: no reader of any
+        process holds a generation that lists them (``pins``), and ``retire_grace_seconds`` have passed
+        for readers that take a file list without a pin for a moment. A manifest that no longer lists
+        them (it names them ``deleting``) is made durable first, then they are deleted."""
         for path in manifest.deleting:  # a crash may have come between that manifest and the deletes
             self.sealed.remove(path)
         cutoff = time.time() - self.retire_grace_seconds
-        expired = [r for r in manifest.retired if r[1] <= cutoff]
+        expired = [r for r in manifest.retired if r[1] <= cutoff and self.pins.free_below(r[2])]
         if not expired:
             return manifest
-        keep = tuple(r for r in manifest.retired if r[1] > cutoff)
-        manifest = manifest.next(retired=keep, deleting=tuple(path for path, _ in expired))
+        keep = tuple(r for r in manifest.retired if r not in expired)
+        manifest = manifest.next(retired=keep, deleting=tuple(path for path, *_ in expired))
         self._publish(manifest)
         with self.hot.write():
             self._apply(manifest, {})
-        for path, _ in expired:
+        for path, *_ in expired:
             self.sealed.remove(path)
         return manifest
 
@@ -607,15 +612,20 @@ class LakeStore:
             if aggregate_type is not None:
                 types = [t for t in types if t == aggregate_type]
             for name in types:
-                self._compact_type(name)
+                self._compact_type(name, whole=True)
             self._drop_retired(self.manifest())
         self.extend_integrity_chain()  # records the new files' hashes
         self._run_seal_hooks()
         return types
 
-    def _compact_type(self, aggregate_type: str) -> None:
+    def _compact_type(self, aggregate_type: str, *, whole: bool = False) -> None:
+        """Merge a type's new (level 0) files, and its level-1 files under half the target size, into
+        stream-sorted level-1 files of about ``COMPACT_TARGET_ROWS`` rows; ``whole`` merges every file of
+        the type (an explicit ``compact``). Big level-1 files are never rewritten by the automatic path,
+        so its cost follows the new data, not the size of the type."""
         manifest = self.manifest()
-        old = [f for f in manifest.files if f.aggregate_type == aggregate_type]
+        old = [f for f in manifest.files if f.aggregate_type == aggregate_type
+               and (whole or f.level == 0 or f.rows < COMPACT_TARGET_ROWS // 2)]
         if len(old) <= 1 and all(f.level == 1 for f in old):
             return
         paths = [str(self.folder / f.path) for f in old]
@@ -637,10 +647,11 @@ class LakeStore:
             entries.append(entry)
             indexes[entry.path] = index
         now = time.time()
-        keep = tuple(f for f in manifest.files if f.aggregate_type != aggregate_type)
+        merged = {f.path for f in old}
+        keep = tuple(f for f in manifest.files if f.path not in merged)
         manifest = manifest.next(
             files=keep + tuple(entries),
-            retired=manifest.retired + tuple((f.path, now) for f in old),
+            retired=manifest.retired + tuple((f.path, now, manifest.generation + 1) for f in old),
         )
         self._publish(manifest)
         with self.hot.write():
@@ -856,10 +867,16 @@ class LakeStore:
     def read_stream(self, aggregate_id: str) -> pa.Table:
         """Every stored event of one stream in version order (sealed row groups plus hot rows)."""
         with translate_errors("reading a stream"):
-            locations, hot = self.hot.stream_snapshot(aggregate_id)
-            if not locations:
-                return hot_rows_to_arrow(hot)
-            table = self.sealed.read_stream(locations, aggregate_id)
+            for attempt in range(3):
+                locations, hot = self.hot.stream_snapshot(aggregate_id)
+                if not locations:
+                    return hot_rows_to_arrow(hot)
+                try:
+                    table = self.sealed.read_stream(locations, aggregate_id)
+                    break
+                except FileNotFoundError:  # compaction replaced a file meanwhile: the index names the new one
+                    if attempt == 2:
+                        raise
             if table.schema != EVENT_SCHEMA:
                 table = table.cast(EVENT_SCHEMA)
             if hot:  # newer than every sealed row of the stream: they follow them
@@ -899,9 +916,14 @@ class LakeStore:
     def refresh(self) -> None:
         """Point the DuckDB view at the newest consistent snapshot (cheap when nothing changed)."""
         with translate_errors("refreshing the snapshot"):
+            reader = self.reader
+            while True:  # pin the generation, then make sure it is still the current one (see pins.py)
+                generation = self.manifest().generation
+                self.pins.hold(generation)
+                if self.manifest().generation == generation:
+                    break
             with self.hot.read():
                 manifest = self.manifest()
-                reader = self.reader
                 same_files = reader.snapshot_key is not None and reader.snapshot_key[0] == manifest.generation
                 after = manifest.sealed_position
                 if same_files and reader.hot.num_rows:

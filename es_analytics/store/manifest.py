@@ -43,7 +43,9 @@ class Manifest:
     sealed_position: int = 0
     last_recorded_at: int = 0
     files: tuple[FileEntry, ...] = ()
-    retired: tuple[tuple[str, float], ...] = ()
+    # Files compaction replaced: (path, when, generation), the generation being the first that does not
+    # list them; they are deleted once no reader holds an older generation (see pins.py).
+    retired: tuple[tuple[str, float, int], ...] = ()
     # Files this generation dropped from ``retired``: deleted right after it was published, and on the
     # next open if a crash came first. No other unlisted file is ever deleted as garbage (see recovery).
     deleting: tuple[str, ...] = ()
@@ -76,7 +78,7 @@ class Manifest:
             sealed_position=int(body["sealed_position"]),
             last_recorded_at=int(body.get("last_recorded_at", 0)),
             files=tuple(FileEntry(**f) for f in body["files"]),
-            retired=tuple((str(p), float(t)) for p, t in body.get("retired", [])),
+            retired=tuple((str(r[0]), float(r[1]), int(r[2]) if len(r) > 2 else 0) for r in body.get("retired", [])),
             deleting=tuple(str(p) for p in body.get("deleting", [])),
             extra=dict(body.get("extra", {})),
         )
