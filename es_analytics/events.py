@@ -30,6 +30,7 @@ __all__ = [
     "Event",
     "check_aggregate_id",
     "check_aggregate_type",
+    "check_event_type",
     "check_event_types",
     "new_event_id",
     "check_identifier",
@@ -41,6 +42,7 @@ __all__ = [
 MAX_JSON_DEPTH = 64
 MAX_JSON_BYTES = 1_048_576
 MAX_ID_LENGTH = 1024
+MAX_EVENT_TYPE_LENGTH = 255
 # Integers a payload may hold: what DuckDB reads exactly (BIGINT and UBIGINT); larger ones would become
 # doubles in SQL, and Python's json refuses more than 4,300 digits.
 MIN_JSON_INT, MAX_JSON_INT = -(2**63), 2**64 - 1
@@ -128,6 +130,30 @@ def check_aggregate_id(value: object, name: str = "aggregate_id") -> str:
     if len(value) > MAX_ID_LENGTH:
         raise InvalidArgumentError(f"{name} is longer than {MAX_ID_LENGTH} characters: {value[:40]!r}…")
     return value
+
+
+def check_event_type(value: object, name: str = "event_type") -> str:
+    """Validate an event type: any text of 1 to 255 characters that is not only white space and holds no
+    control or invisible formatting character, returned in Unicode NFC. Real activity names such as
+    ``"W_Completeren aanvraag"`` or ``"Send Fine"`` are event types; they are data, never paths or SQL.
+
+    Examples
+    --------
+    >>> check_event_type("Send Fine")
+    'Send Fine'
+    >>> check_event_type("")
+    Traceback (most recent call last):
+    ...
+    es_analytics.errors.InvalidArgumentError: event_type must be a non-empty string, got ''
+    """
+    if type(value) is str and _EVENT_TYPE.fullmatch(value):
+        return value  # the usual name: letters, digits and _ . : - $ < >
+    if not isinstance(value, str) or not value:
+        raise InvalidArgumentError(f"{name} must be a non-empty string, got {value!r}")
+    checked = check_aggregate_id(value, name)
+    if len(checked) > MAX_EVENT_TYPE_LENGTH:
+        raise InvalidArgumentError(f"{name} is longer than {MAX_EVENT_TYPE_LENGTH} characters: {checked[:40]!r}…")
+    return checked
 
 
 def check_event_types(types: object) -> list[str] | None:
@@ -310,11 +336,8 @@ class Event:
     metadata_json: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.event_type, str) or not _EVENT_TYPE.fullmatch(self.event_type):
-            raise InvalidArgumentError(
-                "event_type must be a name such as 'MoneyDeposited' (letters, digits and _ . : - "
-                f"$ < >, at most 255), got {self.event_type!r}"
-            )
+        if not (type(self.event_type) is str and _EVENT_TYPE.fullmatch(self.event_type)):
+            object.__setattr__(self, "event_type", check_event_type(self.event_type))
         version = self.schema_version
         if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= 2**31 - 1:
             raise InvalidArgumentError(f"schema_version must be a positive int, got {version!r}")

@@ -6,7 +6,8 @@ Each function is one DuckDB query over the ``events`` view (window functions, no
 - :func:`position_gaps` — holes in the global ``position`` sequence;
 - :func:`backwards_in_time` — events whose ``occurred_at`` lies before the previous event of the same
   stream (back-dated corrections, clock skew between writers);
-- :func:`lateness` / :func:`late_events` — how long after they occurred events were recorded;
+- :func:`lateness` / :func:`late_events` — how long after they occurred events were recorded (events an
+  import marked as history, ``metadata.historic_import``, are left out);
 - :func:`duplicate_event_ids` — ``event_id``\\ s that arrive more than once through an ingest, and whether
   the repeats carry the same content (a harmless retry) or other content (a bug upstream);
 - :func:`summary` — one row with the count of each finding.
@@ -43,6 +44,9 @@ LATENESS_BUCKETS: tuple[tuple[float, str], ...] = (
     (7 * 86400.0, "1 – 7 days"), (30 * 86400.0, "7 – 30 days"), (float("inf"), "> 30 days"),
 )
 _LATE = "epoch_us(recorded_at) - epoch_us(occurred_at)"
+# Events an import marked as history (``metadata.historic_import``, e.g. an event log): recorded long after
+# they occurred by design, so never counted as late.
+_LIVE = "NOT coalesce(TRY_CAST(json_extract_string(metadata, '$.historic_import') AS BOOLEAN), false)"
 
 
 def _where(aggregate_type: str | None) -> tuple[str, list[Any]]:
@@ -126,7 +130,7 @@ def lateness(lake: LakeLike, *, aggregate_type: str | None = None, by_type: bool
     sql = f"""
         SELECT {group}CASE {cases} ELSE {len(LATENESS_BUCKETS) - 1} END AS bucket_index, count(*) AS events,
                max({_LATE}) AS max_lateness
-        FROM events WHERE {where} GROUP BY ALL"""
+        FROM events WHERE {where} AND {_LIVE} GROUP BY ALL"""
     counts = _durations(lake._query(sql, params, what="lateness"), "max_lateness")
     labels = pl.DataFrame({
         "bucket_index": list(range(len(LATENESS_BUCKETS))),
@@ -159,7 +163,7 @@ def late_events(lake: LakeLike, *, threshold: timedelta = timedelta(hours=1), ag
     sql = f"""
         SELECT position, aggregate_type, aggregate_id, aggregate_version, event_type, occurred_at, recorded_at,
                {_LATE} AS lateness
-        FROM events WHERE {where} AND {_LATE} > ? ORDER BY lateness DESC, position LIMIT ?"""
+        FROM events WHERE {where} AND {_LIVE} AND {_LATE} > ? ORDER BY lateness DESC, position LIMIT ?"""
     micros = threshold // timedelta(microseconds=1)
     return _durations(lake._query(sql, [*params, micros, limit], what="late events"), "lateness")
 
@@ -222,7 +226,7 @@ def summary(lake: LakeLike, *, late_after: timedelta = timedelta(hours=1)) -> pl
     micros = late_after // timedelta(microseconds=1)
     counts = lake._query(
         f"SELECT count(*) AS events, count(DISTINCT aggregate_id) AS streams, "
-        f"count(*) FILTER (WHERE {_LATE} > ?) AS late_events, count(*) - count(DISTINCT event_id) AS duplicate_event_ids "
+        f"count(*) FILTER (WHERE {_LATE} > ? AND {_LIVE}) AS late_events, count(*) - count(DISTINCT event_id) AS duplicate_event_ids "
         "FROM events", [micros], what="ordering summary")
     return counts.select(
         "events", "streams",

@@ -85,42 +85,68 @@ def _mapping(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--batch-size", type=int, default=500_000, show_default=True, help="Rows per batch (memory).")
 @click.option("--rejects", "rejects_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Reject report (CSV); default: ingest-rejects-<time>.csv in the current folder, if any.")
-@click.option("--strict", is_flag=True, help="Exit with status 3 when any row was rejected.")
+@click.option("--allow-rejects", is_flag=True,
+              help="Exit with status 0 even when rows were rejected (by default a rejected row exits with status 3).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
+@click.option("--event-log", is_flag=True,
+              help="Read SOURCES as process-mining event logs (.xes, .xes.gz, .csv, .parquet): one case per stream.")
+@click.option("--case", "case_column", default="case:concept:name", show_default=True,
+              help="With --event-log: the case column.")
+@click.option("--activity", "activity_column", default="concept:name", show_default=True,
+              help="With --event-log: the activity column (the event type).")
+@click.option("--timestamp", "timestamp_column", default="time:timestamp", show_default=True,
+              help="With --event-log: the timestamp column.")
+@click.option("--aggregate-type", default="Case", show_default=True, help="With --event-log: the type of every case.")
 @format_option(*FORMATS)
 @translate
 def ingest(lake_path: Path, sources: tuple[str, ...], source_format: str | None, table: str | None,
-           maps: tuple[str, ...], timezone: str | None, batch_size: int, rejects_path: Path | None, strict: bool,
-           progress: bool | None, fmt: str) -> None:
+           maps: tuple[str, ...], timezone: str | None, batch_size: int, rejects_path: Path | None, allow_rejects: bool,
+           progress: bool | None, event_log: bool, case_column: str, activity_column: str, timestamp_column: str,
+           aggregate_type: str, fmt: str) -> None:
     """Ingest events from files (JSON Lines, CSV, Parquet) or a database (SQLite, PostgreSQL).
 
     SOURCES are files or one URL (sqlite:///path, postgresql://user:pass@host/db). Re-running adds nothing:
     events already in the lake are recognised by event_id. Rows that cannot be taken are listed with file,
-    line and reason in the reject report, never dropped silently.
+    line and reason in the reject report, never dropped silently: any rejected row makes the command exit
+    with status 3 unless --allow-rejects is given (the rows that passed are in the lake either way).
 
     \b
     Example:
       es-analytics ingest --lake my-lake events.jsonl
       es-analytics ingest --lake my-lake export.csv --map event_id=uid --map occurred_at=ts
       es-analytics ingest --lake my-lake postgresql://app@db/app --input-format eventsourcing --table dogschool_events
+      es-analytics ingest --lake my-lake --event-log fines.xes.gz
+      es-analytics ingest --lake my-lake --event-log loans.csv --case case_id --activity task --timestamp at
     """
     from ..ingest import ingest as run
+    from ..ingest.eventlog import ingest_event_log
 
     if rejects_path is None:
         rejects_path = Path(f"ingest-rejects-{datetime.now().strftime('%Y%m%d-%H%M%S')}.csv")
     show = sys.stderr.isatty() if progress is None else progress
     with open_lake(lake_path, create=True) as lake:
-        result = run(lake, list(sources), format=source_format, table=table,  # type: ignore[arg-type]
-                     mapping=_mapping(maps), timezone=timezone, batch_size=batch_size,
-                     rejects_path=rejects_path, progress=show)
+        if event_log:
+            if len(sources) != 1:
+                raise click.UsageError("--event-log takes one log file at a time")
+            result = ingest_event_log(lake, sources[0], case=case_column, activity=activity_column,
+                                      timestamp=timestamp_column, aggregate_type=aggregate_type, timezone=timezone,
+                                      rejects_path=rejects_path)
+        else:
+            result = run(lake, list(sources), format=source_format, table=table,  # type: ignore[arg-type]
+                         mapping=_mapping(maps), timezone=timezone, batch_size=batch_size,
+                         rejects_path=rejects_path, progress=show)
     summary = result.as_dict()
     summary["events_per_second"] = round(result.events_per_second)
     echo_pairs(summary, fmt)
+    taken = result.imported + result.already_present + result.repeated_in_input
+    click.echo(f"{taken:,} of {result.read:,} rows went in ({result.imported:,} new)", err=True)
     if result.rejected:
-        click.echo(f"{result.rejected:,} rows rejected; see {result.rejects_path}", err=True)
+        click.echo(f"{result.rejected:,} of {result.read:,} rows rejected; see {result.rejects_path}", err=True)
         for file, line, reason, _ in result.rejects.head(5).iter_rows():
             click.echo(f"  {file}:{line}: {reason}", err=True)
-        if strict:
+        if not allow_rejects:
+            click.echo("exiting with status 3 because rows were rejected (--allow-rejects accepts a partial import)",
+                       err=True)
             sys.exit(3)
 
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..errors import InvalidArgumentError
-from ..events import check_identifier
+from ..events import check_event_type, check_identifier
 
 __all__ = [
     "Column",
@@ -49,7 +49,6 @@ __all__ = [
 Kind = Literal["last", "first", "sum", "count", "min", "max"]
 _DTYPE = re.compile(r"BIGINT|INTEGER|DOUBLE|VARCHAR|BOOLEAN|DATE|TIMESTAMPTZ|DECIMAL\(([1-9]|[1-3][0-9]),([0-9]|[1-3][0-9])\)")
 _PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*|\[[0-9]{1,6}\])*")
-_EVENT_TYPE = re.compile(r"[A-Za-z_][A-Za-z0-9_.:-]{0,254}")
 _COLUMNS = {
     "occurred_at": "TIMESTAMPTZ",
     "recorded_at": "TIMESTAMPTZ",
@@ -234,9 +233,8 @@ def _make(kind: Kind, value: Value | Mapping[str, Value] | None, on: str | Seque
         pairs = [(t, value) for t in types]
     if not pairs:
         raise InvalidArgumentError(f"{kind}: at least one event type is needed")
+    pairs = [(check_event_type(event_type, f"{kind}: the event type"), item) for event_type, item in pairs]
     for event_type, item in pairs:
-        if not isinstance(event_type, str) or not _EVENT_TYPE.fullmatch(event_type):
-            raise InvalidArgumentError(f"{kind}: {event_type!r} is not an event type name")
         if item is not None and not isinstance(item, Value):
             raise InvalidArgumentError(
                 f"{kind}: the value for {event_type!r} must be Json(...), Const(...) or Column(...), got {item!r}"
