@@ -10,7 +10,8 @@ query whose result is a polars DataFrame:
 - :func:`variants` — the distinct activity sequences, with case counts and shares;
 - :func:`cases` — one row per case: start, end, duration, events, variant, rework (repeated activities);
 - :func:`handovers` — resource to resource hand-overs inside cases (a ``resource`` field of ``data``);
-- :func:`arrivals` — cases started and finished per period, and the median duration of those finished.
+- :func:`arrivals` — cases started and finished per period, and the median duration of those finished;
+- :func:`events` — the events of the first cases, for dotted charts and performance spectra.
 
 Every function takes the same selection: the aggregate type, ``as_of`` (business time) and ``known_at``
 (system time) as everywhere in es_analytics, ``cases`` (a list of case ids), ``activities`` (only these
@@ -33,7 +34,8 @@ from ._time import to_utc_or_none
 from .errors import InvalidArgumentError
 from .events import check_aggregate_id, check_aggregate_type, check_event_type
 
-__all__ = ["arrivals", "cases", "directly_follows", "end_activities", "handovers", "start_activities", "variants"]
+__all__ = ["arrivals", "cases", "directly_follows", "end_activities", "events", "handovers", "start_activities",
+           "variants"]
 
 _PERIODS = ("hour", "day", "week", "month", "quarter", "year")
 
@@ -224,3 +226,23 @@ def arrivals(lake: Any, aggregate_type: str, *, every: str = "day", as_of: datet
     )
     return _run(lake, body, _args(aggregate_type, as_of, known_at, cases, activities, variant, attributes, since, until),
                 [every, every])
+
+
+def events(lake: Any, aggregate_type: str, *, max_cases: int = 500, as_of: datetime | None = None,
+           known_at: datetime | None = None, cases: Sequence[str] | None = None,
+           activities: Sequence[str] | None = None, variant: Sequence[str] | None = None,
+           attributes: Mapping[str, str] | None = None, since: datetime | None = None,
+           until: datetime | None = None) -> pl.DataFrame:
+    """The selected events of at most ``max_cases`` cases (the earliest started): ``case_id, activity,
+    occurred_at, version, case_start``, in case then stream order (for dotted charts and performance
+    spectra)."""
+    if isinstance(max_cases, bool) or not isinstance(max_cases, int) or max_cases < 1:
+        raise InvalidArgumentError(f"max_cases must be a positive int, got {max_cases!r}")
+    body = (
+        ", starts AS (SELECT case_id, min(occurred_at) AS case_start FROM ev GROUP BY case_id "
+        "ORDER BY case_start, case_id LIMIT ?) "
+        "SELECT ev.case_id, activity, occurred_at, version, case_start FROM ev JOIN starts USING (case_id) "
+        "ORDER BY case_start, case_id, version"
+    )
+    return _run(lake, body, _args(aggregate_type, as_of, known_at, cases, activities, variant, attributes, since, until),
+                [max_cases])
