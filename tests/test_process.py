@@ -236,3 +236,46 @@ def test_filters_select_cases_activities_variants_attributes_and_time(
         pr.cases(lake, "Case", variant="Payment")
     with pytest.raises(InvalidArgumentError):
         pr.cases(lake, "Not a type!")
+
+
+# -- charts --------------------------------------------------------------------------------------------------
+def test_process_charts_draw_what_the_analyses_found(log_lake: tuple[Lake, dict[str, list[dict]]]) -> None:
+    from es_analytics import charts
+    from es_analytics.charts import process as pc
+
+    lake, reference = log_lake
+    graph = pr.directly_follows(lake, "Case")
+    drawn = pc.process_map(graph, starts=pr.start_activities(lake, "Case")).to_dict()
+    layers = {layer["mark"]["type"] if isinstance(layer["mark"], dict) else layer["mark"]: layer
+              for layer in drawn["layer"]}
+    nodes = drawn["datasets"][layers["circle"]["data"]["name"]]
+    edges = drawn["datasets"][layers["rule"]["data"]["name"]]
+    assert {n["activity"] for n in nodes} == {a for es in reference.values() for e in es for a in [e["activity"]]}
+    assert len(edges) == graph.filter(pl.col("source") != pl.col("target")).height
+    starts = {es[0]["activity"] for es in reference.values()}
+    assert {n["activity"] for n in nodes if n["x"] == 0} <= starts
+    found = pr.variants(lake, "Case")
+    explorer = pc.variant_explorer(found, top=5).to_dict()
+    steps = next(iter(explorer["datasets"].values()))
+    assert len(steps) == sum(found.head(5)["length"].to_list())
+    events = pr.events(lake, "Case", max_cases=20)
+    assert events["case_id"].n_unique() == 20
+    for chart in (pc.process_map(graph), pc.variant_explorer(found), pc.dotted_chart(events),
+                  pc.performance_spectrum(events), pc.case_durations(pr.cases(lake, "Case"))):
+        svg = charts.to_svg(chart)
+        assert svg.startswith("<svg") and "<path" in svg
+    with pytest.raises(InvalidArgumentError, match="needs the columns"):
+        pc.case_durations(found)
+    with pytest.raises(InvalidArgumentError, match="min_frequency"):
+        pc.process_map(graph, min_frequency=10**9)
+
+
+def test_a_chart_of_many_activities_does_not_repeat_an_eight_colour_palette(tmp_path: Path) -> None:
+    from es_analytics.charts import process as pc
+
+    log = pl.DataFrame({"case": [f"c{i % 5}" for i in range(60)], "activity": [f"Activity {i % 15}" for i in range(60)],
+                        "time": [(T0 + timedelta(minutes=i)).isoformat() for i in range(60)]})
+    with Lake.open(tmp_path / "lake") as lake:
+        ingest_event_log(lake, log, case="case", activity="activity", timestamp="time")
+        spec = pc.dotted_chart(pr.events(lake, "Case")).to_dict()
+    assert spec["encoding"]["color"]["scale"]["scheme"] == "category20"

@@ -32,6 +32,7 @@ from .patterns import (
     trend,
 )
 from . import ordering  # noqa: E402,F401  charts.ordering.lateness / backwards / gaps
+from . import process  # noqa: E402,F401  charts.process.process_map / variant_explorer / dotted_chart / ...
 
 if TYPE_CHECKING:
     import os
