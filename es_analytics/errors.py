@@ -75,7 +75,9 @@ class ReadOnlyQueryError(LakeError):
 class ConcurrencyError(EsAnalyticsError):
     """Raised by ``append`` when the stream's version is not the ``expected_version``.
 
-    Nothing was appended. ``.expected`` is what the caller passed, ``.actual`` the stream's version.
+    Nothing was appended. ``.expected`` is what the caller passed, ``.actual`` the stream's version. The
+    message starts with the seed's text (``Concurrency conflict: expected version 0, but current version
+    is 5``), then names the stream and what to do.
     """
 
     def __init__(self, aggregate_id: str, expected: int, actual: int) -> None:
@@ -83,8 +85,8 @@ class ConcurrencyError(EsAnalyticsError):
         self.expected = expected
         self.actual = actual
         super().__init__(
-            f"stream {aggregate_id!r} is at version {actual}, not the expected {expected}; "
-            "reload the aggregate and retry the command"
+            f"Concurrency conflict: expected version {expected}, but current version is {actual} "
+            f"(stream {aggregate_id!r}); reload the aggregate and retry the command"
         )
 
 

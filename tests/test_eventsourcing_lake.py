@@ -235,7 +235,7 @@ def test_streams_that_start_at_version_0_keep_lake_versions_from_1(recorder: Lak
     assert lake.events(str(stream))["aggregate_version"].to_list() == [1, 2, 3]
     assert lake.check()["ok"]
     assert [e.originator_version for e in recorder.select_events(stream, gt=0, lte=1)] == [1]
-    with pytest.raises(LakeVersionConflictError, match="at version 2, not the expected 1") as caught:
+    with pytest.raises(LakeVersionConflictError, match="^Concurrency conflict: expected version 1, but current version is 2") as caught:
         recorder.insert_events([_event(stream, 2, b"{}")])
     assert isinstance(caught.value, IntegrityError) and isinstance(caught.value, ConcurrencyError)
     assert (caught.value.expected, caught.value.actual) == (1, 2)
@@ -347,7 +347,7 @@ def test_append_rows_retries_conflicts_and_rollback(tmp_path: Path) -> None:
             store.hot.append_rows([_row("e1", "a", 1), _row("e2", "b", 1, '{"x":1}'), _row("e3", "a", 2)], store.lookup_sealed)
         with pytest.raises(DuplicateEventError, match="mixes events already stored with new ones"):
             store.hot.append_rows([_row("e3", "a", 2), _row("e4", "a", 3)], store.lookup_sealed)
-        with pytest.raises(ConcurrencyError, match="stream 'b' is at version 1, not the expected 2"):
+        with pytest.raises(ConcurrencyError, match=r"expected version 2, but current version is 1 \(stream 'b'\)"):
             store.hot.append_rows([_row("e5", "a", 3), _row("e6", "b", 3)], store.lookup_sealed)
         with pytest.raises(InvalidArgumentError, match="stream 'a' is a 'Counter', not a 'Other'"):
             store.hot.append_rows([_row("e7", "a", 3, aggregate_type="Other")], store.lookup_sealed)

@@ -44,14 +44,14 @@ def test_the_seed_bank_scenario(empty_lake: Lake) -> None:
     assert accounts.save(loaded) == 5
     closed = accounts.get("acc-42")
     assert (closed.status, closed.balance) == ("closed", 0)
-    with pytest.raises(DomainError, match="^Account is not active$"):
+    with pytest.raises(DomainError, match="^Account is closed, cannot perform operation$"):
         closed.deposit(1, "x")
 
     stale = accounts.get("acc-42", version=3)
     assert stale.balance == 1300
     duplicate = BankAccount("acc-42")  # a new account with a taken id expects an empty stream
     duplicate.open_account(1, "Someone Else")
-    with pytest.raises(ConcurrencyError, match="is at version 5, not the expected 0"):
+    with pytest.raises(ConcurrencyError, match=r"^Concurrency conflict: expected version 0, but current version is 5 \(stream 'acc-42'\)"):
         accounts.save(duplicate)
     assert empty_lake.current_version("acc-42") == 5
 

@@ -53,7 +53,7 @@ def test_append_returns_new_version_and_events_come_back_in_order(lake: Lake) ->
 
 def test_concurrency_error_carries_expected_and_actual_and_appends_nothing(lake: Lake) -> None:
     lake.append("acc-1", [deposit(1)], expected_version=0, aggregate_type="BankAccount")
-    with pytest.raises(ConcurrencyError, match="at version 1, not the expected 0") as info:
+    with pytest.raises(ConcurrencyError, match="^Concurrency conflict: expected version 0, but current version is 1") as info:
         lake.append("acc-1", [deposit(2)], expected_version=0, aggregate_type="BankAccount")
     assert (info.value.expected, info.value.actual, info.value.aggregate_id) == (0, 1, "acc-1")
     assert lake.events("acc-1").height == 1

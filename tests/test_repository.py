@@ -76,7 +76,7 @@ def test_a_stale_aggregate_cannot_be_saved(empty_lake: Lake) -> None:
     first.deposit(10, "a")
     repo.save(first)
     second.withdraw(100, "b")
-    with pytest.raises(ConcurrencyError, match="is at version 2, not the expected 1") as info:
+    with pytest.raises(ConcurrencyError, match="^Concurrency conflict: expected version 1, but current version is 2") as info:
         repo.save(second)
     assert (info.value.expected, info.value.actual) == (1, 2)
     assert empty_lake.current_version("acc-1") == 2

@@ -1,6 +1,7 @@
 """The seed's bank account: open, deposit, withdraw, close, with the seed's rules and messages.
 
-Money is ``Decimal`` in the state (exact cents) and a JSON number in the payloads. The balance is derived
+Rule violations raise ``DomainError`` with the seed's messages, word for word (``Account is closed, cannot
+perform operation``, ``Insufficient funds``, ...). Money is ``Decimal`` in the state (exact cents) and a JSON number in the payloads. The balance is derived
 from the amounts (initial deposit plus deposits minus withdrawals), never from the stored ``newBalance``,
 so a back-dated event gives the right past balance.
 
@@ -88,7 +89,7 @@ class BankAccount(Aggregate):
         if self.status != "pending":
             raise DomainError("Account already opened")
         if amount < 0:
-            raise DomainError("Initial deposit cannot be negative")
+            raise DomainError("Initial deposit must be positive")
         if not isinstance(account_holder, str) or not account_holder.strip():
             raise DomainError("Account holder name is required")
         self._record("AccountOpened", {"accountId": self.aggregate_id, "initialDeposit": _json_number(amount),
@@ -97,8 +98,7 @@ class BankAccount(Aggregate):
     def deposit(self, amount: Any, description: str = "", *, occurred_at: datetime | None = None) -> None:
         """Deposit a positive amount into an active account."""
         value = _money(amount, "amount")
-        if self.status != "active":
-            raise DomainError("Account is not active")
+        self._validate_active_account()
         if value <= 0:
             raise DomainError("Deposit amount must be positive")
         self._record("MoneyDeposited", {"amount": _json_number(value), "description": description,
@@ -107,8 +107,7 @@ class BankAccount(Aggregate):
     def withdraw(self, amount: Any, description: str = "", *, occurred_at: datetime | None = None) -> None:
         """Withdraw a positive amount, at most the balance, from an active account."""
         value = _money(amount, "amount")
-        if self.status != "active":
-            raise DomainError("Account is not active")
+        self._validate_active_account()
         if value <= 0:
             raise DomainError("Withdrawal amount must be positive")
         if value > self.balance:
@@ -118,16 +117,18 @@ class BankAccount(Aggregate):
 
     def close_account(self, reason: str, *, occurred_at: datetime | None = None) -> None:
         """Close an active account whose balance is zero."""
-        if self.status == "closed":
-            raise DomainError("Account is already closed")
-        if self.status != "active":
-            raise DomainError("Account is not active")
+        self._validate_active_account()
         if self.balance != 0:
             raise DomainError("Cannot close account with non-zero balance")
         when = Event("AccountClosed", {}, occurred_at=occurred_at).occurred_at  # validated, UTC, default now
         assert when is not None
         self._record("AccountClosed", {"reason": reason, "closedAt": when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")},
                      occurred_at=when)
+
+    def _validate_active_account(self) -> None:
+        """The seed's ``validateActiveAccount``: commands other than opening need an active account."""
+        if self.status != "active":
+            raise DomainError(f"Account is {self.status}, cannot perform operation")
 
     # -- handlers -----------------------------------------------------------------------------
     @when("AccountOpened")
