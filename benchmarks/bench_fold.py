@@ -121,23 +121,21 @@ def bench_snapshots(reps: int, length: int = 5000) -> None:
             "(no snapshot lies before T: the fold starts at 0)")
 
 
-_PROFILE = pl.Struct({"email": pl.String, "name": pl.String})
-
-
 def user_registered_v1_to_v2_vectorized(texts: pl.Series) -> pl.Series:
-    """The example's v1 -> v2 step for fixed-shape payloads, without Python per event."""
-    v1 = texts.str.json_decode(pl.Struct({"userId": pl.String, "email": pl.String, "name": pl.String}))
-    return pl.DataFrame({"p": v1}).select(pl.struct(
-        pl.col("p").struct.field("userId"),
-        profile=pl.struct(pl.col("p").struct.field("email"), pl.col("p").struct.field("name")),
-    ).struct.json_encode()).to_series()
+    """The example's v1 -> v2 step on payloads alone: the payload does not change (the row step adds
+    ``metadata.correlationId``, which a payload-only step cannot)."""
+    return texts
 
 
 def user_registered_v2_to_v3_vectorized(texts: pl.Series) -> pl.Series:
-    v2 = texts.str.json_decode(pl.Struct({"userId": pl.String, "profile": _PROFILE}))
+    """The example's v2 -> v3 step for fixed-shape payloads, without Python per event."""
+    v2 = texts.str.json_decode(pl.Struct({"id": pl.String, "email": pl.String, "name": pl.String,
+                                          "newsletter": pl.Boolean}))
+    p = pl.col("p").struct
     return pl.DataFrame({"p": v2}).select(pl.struct(
-        pl.col("p").struct.field("userId"), pl.col("p").struct.field("profile"),
-        preferences=pl.struct(newsletter=pl.lit(False)),
+        p.field("id").alias("userId"),
+        profile=pl.struct(p.field("email"), p.field("name")),
+        preferences=pl.struct(newsletter=p.field("newsletter").fill_null(False)),
     ).struct.json_encode()).to_series()
 
 
@@ -155,7 +153,8 @@ def bench_upcasting(lake: Lake) -> None:
     vectorized.register("UserRegistered", 1, user_registered_v1_to_v2_vectorized, vectorized=True)
     vectorized.register("UserRegistered", 2, user_registered_v2_to_v3_vectorized, vectorized=True)
     lake.upcasters = vectorized
-    assert lake.events(types="UserRegistered").equals(rows_result)  # same payloads, byte for byte
+    same = ["schema_version", "data"]  # same payloads, byte for byte (metadata: only the row step adds one)
+    assert lake.events(types="UserRegistered").select(same).equals(rows_result.select(same))
     fast = median_ms(read, 3)
     lake.upcasters = UpcasterRegistry()
     base = median_ms(read, 3)

@@ -8,9 +8,9 @@ arguments on every machine. What the data holds, so that every feature has somet
   nights) and a weekly one (quieter weekends).
 - Back-dated corrections (``occurred_at`` days before the previous event, recorded later) and late-recorded
   events (recorded hours after they occurred), so "as of" and "as known at" differ.
-- ``User`` streams: ``UserRegistered`` in schema versions 1, 2 and 3 (older versions earlier in time) with
-  personal data (unique e-mail address and name), and some ``UserSuspended``. The personal fields are
-  stored encrypted per user (``es_analytics.privacy``): the ciphertext differs from run to run, what
+- ``User`` streams: ``UserRegistered`` in schema versions 1, 2 (the seed's ``{id, email, name}``) and 3
+  (older versions earlier in time) with personal data (unique e-mail address and name), and some
+  ``UserSuspended``. The personal fields are stored encrypted per user (``es_analytics.privacy``): the ciphertext differs from run to run, what
   every reader sees does not.
 - Metadata with ``user_id`` (the actor), ``correlation_id``, ``causation_id`` and ``command``.
 
@@ -358,10 +358,8 @@ def _materialise(batch: pl.DataFrame, spec: SampleSpec) -> pa.Table:
                       .when(kind == _DEPOSITED).then(_pick(_DEPOSITS)).otherwise(_pick(_WITHDRAWALS)),
                       _cents("new_balance"))
     registered = (
-        pl.when(pl.col("amount") == 1)
-        .then(_fmt('{"userId":"{}","email":"{}","name":"{}"}', user_id, email, person))
-        .when(pl.col("amount") == 2)
-        .then(_fmt('{"userId":"{}","profile":{"email":"{}","name":"{}"}}', user_id, email, person))
+        pl.when(pl.col("amount") <= 2)  # v1 and v2 share the seed's payload {id, email, name}
+        .then(_fmt('{"id":"{}","email":"{}","name":"{}"}', user_id, email, person))
         .otherwise(_fmt('{"userId":"{}","profile":{"email":"{}","name":"{}"},"preferences":{"newsletter":{}}}',
                              user_id, email, person,
                              pl.when(pl.col("choice") % 3 == 0).then(pl.lit("true")).otherwise(pl.lit("false"))))

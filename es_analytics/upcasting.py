@@ -1,7 +1,10 @@
 """Upcasting on read: functions per ``(event_type, schema_version)`` chained to the newest version.
 
 An upcaster takes the payload (a dict) of one schema version and returns the payload of the next one.
-The newest version of an event type is one past its highest registered step. Stored events never change:
+One registered with ``whole_event=True`` works like the seed's ``EventUpgrader``: it takes the event
+(``{event_id, event_type, schema_version, data, metadata}``) and returns it with new ``data`` and
+``metadata``, for a step that changes the metadata (the seed's ``UserRegistered`` v1 -> v2 adds
+``metadata.correlationId``). The newest version of an event type is one past its highest registered step. Stored events never change:
 every read path (``lake.events``, ``lake.aggregate``, the repository, the SQL view ``events_upcast``)
 runs the chain as it reads. :func:`coverage` reports which versions the lake still holds.
 
@@ -49,10 +52,13 @@ Upcaster = Callable[[Any], Any]  # dict -> dict, or Series -> Series when regist
 
 
 class Step(NamedTuple):
-    """One link of a chain: the function and whether it works on a whole Series of JSON text."""
+    """One link of a chain: the function, whether it works on a whole Series of JSON text, and whether it
+    takes the whole event (data and metadata) instead of the payload."""
 
     fn: Upcaster
     vectorized: bool
+    whole_event: bool = False
+
 Status = Literal["newest", "upcast", "broken chain", "ahead", "unversioned"]
 UPCAST_VIEW = "events_upcast"
 COVERAGE_COLUMNS = ("event_type", "schema_version", "events", "first_seen", "last_seen",
@@ -65,6 +71,7 @@ class UpcasterRegistry:
     def __init__(self) -> None:
         self._steps: dict[tuple[str, int], Upcaster] = {}
         self._vectorized: set[tuple[str, int]] = set()
+        self._whole_event: set[tuple[str, int]] = set()
         self.revision = 0
 
     def __repr__(self) -> str:
@@ -74,13 +81,20 @@ class UpcasterRegistry:
         return bool(self._steps)
 
     def register(
-        self, event_type: str, from_version: int, fn: Upcaster | None = None, *, vectorized: bool = False
+        self, event_type: str, from_version: int, fn: Upcaster | None = None, *, vectorized: bool = False,
+        whole_event: bool = False,
     ) -> Any:
         """Register ``fn`` as the step from ``from_version`` to ``from_version + 1`` (or use as a decorator).
 
         ``fn`` takes and returns a payload dict. With ``vectorized=True`` it takes a polars ``Series`` of
         payloads as JSON text and returns one of the same length (e.g. built with ``str.json_decode`` and
         ``struct.json_encode``): no Python per event, for payloads of a fixed shape.
+
+        With ``whole_event=True`` it takes the event as a dict ``{event_id, event_type, schema_version,
+        data, metadata}`` and returns a dict with the new ``data`` and ``metadata`` (other keys are
+        ignored); ``event_id`` is ``None`` and ``metadata`` empty when only a payload is upcast
+        (:meth:`upcast`). It must give the same result on every read: derive new values from the event
+        (e.g. its ``event_id``), never from a clock or a random draw.
 
         Registering another function for a step that has one is an error, except a function of the same
         name (a notebook cell run again), which replaces it.
@@ -90,6 +104,8 @@ class UpcasterRegistry:
         def add(step: Upcaster) -> Upcaster:
             if not callable(step):
                 raise InvalidArgumentError(f"an upcaster must be callable, got {step!r}")
+            if vectorized and whole_event:
+                raise InvalidArgumentError("an upcaster is either vectorized or whole_event, not both")
             old = self._steps.get((event_type, from_version))
             if old is not None and _name(old) != _name(step):
                 raise InvalidArgumentError(
@@ -97,10 +113,11 @@ class UpcasterRegistry:
                     f"unregister it before registering {_name(step)}"
                 )
             self._steps[(event_type, from_version)] = step
-            if vectorized:
-                self._vectorized.add((event_type, from_version))
-            else:
-                self._vectorized.discard((event_type, from_version))
+            for flag, marked in ((vectorized, self._vectorized), (whole_event, self._whole_event)):
+                if flag:
+                    marked.add((event_type, from_version))
+                else:
+                    marked.discard((event_type, from_version))
             self.revision += 1
             return step
 
@@ -110,7 +127,12 @@ class UpcasterRegistry:
         """Remove one step (no error if it is absent)."""
         if self._steps.pop((event_type, from_version), None) is not None:
             self._vectorized.discard((event_type, from_version))
+            self._whole_event.discard((event_type, from_version))
             self.revision += 1
+
+    def whole_event_types(self) -> set[str]:
+        """The event types with at least one whole-event step (their metadata may change on read)."""
+        return {event_type for event_type, _ in self._whole_event}
 
     def event_types(self) -> set[str]:
         """The event types with at least one step."""
@@ -154,6 +176,15 @@ class UpcasterRegistry:
         steps, newest = self.chain(event_type, schema_version)
         return _run(steps, data, event_type, schema_version), newest
 
+    def upcast_event(
+        self, event_type: str, schema_version: int, data: dict[str, Any], metadata: dict[str, Any],
+        *, event_id: str | None = None,
+    ) -> tuple[dict[str, Any], dict[str, Any], int]:
+        """``(payload, metadata, version)`` after running the chain; whole-event steps see both."""
+        steps, newest = self.chain(event_type, schema_version)
+        data, metadata = _run_event(steps, data, metadata, event_type, schema_version, event_id)
+        return data, metadata, newest
+
     def chain(self, event_type: str, schema_version: int) -> tuple[list[Step], int]:
         """The steps from ``schema_version`` to the newest version, and that version.
 
@@ -174,7 +205,8 @@ class UpcasterRegistry:
                     f"no upcaster from v{version} to v{version + 1} (newest is v{newest}); register one "
                     "with es_analytics.upcaster, and see lake.upcasting_coverage() for what the lake holds",
                 )
-            steps.append(Step(step, (event_type, version) in self._vectorized))
+            key = (event_type, version)
+            steps.append(Step(step, key in self._vectorized, key in self._whole_event))
         return steps, newest
 
     def upcast_json(self, event_type: str, schema_version: int, text: str) -> tuple[str, int]:
@@ -190,7 +222,8 @@ class UpcasterRegistry:
         for key in sorted(k for k in self._steps if k[0] in set(event_types)):
             step = self._steps[key]
             code = getattr(step, "__code__", None)
-            digest.update(repr((key, key in self._vectorized)).encode() + _name(step).encode())
+            digest.update(repr((key, key in self._vectorized, key in self._whole_event)).encode()
+                          + _name(step).encode())
             if code is not None:
                 digest.update(code.co_code + repr(code.co_consts).encode())
         return digest.hexdigest()[:16]
@@ -200,7 +233,9 @@ class UpcasterRegistry:
 
 
 def _run(steps: list[Step], data: dict[str, Any], event_type: str, schema_version: int) -> dict[str, Any]:
-    """Run a chain on one payload (vectorized steps get a one-row Series)."""
+    """Run a chain on one payload (vectorized steps get a one-row Series, whole-event steps no metadata)."""
+    if any(step.whole_event for step in steps):
+        return _run_event(steps, data, {}, event_type, schema_version, None)[0]
     for step in steps:
         if step.vectorized:
             text = _run_series(step, pl.Series([_dumps(data, event_type, schema_version)], dtype=pl.String),
@@ -215,6 +250,31 @@ def _run(steps: list[Step], data: dict[str, Any], event_type: str, schema_versio
             raise UpcastError(event_type, schema_version,
                               f"{_name(step.fn)} returned {type(data).__name__}, not a dict")
     return data
+
+
+def _run_event(
+    steps: list[Step], data: dict[str, Any], metadata: dict[str, Any], event_type: str, schema_version: int,
+    event_id: str | None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Run a chain on one event's payload and metadata (payload steps leave the metadata as it is)."""
+    version = schema_version
+    for step in steps:
+        if not step.whole_event:
+            data = _run([step], data, event_type, schema_version)
+            version += 1
+            continue
+        event = {"event_id": event_id, "event_type": event_type, "schema_version": version,
+                 "data": data, "metadata": metadata}
+        try:
+            out = step.fn(event)
+        except Exception as exc:
+            raise UpcastError(event_type, schema_version, f"{_name(step.fn)} failed: {exc!r}") from exc
+        if not (isinstance(out, dict) and isinstance(out.get("data"), dict) and isinstance(out.get("metadata"), dict)):
+            raise UpcastError(event_type, schema_version,
+                              f"{_name(step.fn)} must return the event with dicts 'data' and 'metadata', got {out!r:.80}")
+        data, metadata = out["data"], out["metadata"]
+        version += 1
+    return data, metadata
 
 
 def _run_series(step: Step, texts: pl.Series, event_type: str, schema_version: int) -> pl.Series:
@@ -263,14 +323,16 @@ def _name(fn: Any) -> str:
 default_registry = UpcasterRegistry()
 
 
-def upcaster(event_type: str, from_version: int, *, vectorized: bool = False) -> Callable[[Upcaster], Upcaster]:
+def upcaster(
+    event_type: str, from_version: int, *, vectorized: bool = False, whole_event: bool = False
+) -> Callable[[Upcaster], Upcaster]:
     """Decorator: register an upcaster from ``from_version`` to the next in :data:`default_registry`.
 
     Name it after its step, e.g. ``user_registered_v1_to_v2``. See :meth:`UpcasterRegistry.register` for
-    ``vectorized``.
+    ``vectorized`` and ``whole_event``.
     """
-    decorate: Callable[[Upcaster], Upcaster] = default_registry.register(event_type, from_version,
-                                                                          vectorized=vectorized)
+    decorate: Callable[[Upcaster], Upcaster] = default_registry.register(
+        event_type, from_version, vectorized=vectorized, whole_event=whole_event)
     return decorate
 
 
@@ -295,12 +357,36 @@ def upcast_frame(frame: pl.DataFrame, registry: UpcasterRegistry) -> pl.DataFram
     if todo.height == 0:
         return frame
     data, schema_version = frame["data"].clone(), frame["schema_version"].clone()
+    metadata = frame["metadata"].clone() if "metadata" in frame.columns else None
     for key, group in todo.partition_by("event_type", "schema_version", as_dict=True).items():
         event_type, version = str(key[0]), int(key[1])
         steps, to_version = registry.chain(event_type, version)
-        data.scatter(group["_row"], _run_group(steps, group["data"], event_type, version))
+        if any(step.whole_event for step in steps):
+            texts, metas = _run_events(steps, frame, group, event_type, version)
+            if metadata is not None:
+                metadata.scatter(group["_row"], metas)
+        else:
+            texts = _run_group(steps, group["data"], event_type, version)
+        data.scatter(group["_row"], texts)
         schema_version.scatter(group["_row"], pl.Series([to_version] * group.height, dtype=pl.Int32))
-    return frame.with_columns(data=data, schema_version=schema_version)
+    if metadata is None:
+        return frame.with_columns(data=data, schema_version=schema_version)
+    return frame.with_columns(data=data, schema_version=schema_version, metadata=metadata)
+
+
+def _run_events(
+    steps: list[Step], frame: pl.DataFrame, group: pl.DataFrame, event_type: str, version: int
+) -> tuple[pl.Series, pl.Series]:
+    """Run a chain with whole-event steps on the group's rows: new payloads and metadata as JSON text."""
+    rows = group["_row"]
+    ids = frame["event_id"].gather(rows).to_list() if "event_id" in frame.columns else [None] * group.height
+    metas = frame["metadata"].gather(rows).to_list() if "metadata" in frame.columns else ["{}"] * group.height
+    texts, meta_texts = [], []
+    for event_id, text, meta in zip(ids, group["data"].to_list(), metas):
+        data, metadata = _run_event(steps, json.loads(text), json.loads(meta), event_type, version, event_id)
+        texts.append(_dumps(data, event_type, version))
+        meta_texts.append(_dumps(metadata, event_type, version))
+    return pl.Series(texts, dtype=pl.String), pl.Series(meta_texts, dtype=pl.String)
 
 
 # -- SQL ----------------------------------------------------------------------------------------
@@ -332,6 +418,20 @@ def install_sql(
             frame = prepare(frame)
         return upcast_frame(frame, registry)["data"].to_arrow()
 
+    def upcast_metadata(
+        event_id: pa.ChunkedArray, event_type: pa.ChunkedArray, version: pa.ChunkedArray, data: pa.ChunkedArray,
+        metadata: pa.ChunkedArray,
+    ) -> pa.Array:
+        frame = pl.DataFrame(
+            {"event_id": event_id, "event_type": event_type, "schema_version": version, "data": data,
+             "metadata": metadata},
+            schema={"event_id": pl.String, "event_type": pl.String, "schema_version": pl.Int32, "data": pl.String,
+                    "metadata": pl.String},
+        )
+        if prepare is not None:
+            frame = prepare(frame)
+        return upcast_frame(frame, registry)["metadata"].to_arrow()
+
     def upcast_version(event_type: pa.ChunkedArray, version: pa.ChunkedArray) -> pa.Array:
         newest = registry._pending_types()
         types, versions = event_type.to_pylist(), version.to_pylist()
@@ -340,13 +440,15 @@ def install_sql(
         )
 
     text, integer = duckdb.sqltype("VARCHAR"), duckdb.sqltype("INTEGER")
-    for name in ("es_upcast_data", "es_upcast_version"):
+    for name in ("es_upcast_data", "es_upcast_version", "es_upcast_metadata"):
         try:
             con.remove_function(name)
         except duckdb.InvalidInputException:
             pass
     con.create_function("es_upcast_data", upcast_data, [text, text, integer, text], text, type="arrow",
                         side_effects=False)
+    con.create_function("es_upcast_metadata", upcast_metadata, [text, text, integer, text, text], text,
+                        type="arrow", side_effects=False)
     con.create_function("es_upcast_version", upcast_version, [text, integer], integer, type="arrow",
                         side_effects=False)
     con.execute(view_sql(registry, None if prepare is None else prepare_marker or ""))
@@ -369,12 +471,16 @@ def view_sql(registry: UpcasterRegistry, prepare_marker: str | None) -> str:
         needs_data = "true"
     else:
         needs_data = f"({versioned} OR contains(data, {_literal(prepare_marker)}))"
+    whole = sorted(registry.whole_event_types())
+    metadata = "metadata" if not whole else (
+        f"CASE WHEN event_type IN ({', '.join(map(_literal, whole))}) "
+        "THEN es_upcast_metadata(event_id, event_type, schema_version, data, metadata) ELSE metadata END")
     return (
         f"CREATE OR REPLACE VIEW {UPCAST_VIEW} AS SELECT position, event_id, event_type, "
         f"CASE WHEN {versioned} THEN es_upcast_version(event_type, schema_version) ELSE schema_version END "
         "AS schema_version, aggregate_type, aggregate_id, aggregate_version, occurred_at, recorded_at, "
         f"CASE WHEN {needs_data} THEN es_upcast_data(event_id, event_type, schema_version, data) ELSE data END "
-        "AS data, metadata FROM events"
+        f"AS data, {metadata} AS metadata FROM events"
     )
 
 

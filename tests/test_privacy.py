@@ -131,7 +131,7 @@ def test_bulk_import_path_encrypts_the_sample_users(empty_lake: Lake) -> None:
 
 
 def test_a_stored_v1_event_is_decrypted_before_upcasting(empty_lake: Lake) -> None:
-    v1 = Event("UserRegistered", {"userId": "u-old", "email": "old@example.org", "name": "Old Shape"},
+    v1 = Event("UserRegistered", {"id": "u-old", "email": "old@example.org", "name": "Old Shape"},
                schema_version=1, occurred_at=T0)
     empty_lake.append("u-old", [v1], expected_version=0, aggregate_type="User")
     stored = json.loads(raw_data(empty_lake, "u-old")[0])

@@ -6,10 +6,19 @@ results the seed's JavaScript gives. docs/seed.md maps every seed piece to its e
 
 from __future__ import annotations
 
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
 import pytest
 
 from es_analytics import ConcurrencyError, DomainError, Event, Lake, Repository
 from es_analytics.examples.bank import BankAccount
+from es_analytics.examples.users import User
+from es_analytics.ingest import ingest
+
+T = datetime(2024, 1, 15, 10, 30, tzinfo=timezone.utc)
 
 
 # -- BankAccount: the seed's rules and their messages, word for word -----------------------------
@@ -69,3 +78,63 @@ def test_repository_save_conflict_keeps_its_type_and_the_seeds_text(empty_lake: 
     second.open_account(50, "Jane Roe")
     with pytest.raises(ConcurrencyError, match="^Concurrency conflict: expected version 0, but current version is 1"):
         accounts.save(second)
+
+
+# -- EventUpgrader: UserRegistered v1 -> v2 -> v3 in the seed's payload shapes ---------------------
+SEED_V1 = {"id": "user_123", "email": "john@example.com", "name": "John Doe"}
+SEED_V3 = {"userId": "user_123", "profile": {"email": "john@example.com", "name": "John Doe"},
+           "preferences": {"newsletter": False}}
+
+
+def _stored(lake: Lake, aggregate_id: str) -> list[dict[str, Any]]:
+    rows = lake.sql("SELECT data FROM events WHERE aggregate_id = ? ORDER BY aggregate_version", [aggregate_id])
+    return [json.loads(t) for t in rows["data"]]
+
+
+def _assert_sealed_for(stored: dict[str, Any], subject: str) -> None:
+    for field in ("email", "name"):
+        envelope = stored[field]
+        assert set(envelope) == {"$enc", "sub", "iv", "ct"} and envelope["sub"] == subject
+    assert stored["id"] == subject  # the subject's id itself stays readable
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_seed_shaped_v1_and_v2_events_append_as_they_are_and_read_as_v3(empty_lake: Lake, version: int) -> None:
+    metadata = {"userId": "admin_456"} if version == 1 else {"userId": "admin_456", "correlationId": "reg_789"}
+    event = Event("UserRegistered", SEED_V1, metadata=metadata, schema_version=version, occurred_at=T,
+                  event_id="evt_001")
+    assert empty_lake.append("user_123", [event], expected_version=0, aggregate_type="User") == 1
+    _assert_sealed_for(_stored(empty_lake, "user_123")[0], "user_123")
+    read = empty_lake.events("user_123")
+    assert read["schema_version"].to_list() == [3]
+    assert json.loads(read["data"][0]) == SEED_V3
+    shown = json.loads(read["metadata"][0])
+    assert shown == {"userId": "admin_456", "correlationId": "corr_evt_001" if version == 1 else "reg_789"}
+    view = empty_lake.sql("SELECT schema_version, data, metadata FROM events_upcast")
+    assert (view["schema_version"][0], json.loads(view["data"][0]), json.loads(view["metadata"][0])) == (
+        3, SEED_V3, shown)
+    user = empty_lake.aggregate(User, "user_123")
+    assert (user.email, user.name, user.status, user.newsletter) == ("john@example.com", "John Doe", "active", False)
+    empty_lake.forget("user_123")
+    assert json.loads(empty_lake.events("user_123")["data"][0])["profile"] == {"email": "[erased]", "name": "[erased]"}
+
+
+def test_v2_to_v3_takes_the_newsletter_flag_as_the_seed_does(empty_lake: Lake) -> None:
+    event = Event("UserRegistered", {**SEED_V1, "newsletter": True}, schema_version=2, occurred_at=T)
+    empty_lake.append("user_123", [event], expected_version=0, aggregate_type="User")
+    assert json.loads(empty_lake.events("user_123")["data"][0])["preferences"] == {"newsletter": True}
+
+
+def test_seed_shaped_old_versions_are_ingested_as_they_are(tmp_path: Path, empty_lake: Lake) -> None:
+    rows = [{"event_id": f"evt_00{v}", "event_type": "UserRegistered", "schema_version": v, "aggregate_type": "User",
+             "aggregate_id": f"user_{v}", "aggregate_version": 1, "occurred_at": "2024-01-15T10:30:00Z",
+             "data": {**SEED_V1, "id": f"user_{v}"}, "metadata": {}} for v in (1, 2)]
+    path = tmp_path / "users.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    result = ingest(empty_lake, path)
+    assert (result.imported, result.rejected) == (2, 0)
+    for v in (1, 2):
+        _assert_sealed_for(_stored(empty_lake, f"user_{v}")[0], f"user_{v}")
+        assert json.loads(empty_lake.events(f"user_{v}")["data"][0])["userId"] == f"user_{v}"
+    metadata = [json.loads(t) for t in empty_lake.events(types="UserRegistered")["metadata"]]
+    assert metadata == [{"correlationId": "corr_evt_001"}, {}]  # v2 events had their correlationId already

@@ -19,13 +19,13 @@ from es_analytics.repository import fingerprint
 from es_analytics.upcasting import default_registry, upcast_frame, view_sql
 
 T = datetime(2024, 3, 1, 9, tzinfo=timezone.utc)
-V1 = {"userId": "user-1", "email": "ada@example.org", "name": "Ada"}
-V2 = {"userId": "user-2", "profile": {"email": "bo@example.org", "name": "Bo"}}
+V1 = {"id": "user-1", "email": "ada@example.org", "name": "Ada"}
+V2 = {"id": "user-2", "email": "bo@example.org", "name": "Bo", "newsletter": True}
 V3 = {"userId": "user-3", "profile": {"email": "cy@example.org", "name": "Cy"}, "preferences": {"newsletter": True}}
 
 
 def register(lake: Lake, data: dict[str, Any], version: int) -> None:
-    lake.append(data["userId"], [Event("UserRegistered", data, schema_version=version, occurred_at=T)],
+    lake.append(data.get("userId") or data["id"], [Event("UserRegistered", data, schema_version=version, occurred_at=T)],
                 expected_version=0, aggregate_type="User")
 
 
@@ -39,9 +39,10 @@ def users_lake(request: pytest.FixtureRequest, empty_lake: Lake) -> Lake:
     return empty_lake
 
 
-def v3(data: dict[str, Any], newsletter: bool = False) -> dict[str, Any]:
-    return {"userId": data["userId"], "profile": {"email": data.get("email") or data["profile"]["email"],
-            "name": data.get("name") or data["profile"]["name"]}, "preferences": {"newsletter": newsletter}}
+def v3(data: dict[str, Any]) -> dict[str, Any]:
+    """The seed's v2 -> v3 restructuring of a v1 or v2 payload."""
+    return {"userId": data["id"], "profile": {"email": data["email"], "name": data["name"]},
+            "preferences": {"newsletter": data.get("newsletter") or False}}
 
 
 # -- v1 and v2 users read as v3 on every read path --------------------------------------------
@@ -72,10 +73,10 @@ def test_the_sql_view_events_upcast(users_lake: Lake) -> None:
 def test_aggregate_and_repository_read_v1_and_v2_as_v3(users_lake: Lake) -> None:
     repo = Repository(users_lake, User)
     for data in (V1, V2):
-        user = users_lake.aggregate(User, data["userId"])
+        user = users_lake.aggregate(User, data["id"])
         assert (user.email, user.name, user.newsletter, user.status) == (
-            v3(data)["profile"]["email"], v3(data)["profile"]["name"], False, "active")
-        assert repo.get(data["userId"]) == user
+            data["email"], data["name"], data.get("newsletter", False), "active")
+        assert repo.get(data["id"]) == user
     assert users_lake.aggregate(User, "user-3").newsletter is True
 
 
@@ -197,7 +198,7 @@ def test_snapshots_depend_on_the_upcasters(empty_lake: Lake) -> None:
 
 # -- the coverage report ----------------------------------------------------------------------
 def test_coverage_lists_each_version_with_counts_times_and_verdict(users_lake: Lake) -> None:
-    register(users_lake, {**V1, "userId": "user-4"}, 1)
+    register(users_lake, {**V1, "id": "user-4"}, 1)
     users_lake.append("user-1", [Event("UserSuspended", {"reason": "x", "suspendedBy": "a"})],
                       expected_version=1, aggregate_type="User")
     register(users_lake, {**V3, "userId": "user-5"}, 4)

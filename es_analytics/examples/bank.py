@@ -1,9 +1,9 @@
 """The seed's bank account: open, deposit, withdraw, close, with the seed's rules and messages.
 
 Rule violations raise ``DomainError`` with the seed's messages, word for word (``Account is closed, cannot
-perform operation``, ``Insufficient funds``, ...). Money is ``Decimal`` in the state (exact cents) and a JSON number in the payloads. The balance is derived
-from the amounts (initial deposit plus deposits minus withdrawals), never from the stored ``newBalance``,
-so a back-dated event gives the right past balance.
+perform operation``, ``Insufficient funds``, ...). Money is ``Decimal`` in the state (exact cents) and a
+JSON number in the payloads. The balance is derived from the amounts (initial deposit plus deposits minus
+withdrawals), never from the stored ``newBalance``, so a back-dated event gives the right past balance.
 
 Examples
 --------
