@@ -256,13 +256,17 @@ class EventProjection(Projection):
     personal
         Columns that hold a personal payload field (a ``Json`` value), mapped to its JSON path: stored
         encrypted, opened on read with the row's ``event_id`` (which must be one of the columns).
+    where
+        Per event type, a condition an event of that type must meet to get a row, e.g.
+        ``{"AccountOpened": Json("initialDeposit", "DECIMAL(18,4)") > 0}``; events of other types always
+        get one. A :class:`Running` total adds up the rows kept.
     """
 
     kind: Literal["state", "events"] = "events"
 
     def __init__(self, name: str, *, aggregate_type: str, event_types: Sequence[str],
                  columns: Mapping[str, ValueSpec | Running], key: str = "aggregate_id",
-                 personal: Mapping[str, str] | None = None) -> None:
+                 personal: Mapping[str, str] | None = None, where: Mapping[str, Value] | None = None) -> None:
         self._check_common(name, aggregate_type, key)
         self.event_types = [check_event_type(t) for t in event_types]
         if not self.event_types:
@@ -282,12 +286,14 @@ class EventProjection(Projection):
             raise InvalidArgumentError("an event projection with personal columns needs an 'event_id' column")
         self.columns = [key, "position", *columns]
         self._order = list(columns)
+        self.where = _where_sql(where or {}, self.event_types)
         _REGISTRY[name] = self
 
     def fingerprint(self) -> str:
         import hashlib
 
         text = repr((self.aggregate_type, self.event_types, self.values, self.running, self._order))
+        text += "" if self.where is None else self.where
         return "events:" + hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def stored_columns(self) -> list[str]:
@@ -305,13 +311,18 @@ class EventProjection(Projection):
     def full_sql(self, source: str, where: list[str]) -> str:
         window = "OVER (PARTITION BY aggregate_id ORDER BY aggregate_version ROWS UNBOUNDED PRECEDING)"
         running = {c: f"sum({v}) {window}" for c, (v, _) in self.running.items()}
-        conditions = ["aggregate_type = ?", f"event_type IN ({_types_sql(self.event_types)})", *where]
+        conditions = [*self._conditions(), *where]
         return f"SELECT {self._select(running)} FROM {source} WHERE {' AND '.join(conditions)} ORDER BY position"
+
+    def _conditions(self) -> list[str]:
+        """Which events get a row: the aggregate type (a parameter), the event types, the ``where``."""
+        types = ["aggregate_type = ?", f"event_type IN ({_types_sql(self.event_types)})"]
+        return types if self.where is None else [*types, self.where]
 
     def refresh_sql(self, source: str, carry: str | None) -> str:
         """The rows of the events in ``source``; running totals continue from the ``carry`` files."""
         window = "OVER (PARTITION BY aggregate_id ORDER BY aggregate_version ROWS UNBOUNDED PRECEDING)"
-        conditions = f"aggregate_type = ? AND event_type IN ({_types_sql(self.event_types)})"
+        conditions = " AND ".join(self._conditions())
         if not (carry and self.running):
             running = {c: f"sum({v}) {window}" for c, (v, _) in self.running.items()}
             return f"SELECT {self._select(running)} FROM {source} WHERE {conditions} ORDER BY position"
@@ -326,6 +337,23 @@ class EventProjection(Projection):
         """Each aggregate's latest running totals in ``rows`` (what the next refresh continues from)."""
         cols = ", ".join(f"arg_max({_q(c)}, position) AS {_q(c)}" for c in self.running)
         return f"SELECT aggregate_id, max(position) AS position, {cols} FROM {rows} GROUP BY aggregate_id"
+
+
+def _where_sql(where: Mapping[str, Value], event_types: Sequence[str]) -> str | None:
+    """The SQL of an event projection's row conditions (None without any)."""
+    if not isinstance(where, Mapping):
+        raise InvalidArgumentError(f"where must map event types to conditions, got {type(where).__name__}")
+    if not where:
+        return None
+    cases = []
+    for event_type, condition in where.items():
+        if event_type not in event_types:
+            raise InvalidArgumentError(f"where names {event_type!r}, which is not one of the event types {list(event_types)!r}")
+        if not isinstance(condition, Value) or condition.dtype != "BOOLEAN":
+            raise InvalidArgumentError(f"the condition for {event_type!r} must be a BOOLEAN value such as "
+                                       f"Json('amount', 'DECIMAL(18,4)') > 0, got {condition!r}")
+        cases.append(f"WHEN {Const(event_type).sql()} THEN coalesce({condition.sql()}, FALSE)")
+    return f"(CASE event_type {' '.join(cases)} ELSE TRUE END)"
 
 
 def check_event_type(value: object) -> str:

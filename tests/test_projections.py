@@ -39,12 +39,12 @@ def test_account_summary_matches_the_seed_table(bank_lake: Lake) -> None:
     one = _row(summary, "acc-1")
     assert (one["account_holder"], one["current_balance"], one["status"]) == ("Ada Almeida", Decimal("120"), "active")
     assert (one["total_deposits"], one["total_withdrawals"], one["transaction_count"], one["version"]) == (
-        Decimal("150"), Decimal("30"), 3, 3)
+        Decimal("150"), Decimal("30"), 2, 3)
     closed = _row(summary, "acc-2")  # closed accounts keep their row
     assert (closed["status"], closed["current_balance"], closed["transaction_count"], closed["version"]) == (
-        "closed", Decimal("0"), 3, 4)
-    only_opened = _row(summary, "acc-3")  # the initial deposit counts as a deposit
-    assert (only_opened["total_deposits"], only_opened["transaction_count"]) == (Decimal("500"), 1)
+        "closed", Decimal("0"), 2, 4)
+    only_opened = _row(summary, "acc-3")  # the initial deposit is a deposit, not a transaction (as in the seed)
+    assert (only_opened["total_deposits"], only_opened["transaction_count"]) == (Decimal("500"), 0)
     events = bank_lake.events("acc-2")
     assert closed["opened_at"] == events["occurred_at"][0]
     assert closed["last_activity"] == events["occurred_at"].max()
@@ -52,20 +52,22 @@ def test_account_summary_matches_the_seed_table(bank_lake: Lake) -> None:
 
 def test_account_transactions_ledger(bank_lake: Lake) -> None:
     ledger = bank_lake.project(account_transactions)
-    assert ledger.columns == ["account_id", "position", "version", "event_id", "type", "amount", "description",
-                              "balance_after", "occurred_at", "recorded_at"]
+    assert ledger.columns == ["account_id", "position", "version", "event_id", "transaction_type", "amount",
+                              "description", "balance_after", "occurred_at", "recorded_at"]
     assert ledger["position"].is_sorted()
     one = ledger.filter(pl.col("account_id") == "acc-1")
-    assert one["type"].to_list() == ["deposit", "deposit", "withdrawal"]
+    assert one["transaction_type"].to_list() == ["deposit", "deposit", "withdrawal"]
     assert one["description"].to_list() == ["Initial deposit", "Salary", "Rent"]
     assert one["amount"].to_list() == [Decimal("100"), Decimal("50"), Decimal("30")]
     assert one["balance_after"].to_list() == [Decimal("100"), Decimal("150"), Decimal("120")]
-    assert "AccountClosed" not in ledger["type"].to_list()
-    # per account: rows = transaction_count and the last balance_after = current_balance
+    assert set(ledger["transaction_type"]) == {"deposit", "withdrawal"}
+    assert ledger.filter(pl.col("account_id") == "acc-2")["description"].to_list() == ["Gift", "Groceries"]  # opened with 0
+    # per account: rows = transaction_count (+1 for a positive initial deposit), last balance_after = current_balance
     last = ledger.group_by("account_id").agg(pl.len().alias("n"), pl.col("balance_after").last())
     summary = bank_lake.project(account_summary)
-    joined = summary.join(last, on="account_id")
-    assert joined["n"].to_list() == joined["transaction_count"].cast(pl.UInt32).to_list()
+    joined = summary.join(last, on="account_id").sort("account_id")
+    assert joined["n"].to_list() == [3, 2, 1]
+    assert joined["transaction_count"].to_list() == [2, 2, 0]
     assert joined["balance_after"].to_list() == joined["current_balance"].to_list()
 
 
@@ -320,3 +322,18 @@ def test_refresh_all_reports_projections_this_process_does_not_define(bank_lake:
     done = {r["name"]: r["mode"] for r in bank_lake.refresh()}
     assert done == {"account_summary": "current", "deposits_only": "skipped: not defined here"}
     assert bank_lake.sql("SELECT sum(deposits) AS n FROM deposits_only")["n"].item() == 2  # its view still works
+
+
+def test_event_projection_where_keeps_only_rows_that_meet_the_condition(bank_lake: Lake) -> None:
+    big = EventProjection("big_deposits", aggregate_type="BankAccount", event_types=["MoneyDeposited"],
+                          where={"MoneyDeposited": Json("amount", "DECIMAL(18,4)") > 20},
+                          columns={"amount": Json("amount", "DECIMAL(18,4)")})
+    assert bank_lake.project(big)["amount"].to_list() == [Decimal("50")]
+    with pytest.raises(InvalidArgumentError, match="where names 'MoneyWithdrawn', which is not one of the event types"):
+        EventProjection("bad_where", aggregate_type="BankAccount", event_types=["MoneyDeposited"],
+                        where={"MoneyWithdrawn": Json("amount", "DECIMAL(18,4)") > 0}, columns={"a": Json("amount")})
+    with pytest.raises(InvalidArgumentError, match="must be a BOOLEAN value"):
+        EventProjection("bad_where", aggregate_type="BankAccount", event_types=["MoneyDeposited"],
+                        where={"MoneyDeposited": Json("amount")}, columns={"a": Json("amount")})
+    with pytest.raises(InvalidArgumentError, match="can only be compared with a number"):
+        Json("amount") > "x"  # noqa: B015

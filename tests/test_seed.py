@@ -138,3 +138,57 @@ def test_seed_shaped_old_versions_are_ingested_as_they_are(tmp_path: Path, empty
         assert json.loads(empty_lake.events(f"user_{v}")["data"][0])["userId"] == f"user_{v}"
     metadata = [json.loads(t) for t in empty_lake.events(types="UserRegistered")["metadata"]]
     assert metadata == [{"correlationId": "corr_evt_001"}, {}]  # v2 events had their correlationId already
+
+
+# -- AccountProjection: account_summary and account_transactions, column by column ---------------
+def _seed_bank(lake: Lake) -> None:
+    """The seed's bank example: acc_123 opened with 1000, +500, -200; acc_0 opened with 0, +50, -50, closed."""
+    accounts = Repository(lake, BankAccount)
+    one = BankAccount("acc_123")
+    one.open_account(1000, "John Doe")
+    one.deposit(500, "Salary")
+    one.withdraw(200, "Groceries")
+    accounts.save(one)
+    zero = BankAccount("acc_0")
+    zero.open_account(0, "Jane Roe")
+    zero.deposit(50, "Gift")
+    zero.withdraw(50, "Dinner")
+    zero.close_account("Moving")
+    accounts.save(zero)
+
+
+def test_account_projection_rows_are_the_seeds(empty_lake: Lake) -> None:
+    from decimal import Decimal
+
+    from es_analytics.examples.bank import account_summary, account_transactions
+
+    _seed_bank(empty_lake)
+    events = {r["event_id"]: r for r in empty_lake.events().iter_rows(named=True)}
+    summary = {r["account_id"]: r for r in empty_lake.project(account_summary).iter_rows(named=True)}
+    one, zero = summary["acc_123"], summary["acc_0"]
+    first = empty_lake.events("acc_123")
+    # handleAccountOpened + handleMoneyDeposited + handleMoneyWithdrawn
+    assert {k: one[k] for k in ("account_holder", "current_balance", "status", "total_deposits",
+                                "total_withdrawals", "transaction_count", "version")} == {
+        "account_holder": "John Doe", "current_balance": Decimal(1300), "status": "active",
+        "total_deposits": Decimal(1500), "total_withdrawals": Decimal(200), "transaction_count": 2, "version": 3}
+    assert (one["opened_at"], one["last_activity"]) == (first["occurred_at"][0], first["occurred_at"][2])
+    # handleAccountClosed sets status and last_activity, not the counts
+    assert (zero["status"], zero["current_balance"], zero["total_deposits"], zero["transaction_count"],
+            zero["version"]) == ("closed", Decimal(0), Decimal(50), 2, 4)
+    assert zero["last_activity"] == empty_lake.events("acc_0")["occurred_at"][3]
+    ledger = empty_lake.project(account_transactions)
+    rows = [(r["account_id"], r["transaction_type"], r["amount"], r["description"], r["balance_after"])
+            for r in ledger.iter_rows(named=True)]
+    assert rows == [  # no 'Initial deposit' row for the opening with 0
+        ("acc_123", "deposit", Decimal(1000), "Initial deposit", Decimal(1000)),
+        ("acc_123", "deposit", Decimal(500), "Salary", Decimal(1500)),
+        ("acc_123", "withdrawal", Decimal(200), "Groceries", Decimal(1300)),
+        ("acc_0", "deposit", Decimal(50), "Gift", Decimal(50)),
+        ("acc_0", "withdrawal", Decimal(50), "Dinner", Decimal(0)),
+    ]
+    for row in ledger.iter_rows(named=True):  # each row is its event's, at the event's time
+        assert row["occurred_at"] == events[row["event_id"]]["occurred_at"]
+    # the seed's balance_after is newBalance: the same numbers on a stream written by the commands
+    stored = [json.loads(events[e]["data"]).get("newBalance") for e in ledger["event_id"]]
+    assert stored[1:] == [1500, 1300, 50, 0]

@@ -82,6 +82,10 @@ class Value:
     def __neg__(self) -> Value:
         return Neg(self)
 
+    def __gt__(self, bound: object) -> Value:
+        """``value > bound`` for a number ``bound``: a BOOLEAN value (e.g. a projection's row filter)."""
+        return Greater(self, bound)  # type: ignore[arg-type]
+
 
 @dataclass(frozen=True)
 class Json(Value):
@@ -171,6 +175,22 @@ class Neg(Value):
 
     def sql(self) -> str:
         return f"(-{self.inner.sql()})"
+
+
+@dataclass(frozen=True)
+class Greater(Value):
+    """Whether a numeric value exceeds a number (``Json("initialDeposit", "DECIMAL(18,4)") > 0``)."""
+
+    inner: Value
+    bound: int | float
+    dtype: str = field(default="BOOLEAN", compare=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.bound, bool) or not isinstance(self.bound, (int, float)) or self.bound != self.bound:
+            raise InvalidArgumentError(f"a value can only be compared with a number, got {self.bound!r}")
+
+    def sql(self) -> str:
+        return f"({self.inner.sql()} > {self.bound!r})"
 
 
 def _literal(value: object, dtype: str) -> str:
