@@ -96,8 +96,8 @@ def test_daily_shows_every_calendar_day_and_the_average(lake: Lake) -> None:
     assert spec["layer"][0]["encoding"]["x"]["type"] == "temporal"
     datasets = list(spec["datasets"].values())
     assert sorted(len(d) for d in datasets) == [1, result.days]
-    assert [d for d in datasets if len(d) == 1][0][0]["average"] == pytest.approx(result.average_per_day)
-    assert f"{result.average_per_active_day:.2f} per active day" in spec["title"]["subtitle"]
+    assert [d for d in datasets if len(d) == 1][0][0]["average"] == pytest.approx(result.average_per_calendar_day)
+    assert f"{result.average_per_day:.2f} per active day" in spec["title"]["subtitle"]
 
 
 def test_overview_stacks_both(lake: Lake) -> None:

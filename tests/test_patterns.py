@@ -5,6 +5,7 @@ Every history is checked twice: with the events in the hot tier and after sealin
 
 from __future__ import annotations
 
+import operator
 import tempfile
 from collections.abc import Iterator, Sequence
 from datetime import date, datetime, timedelta, timezone
@@ -90,39 +91,53 @@ def days(first: date, counts: list[int]) -> pl.DataFrame:
 # -- analyze --------------------------------------------------------------------------------------
 def test_analyze_in_berlin_across_the_autumn_clock_change(make_lake: object) -> None:
     lake = make_lake(DST_HISTORY)  # type: ignore[operator]
-    result = patterns.analyze(lake, "MoneyDeposited", *WINDOW, tz=BERLIN)
+    result = patterns.analyze(lake, "MoneyDeposited", *WINDOW, tz=BERLIN, closed="left")
     assert result.total_events == 6
     # Both passes of the repeated hour 02:00-03:00 land in hour 2.
     assert_frame_equal(result.hourly, hours(h0=2, h2=2, h12=1, h23=1))
     assert_frame_equal(result.daily, days(date(2025, 10, 25), [2, 3, 1, 0]))
     assert (result.days, result.active_days) == (4, 3)
-    assert result.average_per_day == 6 / 4
-    assert result.average_per_active_day == 6 / 3
+    assert result.average_per_calendar_day == 6 / 4
+    assert result.average_per_day == 6 / 3  # the seed's averagePerDay: over the days with events
     assert result.peak_hour == 0
     assert_frame_equal(result.active_daily, days(date(2025, 10, 25), [2, 3, 1]))
 
 
 def test_analyze_same_events_in_utc(make_lake: object) -> None:
     lake = make_lake(DST_HISTORY)  # type: ignore[operator]
-    result = patterns.analyze(lake, "MoneyDeposited", *WINDOW)
+    result = patterns.analyze(lake, "MoneyDeposited", *WINDOW, closed="left")
     assert_frame_equal(result.hourly, hours(h0=1, h1=1, h10=1, h22=2, h23=1))
     # UTC days touched by the window: Oct 24 (from 22:00) .. Oct 28 (until 23:00).
     assert_frame_equal(result.daily, days(date(2025, 10, 24), [1, 1, 4, 0, 0]))
-    assert result.average_per_day == 6 / 5
-    assert result.average_per_active_day == 6 / 3
+    assert result.average_per_calendar_day == 6 / 5
+    assert result.average_per_day == 6 / 3
 
 
 def test_analyze_one_stream_several_types_and_no_events(make_lake: object) -> None:
     lake = make_lake(DST_HISTORY)  # type: ignore[operator]
-    one = patterns.analyze(lake, "MoneyDeposited", *WINDOW, aggregate_id="acc-2", tz=BERLIN)
+    one = patterns.analyze(lake, "MoneyDeposited", *WINDOW, aggregate_id="acc-2", tz=BERLIN, closed="left")
     assert_frame_equal(one.daily, days(date(2025, 10, 25), [1, 2, 0, 0]))
-    both = patterns.analyze(lake, ["MoneyDeposited", "MoneyWithdrawn"], *WINDOW, tz=BERLIN)
+    both = patterns.analyze(lake, ["MoneyDeposited", "MoneyWithdrawn"], *WINDOW, tz=BERLIN, closed="left")
     assert both.total_events == 7 and both.hourly["count"][10] == 1
-    assert patterns.analyze(lake, None, *WINDOW, tz=BERLIN).total_events == 7
-    none = patterns.analyze(lake, "AccountClosed", *WINDOW, tz=BERLIN)
+    assert patterns.analyze(lake, None, *WINDOW, tz=BERLIN, closed="left").total_events == 7
+    none = patterns.analyze(lake, "AccountClosed", *WINDOW, tz=BERLIN, closed="left")
     assert (none.total_events, none.days, none.active_days, none.average_per_day, none.peak_hour) == (0, 4, 0, 0.0, None)
-    assert none.average_per_active_day == 0.0
+    assert none.average_per_calendar_day == 0.0
     assert none.hourly.height == 24
+
+
+def test_analyze_by_default_is_the_seeds_window_inclusive_at_both_ends(make_lake: object) -> None:
+    lake = make_lake(DST_HISTORY)  # type: ignore[operator]
+    seed = patterns.analyze(lake, "MoneyDeposited", *WINDOW, tz=BERLIN)
+    assert (seed.closed, seed.total_events) == ("both", 7)  # the deposit at the window's end counts
+    # the end's own date is touched by the window: Berlin Oct 25 .. Oct 29
+    assert_frame_equal(seed.daily, days(date(2025, 10, 25), [2, 3, 1, 0, 1]))
+    assert (seed.average_per_day, seed.average_per_calendar_day) == (7 / 4, 7 / 5)
+    counts = {closed: patterns.analyze(lake, "MoneyDeposited", *WINDOW, tz=BERLIN, closed=closed).total_events
+              for closed in ("both", "left", "right", "none")}
+    assert counts == {"both": 7, "left": 6, "right": 6, "none": 5}  # the first instant has a deposit too
+    one_instant = patterns.analyze(lake, "MoneyDeposited", WINDOW[0], WINDOW[0])
+    assert (one_instant.total_events, one_instant.days) == (1, 1)
 
 
 def test_spring_clock_change_has_no_hour_two(make_lake: object) -> None:
@@ -132,7 +147,8 @@ def test_spring_clock_change_has_no_hour_two(make_lake: object) -> None:
         ("acc-1", "MoneyDeposited", utc(2025, 3, 30, 1, 0)),   # 03:00 CEST
         ("acc-1", "MoneyDeposited", utc(2025, 3, 30, 21, 59)),  # 23:59 CEST
     ])
-    result = patterns.analyze(lake, "MoneyDeposited", utc(2025, 3, 29, 23), utc(2025, 3, 30, 22), tz=BERLIN)
+    result = patterns.analyze(lake, "MoneyDeposited", utc(2025, 3, 29, 23), utc(2025, 3, 30, 22), tz=BERLIN,
+                              closed="left")
     assert_frame_equal(result.hourly, hours(h1=1, h3=1, h23=1))
     assert_frame_equal(result.daily, days(date(2025, 3, 30), [3]))
 
@@ -160,7 +176,10 @@ def test_zone_with_an_offset_in_seconds_is_bucketed_row_by_row(make_lake: object
     ("kwargs", "message"),
     [
         ({"start": datetime(2025, 1, 1), "end": utc(2025, 2, 1)}, "start must be timezone-aware"),
-        ({"start": utc(2025, 2, 1), "end": utc(2025, 1, 1)}, "must be before end"),
+        ({"start": utc(2025, 2, 1), "end": utc(2025, 1, 1)}, r"must be before end .* \(both ends inclusive\)"),
+        ({"start": utc(2025, 1, 1), "end": utc(2025, 1, 1), "closed": "left"}, r"must be before end .* \(end exclusive\)"),
+        ({"start": utc(2025, 1, 1), "end": utc(2025, 2, 1), "closed": "middle"},
+         "closed must be one of 'both', 'left', 'right', 'none', got 'middle'"),
         ({"start": utc(2025, 1, 1), "end": utc(2025, 2, 1), "tz": "Mars/Olympus"}, "not a known IANA time zone"),
         ({"start": utc(2025, 1, 1), "end": utc(2025, 2, 1), "tz": ""}, "tz must be an IANA"),
         ({"start": utc(2025, 1, 1), "end": utc(2025, 2, 1), "tz": "localtime"}, "not a known IANA time zone"),
@@ -183,12 +202,19 @@ instants = st.integers(0, 40 * 86400 - 1).map(lambda s: utc(2025, 3, 1) + timede
 bound = st.one_of(instants, st.integers(0, 40 * 96).map(lambda q: utc(2025, 3, 1) + timedelta(minutes=15 * q)))
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(times=st.lists(instants, min_size=0, max_size=25), tz=zones,
-       bounds=st.tuples(bound, bound).filter(lambda b: b[0] != b[1]), sealed=st.integers(0, 25))
+CLOSED = {"both": (operator.ge, operator.le), "left": (operator.ge, operator.lt),
+          "right": (operator.gt, operator.le), "none": (operator.gt, operator.lt)}
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(times=st.lists(st.one_of(instants, bound), min_size=0, max_size=25), tz=zones,
+       bounds=st.tuples(bound, bound).filter(lambda b: b[0] != b[1]), sealed=st.integers(0, 25),
+       closed=st.sampled_from(sorted(CLOSED)))
 def test_analyze_agrees_with_a_row_by_row_count(tmp_path: object, times: list[datetime], tz: str,
-                                                bounds: tuple[datetime, datetime], sealed: int) -> None:
+                                                bounds: tuple[datetime, datetime], sealed: int, closed: str) -> None:
     start, end = sorted(bounds)
+    after, before = CLOSED[closed]
+    times = [*times, start, end]  # events on both bounds: counted or not as `closed` says
     with Lake.open(tempfile.mkdtemp(dir=str(tmp_path))) as lake:
         # The first `sealed` events go to Parquet, the rest stay in the hot tier.
         for part, seal in ((times[:sealed], True), (times[sealed:], False)):
@@ -197,15 +223,20 @@ def test_analyze_agrees_with_a_row_by_row_count(tmp_path: object, times: list[da
                             expected_version=None, aggregate_type="BankAccount")
                 if seal:
                     lake.seal()
-        result = patterns.analyze(lake, "MoneyDeposited", start, end, tz=tz)
-    local = [t.astimezone(ZoneInfo(tz)) for t in times if start <= t < end]
+        result = patterns.analyze(lake, "MoneyDeposited", start, end, tz=tz, closed=closed)  # type: ignore[arg-type]
+    local = [t.astimezone(ZoneInfo(tz)) for t in times if after(t, start) and before(t, end)]
     assert result.total_events == len(local) == result.hourly["count"].sum() == result.daily["count"].sum()
     for hour, count in result.hourly.iter_rows():
         assert count == sum(1 for t in local if t.hour == hour)
     expected_days = {t.date() for t in local}
     assert set(result.active_daily["date"].to_list()) == expected_days
-    assert result.daily["date"].to_list() == patterns.calendar_days(start, end, tz)
-    assert result.days == len(patterns.calendar_days(start, end, tz))
+    last = end if closed in ("both", "right") else end - timedelta(microseconds=1)
+    first_day, last_day = start.astimezone(ZoneInfo(tz)).date(), last.astimezone(ZoneInfo(tz)).date()
+    assert result.daily["date"].to_list() == [first_day + timedelta(days=i)
+                                              for i in range((last_day - first_day).days + 1)]
+    if closed == "left":
+        assert result.days == len(patterns.calendar_days(start, end, tz))
+    assert result.average_per_day == (len(local) / len(expected_days) if local else 0.0)
 
 
 def test_prepare_builds_the_missing_rollups(tmp_path: Path) -> None:
@@ -496,4 +527,4 @@ def test_results_are_frozen(make_lake: object) -> None:
     result = patterns.analyze(lake, "MoneyDeposited", *WINDOW)
     with pytest.raises(AttributeError):
         result.total_events = 3  # type: ignore[misc]
-    assert "total_events=6" in repr(result)
+    assert "total_events=7" in repr(result)

@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 import pytest
 
 from es_analytics import ConcurrencyError, DomainError, Event, Lake, Repository
@@ -192,3 +193,25 @@ def test_account_projection_rows_are_the_seeds(empty_lake: Lake) -> None:
     # the seed's balance_after is newBalance: the same numbers on a stream written by the commands
     stored = [json.loads(events[e]["data"]).get("newBalance") for e in ledger["event_id"]]
     assert stored[1:] == [1500, 1300, 50, 0]
+
+
+# -- TemporalQueryService.analyzeEventPatterns ------------------------------------------------------
+def test_analyze_event_patterns_is_the_seeds(empty_lake: Lake) -> None:
+    from es_analytics import patterns
+
+    at = [datetime(2024, 1, d, h, tzinfo=timezone.utc) for d, h in [(1, 9), (1, 9), (1, 14), (3, 9), (5, 0)]]
+    deposits = [Event("MoneyDeposited", {"amount": 10, "description": "", "newBalance": 10 * (i + 1)},
+                      occurred_at=t) for i, t in enumerate(at)]
+    empty_lake.append("acc_123", deposits, expected_version=0, aggregate_type="BankAccount")
+    empty_lake.append("acc_9", [Event("MoneyDeposited", {"amount": 1}, occurred_at=at[0])], expected_version=0,
+                      aggregate_type="BankAccount")
+    window = (datetime(2024, 1, 1, 9, tzinfo=timezone.utc), datetime(2024, 1, 5, tzinfo=timezone.utc))
+    result = patterns.analyze(empty_lake, "MoneyDeposited", *window, aggregate_id="acc_123")
+    # timeWindow.start <= timestamp <= timeWindow.end: both bounds count
+    assert result.total_events == 5
+    assert dict(result.hourly.filter(pl.col("count") > 0).rows()) == {0: 1, 9: 3, 14: 1}  # hourlyDistribution
+    assert {d.isoformat(): n for d, n in result.active_daily.rows()} == {  # dailyTotals
+        "2024-01-01": 3, "2024-01-03": 1, "2024-01-05": 1}
+    assert result.average_per_day == 5 / 3  # averagePerDay: totalEvents / dailyTotals.size
+    assert patterns.analyze(empty_lake, "MoneyDeposited", *window, aggregate_id="acc_123",
+                            closed="left").total_events == 4

@@ -120,13 +120,13 @@ def daily(result: PatternResult) -> Any:
         y="count:Q", tooltip=[alt.Tooltip("date:T", title="Day", format="%Y-%m-%d"),
                               alt.Tooltip("weekday:N", title="Weekday"),
                               alt.Tooltip("count:Q", title="Events", format=",")])
-    rule = alt.Chart(pl.DataFrame({"average": [result.average_per_day]})).mark_rule(
-        strokeDash=[4, 4]).encode(y="average:Q", tooltip=[alt.Tooltip("average:Q", title="Average per day",
+    rule = alt.Chart(pl.DataFrame({"average": [result.average_per_calendar_day]})).mark_rule(
+        strokeDash=[4, 4]).encode(y="average:Q", tooltip=[alt.Tooltip("average:Q", title="Average per calendar day",
                                                                           format=".2f")])
     return finish(
         alt.layer(line, points, rule), title=f"{_what(result.event_type)} per day",
-        subtitle=(f"average {result.average_per_day:.2f} per calendar day (dashed), "
-                  f"{result.average_per_active_day:.2f} per active day · {result.active_days} of "
+        subtitle=(f"average {result.average_per_calendar_day:.2f} per calendar day (dashed), "
+                  f"{result.average_per_day:.2f} per active day · {result.active_days} of "
                   f"{result.days} days had events · {result.tz}"),
     )
 

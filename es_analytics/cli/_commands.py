@@ -263,27 +263,33 @@ def state(lake_path: Path, aggregate_id: str | None, type_name: str, class_path:
 @click.command()
 @lake_option
 @click.argument("event_type", required=False)
-@click.option("--start", type=Moment(), required=True, help="Window start (inclusive).")
-@click.option("--end", type=Moment(), required=True, help="Window end (exclusive).")
+@click.option("--start", type=Moment(), required=True, help="Window start (inclusive unless --closed says not).")
+@click.option("--end", type=Moment(), required=True, help="Window end (inclusive unless --closed says not).")
+@click.option("--closed", type=click.Choice(["both", "left", "right", "none"]), default="both", show_default=True,
+              help="Which ends of the window are inclusive (left: start <= t < end).")
 @click.option("--tz", default="UTC", show_default=True, help="IANA zone of hours and days.")
 @click.option("--aggregate-id", default=None, help="Only this stream.")
 @click.option("--chart", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Save the hourly and daily charts (.png, .svg or .html).")
 @format_option(*FORMATS)
 @translate
-def patterns(lake_path: Path, event_type: str | None, start: datetime, end: datetime, tz: str,
+def patterns(lake_path: Path, event_type: str | None, start: datetime, end: datetime, closed: str, tz: str,
              aggregate_id: str | None, chart: Path | None, fmt: str) -> None:
     """Hourly and daily distribution of an event type (all types if omitted) in a window.
 
+    The window is inclusive at both ends and the average is per day with events, as in the seed's
+    analyzeEventPatterns.
+
     \b
     Example:
-      es-analytics patterns --lake my-lake MoneyDeposited --start 2025-01-01 --end 2025-04-01 --tz Europe/Berlin
-      es-analytics patterns --lake my-lake --start 2025-01-01 --end 2026-01-01 --chart build/pattern.png
+      es-analytics patterns --lake my-lake MoneyDeposited --start 2025-01-01 --end 2025-04-01 --closed left --tz Europe/Berlin
+      es-analytics patterns --lake my-lake --start 2025-01-01 --end 2025-12-31T23:59:59 --chart build/pattern.png
     """
     from .. import patterns as pat
 
     with open_lake(lake_path) as lake:
-        result = pat.analyze(lake, event_type, start, end, aggregate_id=aggregate_id, tz=tz)
+        result = pat.analyze(lake, event_type, start, end, aggregate_id=aggregate_id, tz=tz,
+                             closed=closed)  # type: ignore[arg-type]
     summary = {"event_type": result.event_type or "(all)", "tz": result.tz, "total_events": result.total_events,
                "days": result.days, "active_days": result.active_days,
                "average_per_day": round(result.average_per_day, 2), "peak_hour": result.peak_hour}

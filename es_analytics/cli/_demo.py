@@ -103,7 +103,7 @@ def _patterns(lake: Any, start: datetime, end: datetime, build: Path) -> Path:
     from .. import patterns
 
     _heading("4. When do deposits happen?")
-    result = patterns.analyze(lake, "MoneyDeposited", start, end, tz="UTC")
+    result = patterns.analyze(lake, "MoneyDeposited", start, end, tz="UTC", closed="left")
     click.echo(f"{result.total_events:,} deposits from {start:%Y-%m-%d} to {end:%Y-%m-%d}: "
                f"{result.average_per_day:.1f} per day, busiest hour {result.peak_hour:02d}:00 UTC.")
     busy = result.hourly.filter(pl.col("hour").is_between(6, 21))

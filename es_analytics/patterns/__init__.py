@@ -7,13 +7,16 @@ Conventions shared by all analyses:
 
 - **Business time.** Events are placed by ``occurred_at`` (when they happened), not ``recorded_at``.
 - **Half-open windows.** ``start`` and ``end`` are timezone-aware; an event counts when
-  ``start <= occurred_at < end``, so consecutive windows never count an event twice.
+  ``start <= occurred_at < end``, so consecutive windows never count an event twice. The exception is
+  ``analyze``, the seed's ``analyzeEventPatterns``: inclusive at both ends by default, any other window
+  with ``closed="left"|"right"|"none"`` (polars' convention).
 - **An explicit time zone.** Hours, days, weekdays, weeks and months are those of the IANA zone ``tz``
   (default ``"UTC"``). On a daylight-saving day a local day has 23 or 25 hours; the repeated local hour of
   the autumn change collects the events of both passes, and the skipped spring hour has none.
 - **Days without events.** Daily series list every calendar day of the window, with 0 for days without
-  events; ``average_per_day`` divides by those calendar days, and ``average_per_active_day`` by the days
-  that had at least one event (what a loop over the events' own days gives).
+  events. ``analyze``'s ``average_per_day`` divides by the days that had at least one event (the seed's
+  ``averagePerDay``, what a loop over the events' own days gives), ``average_per_calendar_day`` by every
+  calendar day of the window.
 - **Stream order.** Sequences inside one aggregate (latency, funnel) follow ``aggregate_version``.
 
 Speed: time buckets are computed on 15-minute UTC slots (an integer division), and only the few thousand

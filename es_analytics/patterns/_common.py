@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from ..lake import Lake
 
 Grain = Literal["day", "week", "month"]
+Closed = Literal["both", "left", "right", "none"]
+CLOSED = ("both", "left", "right", "none")
 GRAINS = {"day": "1d", "week": "1w", "month": "1mo"}
 SLOT_US = 900_000_000  # 15 minutes
 
@@ -50,11 +52,20 @@ def _one_type(value: object, name: str) -> str:
     return value
 
 
-def _window(start: object, end: object, *, optional: bool = False) -> tuple[datetime | None, datetime | None]:
+def _closed(value: object) -> Closed:
+    if value not in CLOSED:
+        raise InvalidArgumentError(f"closed must be one of {', '.join(map(repr, CLOSED))}, got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def _window(start: object, end: object, *, optional: bool = False,
+            closed: Closed = "left") -> tuple[datetime | None, datetime | None]:
     lo = to_utc_or_none(start, "start") if optional else to_utc(start, "start")
     hi = to_utc_or_none(end, "end") if optional else to_utc(end, "end")
-    if lo is not None and hi is not None and lo >= hi:
-        raise InvalidArgumentError(f"start {lo.isoformat()} must be before end {hi.isoformat()} (end is exclusive)")
+    if lo is not None and hi is not None and (lo > hi or (lo == hi and closed != "both")):
+        bounds = {"both": "both ends inclusive", "left": "end exclusive", "right": "start exclusive",
+                  "none": "both ends exclusive"}[closed]
+        raise InvalidArgumentError(f"start {lo.isoformat()} must be before end {hi.isoformat()} ({bounds})")
     return lo, hi
 
 
@@ -67,16 +78,17 @@ class _Filter:
     types: tuple[str, ...] | None = None
     aggregate_id: str | None = None
     aggregate_type: str | None = None
+    closed: Closed = "left"  # which bounds are inclusive: the analyses' half-open windows by default
 
     def sql(self, alias: str = "") -> tuple[str, list[Any]]:
         p = f"{alias}." if alias else ""
         clauses: list[str] = ["TRUE"]
         params: list[Any] = []
         if self.start is not None:
-            clauses.append(f"{p}occurred_at >= ?")
+            clauses.append(f"{p}occurred_at {'>=' if self.closed in ('both', 'left') else '>'} ?")
             params.append(self.start)
         if self.end is not None:
-            clauses.append(f"{p}occurred_at < ?")
+            clauses.append(f"{p}occurred_at {'<=' if self.closed in ('both', 'right') else '<'} ?")
             params.append(self.end)
         if self.types is not None:
             clauses.append(f"{p}event_type IN ({', '.join('?' * len(self.types))})")
@@ -91,20 +103,21 @@ class _Filter:
 
 
 def _make_filter(start: object, end: object, event_type: object = None, *, aggregate_id: object = None,
-                 aggregate_type: object = None, optional: bool = False) -> _Filter:
-    lo, hi = _window(start, end, optional=optional)
+                 aggregate_type: object = None, optional: bool = False, closed: Closed = "left") -> _Filter:
+    lo, hi = _window(start, end, optional=optional, closed=_closed(closed))
     return _Filter(
         lo, hi, _types(event_type),
         None if aggregate_id is None else check_aggregate_id(aggregate_id),
         None if aggregate_type is None else check_aggregate_type(aggregate_type),
+        closed,
     )
 
 
-def _calendar(start: datetime, end: datetime, tz: str) -> pl.Series:
-    """Every local date the half-open window [start, end) touches."""
+def _calendar(start: datetime, end: datetime, tz: str, closed: Closed = "left") -> pl.Series:
+    """Every local date the window touches: [start, end), or up to ``end`` itself when it is inclusive."""
     zone = ZoneInfo(tz)
     first = start.astimezone(zone).date()
-    last = (end - timedelta(microseconds=1)).astimezone(zone).date()
+    last = (end if closed in ("both", "right") else end - timedelta(microseconds=1)).astimezone(zone).date()
     return pl.date_range(first, last, "1d", eager=True).alias("date")
 
 

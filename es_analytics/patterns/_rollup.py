@@ -18,6 +18,7 @@ import time
 import uuid
 import weakref
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -77,6 +78,35 @@ def rollup_counts(lake: Lake, where: _Filter, *, by_type: bool) -> pl.DataFrame 
     lo, hi = to_micros(where.start), to_micros(where.end)
     if lo % SLOT_US or hi % SLOT_US:
         return None
+    counts = _half_open_counts(lake, replace(where, closed="left"), lo, hi, by_type=by_type)
+    if where.closed == "left":
+        return counts
+    # Other windows: the half-open counts, plus the events exactly at an inclusive end and minus those
+    # exactly at an exclusive start (two point lookups instead of a scan of the window).
+    keys = ["slot", "event_type"] if by_type else ["slot"]
+    parts = [counts]
+    if where.closed in ("both", "right"):
+        parts.append(_at(lake, where, where.end, by_type=by_type))
+    if where.closed in ("right", "none"):
+        parts.append(_at(lake, where, where.start, by_type=by_type).with_columns(-pl.col("count")))
+    return pl.concat(parts).group_by(keys).agg(pl.col("count").sum()).filter(pl.col("count") != 0)
+
+
+def _at(lake: Lake, where: _Filter, moment: Any, *, by_type: bool) -> pl.DataFrame:
+    """Counts per slot[, event_type] of the events that occurred exactly at ``moment`` (the other filters kept)."""
+    clause, params = replace(where, start=None, end=None).sql()
+    key = ", event_type" if by_type else ""
+    frame = lake._query(
+        f"SELECT epoch_us(occurred_at) // {SLOT_US} AS slot{key}, count(*) AS count "
+        f"FROM events WHERE occurred_at = ? AND {clause} GROUP BY ALL",
+        [moment, *params],
+        what="patterns",
+    )
+    return frame.select("slot", *(["event_type"] if by_type else []), pl.col("count").cast(pl.Int64))
+
+
+def _half_open_counts(lake: Lake, where: _Filter, lo: int, hi: int, *, by_type: bool) -> pl.DataFrame:
+    """Counts per UTC slot of ``[start, end)`` from the rollups plus the hot tier."""
     store = lake._store
     store.refresh()
     with store.reader.lock:

@@ -12,7 +12,7 @@ import numpy as np
 import polars as pl
 
 from ..errors import InvalidArgumentError
-from ._common import GRAINS, Grain, _calendar, _label, _make_filter, _zero_fill_daily, _zone
+from ._common import GRAINS, Closed, Grain, _calendar, _label, _make_filter, _zero_fill_daily, _zone
 from ._rollup import local_slots
 
 if TYPE_CHECKING:
@@ -27,20 +27,26 @@ _DAY_NAMES = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 # -- analyze ------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class PatternResult:
-    """Hourly and daily distribution of one event type (or several) in a window.
+    """Hourly and daily distribution of one event type (or several) in a window (the seed's
+    ``analyzeEventPatterns``).
 
     Attributes
     ----------
     total_events
-        Events in the window.
+        Events in the window (the seed's ``totalEvents``).
     hourly
-        ``hour`` (0–23, local) and ``count``: all 24 hours, 0 where none.
+        ``hour`` (0–23, local) and ``count``: all 24 hours, 0 where none (the seed's
+        ``hourlyDistribution`` lists only hours with events).
     daily
-        ``date`` (local) and ``count``: every calendar day of the window, 0 for days without events.
+        ``date`` (local) and ``count``: every calendar day of the window, 0 for days without events
+        (:attr:`active_daily` is the seed's ``dailyTotals``: only days with events).
     average_per_day
-        ``total_events`` over the calendar days of the window (days without events count).
-    average_per_active_day
-        ``total_events`` over the days with at least one event (the seed's figure).
+        ``total_events`` over the days with at least one event (the seed's ``averagePerDay``; 0.0
+        without events, where the seed divides 0 by 0).
+    average_per_calendar_day
+        ``total_events`` over every calendar day of the window (days without events count).
+    closed
+        Which ends of the window were inclusive (``"both"``, as in the seed, by default).
     """
 
     event_type: str | tuple[str, ...] | None
@@ -52,7 +58,8 @@ class PatternResult:
     hourly: pl.DataFrame
     daily: pl.DataFrame
     average_per_day: float
-    average_per_active_day: float
+    average_per_calendar_day: float
+    closed: Closed = "both"
 
     @property
     def days(self) -> int:
@@ -91,8 +98,14 @@ def analyze(
     *,
     aggregate_id: str | None = None,
     tz: str = "UTC",
+    closed: Closed = "both",
 ) -> PatternResult:
-    """Hourly and daily distribution of ``event_type`` between ``start`` (inclusive) and ``end`` (exclusive).
+    """Hourly and daily distribution of ``event_type`` between ``start`` and ``end``, both inclusive.
+
+    The seed's ``analyzeEventPatterns(aggregateId, eventType, timeWindow)``: its window is inclusive at
+    both ends, and its ``averagePerDay`` divides by the days that have events. Unlike the seed, the
+    stream is optional (``aggregate_id=None`` analyses every stream) and the hours and days are those of
+    an explicit time zone.
 
     Parameters
     ----------
@@ -101,11 +114,16 @@ def analyze(
     event_type
         One event type, a list of them, or ``None`` for every type.
     start, end
-        Timezone-aware bounds on ``occurred_at``; ``start <= occurred_at < end``.
+        Timezone-aware bounds on ``occurred_at``; ``start <= occurred_at <= end`` by default.
     aggregate_id
-        Only this stream.
+        Only this stream (the seed's ``aggregateId``).
     tz
         IANA time zone of the hours and days (``"UTC"``, ``"Europe/Berlin"`` …).
+    closed
+        Which ends of the window are inclusive, as in polars: ``"both"`` (default, the seed's),
+        ``"left"`` (``start <= occurred_at < end``, the half-open window of the other analyses, so
+        consecutive windows never count an event twice), ``"right"`` or ``"none"``. ``daily`` lists the
+        date of ``end`` itself only when ``end`` is inclusive.
 
     Returns
     -------
@@ -126,16 +144,19 @@ def analyze(
     ...     _ = lake.append("acc-1", [Event("MoneyDeposited", {"amount": 5}, occurred_at=at(d, h))
     ...                               for d, h in [(1, 9), (1, 9), (3, 17)]],
     ...                     expected_version=0, aggregate_type="BankAccount")
-    ...     result = analyze(lake, "MoneyDeposited", at(1, 0), at(5, 0))
+    ...     result = analyze(lake, "MoneyDeposited", at(1, 0), at(4, 23))
+    ...     half_open = analyze(lake, "MoneyDeposited", at(1, 9), at(3, 17), closed="left")
     >>> result.total_events, result.days, result.active_days
     (3, 4, 2)
-    >>> result.average_per_day, result.average_per_active_day
-    (0.75, 1.5)
+    >>> result.average_per_day, result.average_per_calendar_day
+    (1.5, 0.75)
     >>> result.hourly.filter(pl.col("count") > 0).rows()
     [(9, 2), (17, 1)]
+    >>> half_open.total_events  # the event at 17:00 on the 3rd is at the excluded end
+    2
     """
     zone = _zone(tz)
-    where = _make_filter(start, end, event_type, aggregate_id=aggregate_id)
+    where = _make_filter(start, end, event_type, aggregate_id=aggregate_id, closed=closed)
     assert where.start is not None and where.end is not None
     slots = local_slots(lake, where, zone)
     hourly = (
@@ -146,7 +167,7 @@ def analyze(
     )
     daily = _zero_fill_daily(
         slots.group_by(pl.col("local").dt.date().alias("date")).agg(pl.col("count").sum()),
-        _calendar(where.start, where.end, zone),
+        _calendar(where.start, where.end, zone, where.closed),
     )
     total = int(daily["count"].sum())
     active = int((daily["count"] > 0).sum())
@@ -154,8 +175,9 @@ def analyze(
         event_type=where.types[0] if where.types and len(where.types) == 1 else where.types,
         start=where.start, end=where.end, tz=zone, aggregate_id=where.aggregate_id,
         total_events=total, hourly=hourly, daily=daily,
-        average_per_day=total / daily.height,
-        average_per_active_day=total / active if active else 0.0,
+        average_per_day=total / active if active else 0.0,
+        average_per_calendar_day=total / daily.height,
+        closed=where.closed,
     )
 
 
