@@ -215,3 +215,195 @@ def test_analyze_event_patterns_is_the_seeds(empty_lake: Lake) -> None:
     assert result.average_per_day == 5 / 3  # averagePerDay: totalEvents / dailyTotals.size
     assert patterns.analyze(empty_lake, "MoneyDeposited", *window, aggregate_id="acc_123",
                             closed="left").total_events == 4
+
+
+# -- the user example: buildUserState -------------------------------------------------------------
+def _seed_user_events() -> list[Event]:
+    """The seed's two events, with the v1 payload's ``id`` (the subject the upgrader reads)."""
+    return [
+        Event("UserRegistered", {"id": "user_123", "email": "john@example.com", "name": "John Doe"},
+              event_id="evt_001", occurred_at=datetime(2024, 1, 15, 10, 30, tzinfo=timezone.utc),
+              metadata={"userId": "admin_456", "correlationId": "reg_789"}),
+        Event("UserSuspended", {"reason": "Suspicious activity detected", "suspendedBy": "security_system"},
+              event_id="evt_002", occurred_at=datetime(2024, 2, 1, 14, 20, tzinfo=timezone.utc),
+              metadata={"userId": "security_bot", "correlationId": "alert_321"}),
+    ]
+
+
+def test_build_user_state_gives_the_seeds_user(empty_lake: Lake) -> None:
+    empty_lake.append("user_123", _seed_user_events(), expected_version=0, aggregate_type="User")
+    user = empty_lake.aggregate(User, "user_123")
+    assert user is not None
+    assert (user.aggregate_id, user.email, user.name, user.status) == (
+        "user_123", "john@example.com", "John Doe", "suspended")
+    assert (user.registered_at, user.suspended_at, user.suspension_reason) == (
+        datetime(2024, 1, 15, 10, 30, tzinfo=timezone.utc), datetime(2024, 2, 1, 14, 20, tzinfo=timezone.utc),
+        "Suspicious activity detected")
+    before = empty_lake.aggregate(User, "user_123", as_of=datetime(2024, 1, 20, tzinfo=timezone.utc))
+    assert (before.status, before.suspended_at) == ("active", None)  # type: ignore[union-attr]
+    states = empty_lake.states(User).row(0, named=True)  # the same state, vectorised (no personal fields)
+    assert (states["status"], states["registered_at"], states["suspension_reason"]) == (
+        "suspended", user.registered_at, "Suspicious activity detected")
+
+
+# -- EventStore -------------------------------------------------------------------------------------
+def test_event_store_append_get_version_and_all_events(empty_lake: Lake) -> None:
+    opened = Event("AccountOpened", {"accountId": "acc_123", "initialDeposit": 1000, "accountHolder": "John Doe"},
+                   occurred_at=T)
+    assert empty_lake.current_version("acc_123") == 0  # getCurrentVersion of an unknown aggregate
+    # appendEvents(aggregateId, expectedVersion, events) returns expectedVersion + events.length
+    assert empty_lake.append("acc_123", [opened], expected_version=0, aggregate_type="BankAccount") == 1
+    later = [Event("MoneyDeposited", {"amount": 500, "description": "Salary", "newBalance": 1500},
+                   occurred_at=datetime(2024, 1, 16, tzinfo=timezone.utc)),
+             Event("MoneyWithdrawn", {"amount": 200, "description": "Rent", "newBalance": 1300},
+                   occurred_at=datetime(2024, 1, 17, tzinfo=timezone.utc))]
+    assert empty_lake.append("acc_123", later, expected_version=1, aggregate_type="BankAccount") == 3
+    empty_lake.append("user_123", _seed_user_events(), expected_version=0, aggregate_type="User")
+    assert empty_lake.current_version("acc_123") == 3
+    # getEvents(aggregateId, fromVersion): versions after fromVersion, in version order
+    assert empty_lake.events("acc_123", from_version=1)["aggregate_version"].to_list() == [2, 3]
+    assert empty_lake.events("acc_123")["event_type"].to_list() == ["AccountOpened", "MoneyDeposited", "MoneyWithdrawn"]
+    # getAllEvents(fromTimestamp, eventTypes): every stream, in commit order
+    since = empty_lake.events(since=datetime(2024, 1, 16, tzinfo=timezone.utc),
+                              types=["MoneyWithdrawn", "UserSuspended"])
+    assert since.select("aggregate_id", "event_type").rows() == [("acc_123", "MoneyWithdrawn"),
+                                                               ("user_123", "UserSuspended")]
+    assert since["position"].is_sorted()
+    assert empty_lake.events()["aggregate_id"].to_list() == ["acc_123"] * 3 + ["user_123"] * 2
+
+
+# -- BankAccount: fromEvents, replay, uncommitted events ------------------------------------------
+def test_bank_account_commands_events_and_replay() -> None:
+    account = BankAccount("acc_123")
+    account.open_account(1000, "John Doe")
+    account.deposit(500, "Salary")
+    account.withdraw(200, "Groceries")
+    pending = account.pending_events  # getUncommittedEvents
+    assert [e.event_type for e in pending] == ["AccountOpened", "MoneyDeposited", "MoneyWithdrawn"]
+    assert [json.loads(e.data_json) for e in pending] == [
+        {"accountId": "acc_123", "initialDeposit": 1000, "accountHolder": "John Doe"},
+        {"amount": 500, "description": "Salary", "newBalance": 1500},
+        {"amount": 200, "description": "Groceries", "newBalance": 1300},
+    ]
+    assert (account.balance, account.status, account.version) == (1300, "active", 3)
+    rebuilt = BankAccount.replay("acc_123", account.uncommitted_as_recorded())  # fromEvents
+    assert (rebuilt.balance, rebuilt.status, rebuilt.account_holder, rebuilt.version) == (1300, "active", "John Doe", 3)
+    assert rebuilt.pending_events == ()  # replay leaves no uncommitted events
+    account.mark_saved(3)  # markEventsAsCommitted
+    assert account.pending_events == ()
+    account.withdraw(1300, "Transfer out")
+    account.close_account("Moving")
+    closed = json.loads(account.pending_events[-1].data_json)
+    assert closed["reason"] == "Moving" and closed["closedAt"].endswith("Z")
+    assert account.status == "closed"
+
+
+# -- EventSourcedRepository and SnapshotStore ---------------------------------------------------------
+def test_repository_get_by_id_save_snapshot_every_10_and_publish(empty_lake: Lake) -> None:
+    published: list[str] = []
+    empty_lake.subscribe(lambda events: published.extend(events["event_type"].to_list()))  # the event bus
+    accounts = Repository(empty_lake, BankAccount)
+    assert accounts.snapshot_every == 10 and accounts.get("acc_123") is None  # getById of a missing aggregate
+    account = BankAccount("acc_123")
+    account.open_account(1000, "John Doe")
+    for i in range(8):
+        account.deposit(10, f"Deposit {i}")
+    assert accounts.save(account) == 9
+    assert empty_lake.snapshots.versions("acc_123").height == 0
+    loaded = accounts.get("acc_123")
+    assert loaded is not None
+    loaded.withdraw(80, "Rent")
+    assert accounts.save(loaded) == 10  # newVersion % 10 == 0: a snapshot
+    assert empty_lake.snapshots.versions("acc_123")["aggregate_version"].to_list() == [10]
+    assert published == ["AccountOpened"] + ["MoneyDeposited"] * 8 + ["MoneyWithdrawn"]
+    again = accounts.get("acc_123")  # from the snapshot plus the events after it
+    assert (again.balance, again.status, again.account_holder, again.version) == (  # type: ignore[union-attr]
+        1000, "active", "John Doe", 10)
+    assert accounts.save(again) == 10  # nothing to save  # type: ignore[arg-type]
+
+
+def test_snapshot_store_keeps_the_last_3(empty_lake: Lake) -> None:
+    accounts = Repository(empty_lake, BankAccount)
+    account = BankAccount("acc_123")
+    account.open_account(1000, "John Doe")
+    for version in range(2, 51):
+        account.deposit(1, "Interest")
+        if version % 10 == 0:
+            accounts.save(account)
+    assert empty_lake.snapshots.versions("acc_123")["aggregate_version"].to_list() == [30, 40, 50]
+    assert accounts.get("acc_123").balance == 1049  # type: ignore[union-attr]
+
+
+# -- EventUpgrader: upgradeEvent on one event -------------------------------------------------------
+def test_upgrade_event_runs_the_chain_on_payload_and_metadata() -> None:
+    from es_analytics.upcasting import default_registry
+
+    data, metadata, version = default_registry.upcast_event(
+        "UserRegistered", 1, dict(SEED_V1), {"userId": "admin_456"}, event_id="evt_001")
+    assert (data, metadata, version) == (SEED_V3, {"userId": "admin_456", "correlationId": "corr_evt_001"}, 3)
+    assert default_registry.upcast_event("UserRegistered", 3, SEED_V3, {}) == (SEED_V3, {}, 3)
+
+
+# -- TemporalQueryService -------------------------------------------------------------------------------
+def test_temporal_queries_are_the_seeds(empty_lake: Lake) -> None:
+    day = lambda d: datetime(2024, 1, d, 12, tzinfo=timezone.utc)  # noqa: E731
+    empty_lake.append("acc_123", [
+        Event("AccountOpened", {"accountId": "acc_123", "initialDeposit": 1000, "accountHolder": "John Doe"},
+              occurred_at=day(1)),
+        Event("MoneyDeposited", {"amount": 500, "description": "Salary", "newBalance": 1500}, occurred_at=day(10)),
+        Event("MoneyWithdrawn", {"amount": 200, "description": "Rent", "newBalance": 1300}, occurred_at=day(20)),
+    ], expected_version=0, aggregate_type="BankAccount")
+    empty_lake.append("acc_456", [
+        Event("AccountOpened", {"accountId": "acc_456", "initialDeposit": 50, "accountHolder": "Jane Roe"},
+              occurred_at=day(15))], expected_version=0, aggregate_type="BankAccount")
+    # getAggregateAtTime: events with timestamp <= T, upgraded, folded; null before the first
+    assert empty_lake.aggregate(BankAccount, "acc_123", as_of=day(10)).balance == 1500  # type: ignore[union-attr]
+    assert empty_lake.aggregate(BankAccount, "acc_123", as_of=datetime(2023, 12, 31, tzinfo=timezone.utc)) is None
+    # getSystemStateAtTime: every aggregate's events up to T, grouped by aggregate
+    system = empty_lake.system_state(day(15))
+    assert {r["aggregate_id"]: [e["event_type"] for e in r["events"]] for r in system.iter_rows(named=True)} == {
+        "acc_123": ["AccountOpened", "MoneyDeposited"], "acc_456": ["AccountOpened"]}
+    # getEventsBetween(start, end, eventTypes): both ends inclusive
+    between = empty_lake.events_between(day(10), day(20), types=["MoneyDeposited", "MoneyWithdrawn"])
+    assert between["event_type"].to_list() == ["MoneyDeposited", "MoneyWithdrawn"]
+    assert empty_lake.events_between(day(10), day(20))["aggregate_id"].to_list() == ["acc_123", "acc_456", "acc_123"]
+
+
+# -- EventProcessor: per-aggregate ordering ---------------------------------------------------------
+def test_event_processor_applies_each_aggregate_in_version_order(empty_lake: Lake) -> None:
+    from es_analytics.processing import EventProcessor
+
+    empty_lake.append("acc_123", [Event("AccountOpened", {"initialDeposit": 1}), Event("MoneyDeposited", {"amount": 1}),
+                                  Event("MoneyDeposited", {"amount": 2})], expected_version=0, aggregate_type="BankAccount")
+    events = empty_lake.events("acc_123")
+    applied: list[int] = []
+    with EventProcessor(empty_lake, "seed_order", lambda e: applied.append(e["aggregate_version"])) as processor:
+        # version 3 arrives first: it is not version lastProcessed + 1, so it waits (queueForLaterProcessing)
+        assert processor.deliver(events[2]).held == 1 and applied == []
+        processor.deliver(events[0])
+        assert applied == [1]
+        processor.deliver(events[1])  # the missing version: it and the queued one are processed in order
+        assert applied == [1, 2, 3]
+        assert processor.deliver(events[1]).duplicates == 1 and applied == [1, 2, 3]
+
+
+# -- GDPRCompliantEventStore: per-user key, deleteUserData, UserDataDeleted ---------------------------
+def test_gdpr_store_encrypts_per_user_and_delete_user_data_adds_the_tombstone(empty_lake: Lake) -> None:
+    from es_analytics.examples.users import delete_user_data
+
+    empty_lake.append("user_123", _seed_user_events(), expected_version=0, aggregate_type="User")
+    other = User("user_456")
+    other.register("jane@example.com", "Jane Roe")
+    Repository(empty_lake, User).save(other)
+    stored = _stored(empty_lake, "user_123")[0]  # storeEvent: PII encrypted with the user's own key
+    _assert_sealed_for(stored, "user_123")
+    assert set(empty_lake.key_store.keys_for(["user_123", "user_456"])) == {"user_123", "user_456"}
+    certificate = delete_user_data(empty_lake, "user_123")
+    assert certificate["subject_id"] == "user_123" and certificate["tombstone_version"] == 3
+    assert empty_lake.key_store.keys_for(["user_123"]) == {"user_123": None}  # the key is gone
+    tombstone = empty_lake.events("user_123").row(-1, named=True)
+    assert tombstone["event_type"] == "UserDataDeleted" and json.loads(tombstone["data"])["deletedAt"].endswith("Z")
+    user = empty_lake.aggregate(User, "user_123")
+    assert (user.email, user.name, user.status) == ("[erased]", "[erased]", "deleted")  # type: ignore[union-attr]
+    assert empty_lake.aggregate(User, "user_456").email == "jane@example.com"  # type: ignore[union-attr]
+    assert delete_user_data(empty_lake, "user_123")["tombstone_version"] == 3  # once only
