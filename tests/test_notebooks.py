@@ -46,7 +46,7 @@ def outputs(nb: nbformat.NotebookNode) -> list[dict[str, Any]]:
 
 def test_there_are_notebooks() -> None:
     names = {p.name for p in ALL}
-    assert {"01_quickstart.ipynb", "04_patterns.ipynb"} <= names
+    assert {"00_the_seed.ipynb", "01_quickstart.ipynb", "04_patterns.ipynb"} <= names
 
 
 @pytest.mark.parametrize("notebook", ALL, ids=[p.stem for p in ALL])
