@@ -124,6 +124,8 @@ def test_v2_to_v3_takes_the_newsletter_flag_as_the_seed_does(empty_lake: Lake) -
     event = Event("UserRegistered", {**SEED_V1, "newsletter": True}, schema_version=2, occurred_at=T)
     empty_lake.append("user_123", [event], expected_version=0, aggregate_type="User")
     assert json.loads(empty_lake.events("user_123")["data"][0])["preferences"] == {"newsletter": True}
+    assert empty_lake.aggregate(User, "user_123").newsletter is True  # type: ignore[union-attr]
+    assert empty_lake.states(User)["newsletter"].to_list() == [True]  # the vectorised path reads v2 too
 
 
 def test_seed_shaped_old_versions_are_ingested_as_they_are(tmp_path: Path, empty_lake: Lake) -> None:

@@ -75,8 +75,8 @@ class User(Aggregate):
     # The non-personal fields as reducers for ``lake.states(User)`` (all three payload versions). E-mail
     # and name stay out on purpose: they are personal data, and checkpoints would cache them.
     reducers = Reducers(
-        newsletter=Last(Json("preferences.newsletter", "BOOLEAN", default=False), on="UserRegistered",
-                        default=False),
+        newsletter=Last(Json("preferences.newsletter", "BOOLEAN", alternatives=("newsletter",), default=False),
+                        on="UserRegistered", default=False),
         status=Last({"UserRegistered": Const("active"), "UserSuspended": Const("suspended"),
                      "UserDataDeleted": Const("deleted")}, default="pending"),
         registered_at=Last(Column("occurred_at"), on="UserRegistered"),
