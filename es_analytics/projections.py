@@ -348,7 +348,8 @@ def _where_sql(where: Mapping[str, Value], event_types: Sequence[str]) -> str | 
     cases = []
     for event_type, condition in where.items():
         if event_type not in event_types:
-            raise InvalidArgumentError(f"where names {event_type!r}, which is not one of the event types {list(event_types)!r}")
+            raise InvalidArgumentError(
+                f"where names {event_type!r}, which is not one of the event types {list(event_types)!r}")
         if not isinstance(condition, Value) or condition.dtype != "BOOLEAN":
             raise InvalidArgumentError(f"the condition for {event_type!r} must be a BOOLEAN value such as "
                                        f"Json('amount', 'DECIMAL(18,4)') > 0, got {condition!r}")

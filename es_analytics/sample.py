@@ -10,8 +10,8 @@ arguments on every machine. What the data holds, so that every feature has somet
   events (recorded hours after they occurred), so "as of" and "as known at" differ.
 - ``User`` streams: ``UserRegistered`` in schema versions 1, 2 (the seed's ``{id, email, name}``) and 3
   (older versions earlier in time) with personal data (unique e-mail address and name), and some
-  ``UserSuspended``. The personal fields are stored encrypted per user (``es_analytics.privacy``): the ciphertext differs from run to run, what
-  every reader sees does not.
+  ``UserSuspended``. The personal fields are stored encrypted per user (``es_analytics.privacy``): the
+  ciphertext differs from run to run, what every reader sees does not.
 - Metadata with ``user_id`` (the actor), ``correlation_id``, ``causation_id`` and ``command``.
 
 Events are built column-wise (numpy, polars) in stream chunks, put in commit (``recorded_at``) order and

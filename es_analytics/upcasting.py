@@ -4,9 +4,10 @@ An upcaster takes the payload (a dict) of one schema version and returns the pay
 One registered with ``whole_event=True`` works like the seed's ``EventUpgrader``: it takes the event
 (``{event_id, event_type, schema_version, data, metadata}``) and returns it with new ``data`` and
 ``metadata``, for a step that changes the metadata (the seed's ``UserRegistered`` v1 -> v2 adds
-``metadata.correlationId``). The newest version of an event type is one past its highest registered step. Stored events never change:
-every read path (``lake.events``, ``lake.aggregate``, the repository, the SQL view ``events_upcast``)
-runs the chain as it reads. :func:`coverage` reports which versions the lake still holds.
+``metadata.correlationId``). The newest version of an event type is one past its highest registered
+step. Stored events never change: every read path (``lake.events``, ``lake.aggregate``, the repository,
+the SQL view ``events_upcast``) runs the chain as it reads. :func:`coverage` reports which versions the
+lake still holds.
 
 Upcasters live in a registry; :data:`default_registry` is the one every lake uses unless told otherwise,
 and :func:`upcaster` registers into it, so importing the module that declares the upcasters (for example
@@ -269,9 +270,10 @@ def _run_event(
             out = step.fn(event)
         except Exception as exc:
             raise UpcastError(event_type, schema_version, f"{_name(step.fn)} failed: {exc!r}") from exc
-        if not (isinstance(out, dict) and isinstance(out.get("data"), dict) and isinstance(out.get("metadata"), dict)):
-            raise UpcastError(event_type, schema_version,
-                              f"{_name(step.fn)} must return the event with dicts 'data' and 'metadata', got {out!r:.80}")
+        if not (isinstance(out, dict) and isinstance(out.get("data"), dict)
+                and isinstance(out.get("metadata"), dict)):
+            raise UpcastError(event_type, schema_version, f"{_name(step.fn)} must return the event with dicts "
+                              f"'data' and 'metadata', got {out!r:.80}")
         data, metadata = out["data"], out["metadata"]
         version += 1
     return data, metadata

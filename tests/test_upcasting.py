@@ -300,3 +300,35 @@ def test_the_sql_view_shows_forgotten_fields_as_erased(users_lake: Lake) -> None
     assert json.loads(users_lake.events("user-1")["data"].item())["profile"]["email"] == ERASED
     other = users_lake.sql("SELECT data->>'$.profile.email' AS e FROM events_upcast WHERE aggregate_id = 'user-2'")
     assert other["e"].item() == "bo@example.org"
+
+
+# -- whole-event steps (payload and metadata) ----------------------------------------------------------
+def test_a_whole_event_step_changes_metadata_on_every_read_path(empty_lake: Lake, registry: UpcasterRegistry) -> None:
+    @registry.register("PriceSet", 1, whole_event=True)
+    def price_set_v1_to_v2(event: dict[str, Any]) -> dict[str, Any]:
+        return {**event, "data": {"amount": event["data"]["price"]},
+                "metadata": {**event["metadata"], "source": f"v{event['schema_version']}:{event['event_id']}"}}
+
+    registry.register("PriceSet", 2, lambda d: {**d, "currency": "EUR"})
+    empty_lake.append("p-1", [Event("PriceSet", {"price": 5}, event_id="e-1", metadata={"by": "ops"}),
+                              Event("PriceSet", {"amount": 6, "currency": "USD"}, event_id="e-2", schema_version=3)],
+                      expected_version=0, aggregate_type="Product")
+    expected = [({"amount": 5, "currency": "EUR"}, {"by": "ops", "source": "v1:e-1"}),
+                ({"amount": 6, "currency": "USD"}, {})]
+    for frame in (empty_lake.events("p-1"), empty_lake.sql("SELECT * FROM events_upcast ORDER BY position")):
+        assert [(json.loads(d), json.loads(m)) for d, m in frame.select("data", "metadata").rows()] == expected
+    assert empty_lake.sql("SELECT metadata FROM events ORDER BY position")["metadata"].to_list() == ['{"by":"ops"}', "{}"]
+    assert registry.upcast("PriceSet", 1, {"price": 7}) == ({"amount": 7, "currency": "EUR"}, 3)
+    assert registry.whole_event_types() == {"PriceSet"}
+    before = registry.fingerprint(["PriceSet"])
+    registry.unregister("PriceSet", 1)
+    registry.register("PriceSet", 1, price_set_v1_to_v2)  # the same function as a payload step
+    assert registry.fingerprint(["PriceSet"]) != before and registry.whole_event_types() == set()
+
+
+def test_whole_event_steps_are_checked(registry: UpcasterRegistry) -> None:
+    with pytest.raises(InvalidArgumentError, match="either vectorized or whole_event"):
+        registry.register("PriceSet", 1, lambda e: e, vectorized=True, whole_event=True)
+    registry.register("PriceSet", 1, lambda e: {"data": e["data"]}, whole_event=True)
+    with pytest.raises(UpcastError, match="must return the event with dicts 'data' and 'metadata'"):
+        registry.upcast_event("PriceSet", 1, {"price": 1}, {})
