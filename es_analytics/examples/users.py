@@ -147,8 +147,8 @@ def delete_user_data(lake: Lake, user_id: str, *, reason: str | None = None) -> 
     ``lake.forget(user_id)`` crypto-shreds the user's personal fields (and appends the lake's own
     ``SubjectForgotten`` record to the stream ``privacy:<user_id>``); then the seed's tombstone
     ``UserDataDeleted {deletedAt}`` is appended to the user's own stream. Running it again completes an
-    interrupted run and adds no second tombstone. Returns the erasure certificate of ``lake.forget``
-    (``None`` values when the key was deleted by an earlier run) with ``tombstone_version``.
+    interrupted run and adds no second tombstone. Returns the erasure certificate of ``lake.forget`` with
+    ``tombstone_version`` added (only ``tombstone_version`` when an earlier run had deleted the key).
     """
     certificate: dict[str, Any] = {}
     try:
