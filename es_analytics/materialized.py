@@ -19,7 +19,6 @@ A materialised projection is a folder with ``state.json`` (the files of the tabl
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -52,6 +51,7 @@ from .projections import (
     latest_sql,
     open_personal,
 )
+from .store.locks import exclusive
 from .store.manifest import fsync_dir
 from .store.reader import translate_errors
 from .temporal.bounds import Bounds, LakeLike
@@ -118,12 +118,8 @@ def folder_of(lake: LakeLike, name: str) -> Path:
 @contextmanager
 def _lock(folder: Path) -> Iterator[None]:
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / "lock", "a+b") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with exclusive(folder / "lock"):
+        yield
 
 
 def _write_parquet(folder: Path, prefix: str, table: pa.Table) -> str:

@@ -134,7 +134,8 @@ def test_an_empty_type_gives_an_empty_frame_with_the_columns(empty_lake: Lake) -
     [
         (lambda: Json("amount; DROP TABLE x"), "a JSON path must be field names"),
         (lambda: Json("amount", "TEXT"), "Json dtype must be one of"),
-        (lambda: Last(Json("a"), on="Money'Deposited"), "is not an event type name"),
+        (lambda: Last(Json("a"), on="Money\x00Deposited"), "the event type must not hold control characters"),
+        (lambda: Last(Json("a"), on="   "), "the event type must not be only white space"),
         (lambda: Last(Json("a")), "on= must name the event types"),
         (lambda: Last({"A": Json("a")}, on="A"), "either a mapping"),
         (lambda: Last({"A": "a"}), "must be Json"),  # type: ignore[dict-item]

@@ -12,7 +12,6 @@ plus hot rows above its position.
 
 from __future__ import annotations
 
-import fcntl
 import functools
 import json
 import logging
@@ -36,6 +35,7 @@ from .._time import now_utc, to_micros
 from ..errors import EsAnalyticsError, InvalidArgumentError, LakeBusyError, LakeCorruptError, LakeError, NotALakeError
 from ..events import EVENT_SCHEMA
 from .hot import EVENT_ID_HASH_SQL, Durability, SQLiteHotTier, StoredMatch
+from .locks import exclusive
 from .pins import ReaderPins
 from .manifest import FileEntry, Manifest, manifest_exists, read_manifest, write_manifest
 from .reader import DuckReader, hot_rows_to_arrow, translate_errors
@@ -161,30 +161,13 @@ class LakeStore:
         """The lake-wide lock for sealing, compaction, imports and recovery (a file lock, so across
         processes). Whoever takes it first finishes a commit that a killed process left half-applied
         (``catch_up``; only recovery, which checks the manifest first, does that itself)."""
-        handle = open(self.folder / LOCK_NAME, "a+b")
         try:
-            deadline = time.monotonic() + self.busy_timeout
-            while True:
-                try:
-                    fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if not wait:
-                        yield False
-                        return
-                    if time.monotonic() > deadline:
-                        raise LakeBusyError(
-                            f"another process has been sealing the lake for {self.busy_timeout:.0f} s"
-                        ) from None
-                    time.sleep(0.01)
-            try:
-                if catch_up:
+            with exclusive(self.folder / LOCK_NAME, wait=wait, timeout=self.busy_timeout) as locked:
+                if locked and catch_up:
                     self._catch_up()
-                yield True
-            finally:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-        finally:
-            handle.close()
+                yield locked
+        except TimeoutError:
+            raise LakeBusyError(f"another process has been sealing the lake for {self.busy_timeout:.0f} s") from None
 
     # -- manifest -----------------------------------------------------------------------------
     def manifest(self) -> Manifest:

@@ -102,7 +102,10 @@ def read_manifest(folder: Path) -> Manifest:
 
 
 def fsync_dir(folder: Path) -> None:
-    """Make renames and new names inside ``folder`` durable."""
+    """Make renames and new names inside ``folder`` durable (Windows makes them durable on its own and
+    cannot open a folder as a file)."""
+    if os.name == "nt":
+        return
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)

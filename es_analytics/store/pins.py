@@ -1,6 +1,6 @@
 """Readers' pins: which manifest generations some reader may still be reading files of, across processes.
 
-A reader holds a shared ``flock`` on ``pins/<generation>.pin`` while it reads the files that generation
+A reader holds a shared lock (:mod:`.locks`) on ``pins/<generation>.pin`` while it reads the files that generation
 lists (a handle holds one for the snapshot its DuckDB view shows; ``verify`` for its scan). Compaction
 retires files in generation ``r`` (the first that does not list them); they are deleted once no pin of a
 generation below ``r`` is held. A reader pins the generation it read and then reads the manifest again: if
@@ -10,12 +10,12 @@ deleter found it free also sees that the generation is no longer current, and ne
 
 from __future__ import annotations
 
-import fcntl
-import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from .locks import SharedLock, unheld
 
 __all__ = ["PINS_DIR", "ReaderPins"]
 
@@ -29,39 +29,33 @@ class ReaderPins:
     def __init__(self, folder: Path) -> None:
         self.folder = folder / PINS_DIR
         self.generation: int | None = None
-        self._fd: int | None = None
+        self._held: SharedLock | None = None
 
-    def _lock(self, generation: int) -> int:
+    def _lock(self, generation: int) -> SharedLock:
         self.folder.mkdir(exist_ok=True)
-        fd = os.open(self.folder / f"{generation}.pin", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH)
-        except OSError:
-            os.close(fd)
-            raise
-        return fd
+        return SharedLock(self.folder / f"{generation}.pin")
 
     def hold(self, generation: int) -> None:
         """Make ``generation`` the one this handle holds (releasing the one it held before)."""
         if generation == self.generation:
             return
-        fd = self._lock(generation)
+        held = self._lock(generation)
         self.release()
-        self._fd, self.generation = fd, generation
+        self._held, self.generation = held, generation
 
     def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing the descriptor releases its lock
-        self._fd, self.generation = None, None
+        if self._held is not None:
+            self._held.release()
+        self._held, self.generation = None, None
 
     @contextmanager
     def pinned(self, generation: int) -> Iterator[None]:
         """Hold ``generation`` for the duration of a block (independently of :meth:`hold`)."""
-        fd = self._lock(generation)
+        held = self._lock(generation)
         try:
             yield
         finally:
-            os.close(fd)
+            held.release()
 
     def free_below(self, generation: int) -> bool:
         """Whether no reader (of any process, this one included) holds a generation below ``generation``.
@@ -71,18 +65,6 @@ class ReaderPins:
         free = True
         for path in self.folder.iterdir():
             match = _NAME.fullmatch(path.name)
-            if match is None or int(match.group(1)) >= generation:
-                continue
-            try:
-                fd = os.open(path, os.O_RDWR)
-            except FileNotFoundError:
-                continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+            if match is not None and int(match.group(1)) < generation and not unheld(path):
                 free = False
-            else:
-                path.unlink(missing_ok=True)
-            finally:
-                os.close(fd)
         return free

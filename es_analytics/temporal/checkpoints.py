@@ -25,7 +25,6 @@ or once more than ``REBUILD_AFTER`` positions wait outside them.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
@@ -44,6 +43,7 @@ import pyarrow.parquet as pq
 
 from .._time import from_micros, to_micros
 from ..errors import InvalidArgumentError
+from ..store.locks import exclusive
 from ..store.reader import translate_errors
 from .bounds import Bounds, LakeLike
 from .reducers import Reducers
@@ -345,12 +345,8 @@ def _extend_inputs(lake: LakeLike, reducers: Reducers, aggregate_type: str, fold
 @contextmanager
 def _lock(folder: Path) -> Iterator[None]:
     """One builder per checkpoint folder at a time, across processes."""
-    with open(folder / "lock", "a+b") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    with exclusive(folder / "lock"):
+        yield
 
 
 def _write_inputs(lake: LakeLike, reducers: Reducers, aggregate_type: str, folder: Path, source: str,
