@@ -99,6 +99,22 @@ def test_entry_point_demo_on_a_small_sample(tmp_path: Path) -> None:
     assert written[0] == "deposit-patterns.png" and written[1].startswith("known-at-acc-")
     assert "<html" in (tmp_path / "b" / written[1]).read_text(encoding="utf-8")[:500].lower()
     assert "Creating the sample lake" in result.stdout
+    # the printed facts are the lake's, whatever the machine's time zone
+    again = run_bin("demo", "--lake", str(tmp_path / "sample"), "--build", str(tmp_path / "b2"),
+                    env={"TZ": "America/Los_Angeles"})
+    found = re.search(r"A deposit to (\S+) that occurred (\S+ \S+) UTC was only recorded (\S+ \S+) UTC", again.stdout)
+    assert found, again.stdout
+    with Lake.open(tmp_path / "sample") as lake:
+        row = lake.sql("SELECT strftime(occurred_at, '%Y-%m-%d %H:%M') AS o, strftime(recorded_at, '%Y-%m-%d %H:%M') AS r "
+                       "FROM events WHERE aggregate_id = ? AND recorded_at - occurred_at > INTERVAL 3 DAY "
+                       "AND event_type = 'MoneyDeposited' ORDER BY position LIMIT 1", [found.group(1)]).row(0)
+        assert (found.group(2), found.group(3)) == row
+        states = lake.sql(  # the demo shows every account as of an hour after that deposit occurred
+            "SELECT count(DISTINCT aggregate_id) AS n FROM events WHERE aggregate_type = 'BankAccount' AND "
+            "occurred_at <= (SELECT occurred_at FROM events WHERE aggregate_id = ? AND event_type = 'MoneyDeposited' "
+            "AND recorded_at - occurred_at > INTERVAL 3 DAY ORDER BY position LIMIT 1) + INTERVAL 1 HOUR",
+            [found.group(1)])["n"].item()
+    assert re.search(rf"^{states:,} accounts rebuilt in", again.stdout, re.MULTILINE)
 
 
 # -- every command ------------------------------------------------------------------------------------------

@@ -64,7 +64,7 @@ def _corrected_account(lake: Any) -> tuple[str, datetime, datetime] | None:
     return found.row(0)  # type: ignore[no-any-return]
 
 
-def _one_account(lake: Any, account: str, as_of: datetime, recorded: datetime) -> None:
+def _one_account(lake: Any, account: str, occurred: datetime, as_of: datetime, recorded: datetime) -> None:
     from ..examples.bank import BankAccount
 
     _heading(f"2. One account through time: {account}")
@@ -72,7 +72,8 @@ def _one_account(lake: Any, account: str, as_of: datetime, recorded: datetime) -
     then = lake.aggregate(BankAccount, account, as_of=as_of, known_at=before)
     now = lake.aggregate(BankAccount, account, as_of=as_of)
     latest = lake.aggregate(BankAccount, account)
-    click.echo(f"A deposit that occurred {_when(as_of)} was only recorded {_when(recorded)} (a back-dated correction).")
+    click.echo(f"A deposit to {account} that occurred {_when(occurred)} was only recorded {_when(recorded)} "
+               "(a back-dated correction).")
     rows = [
         ("as of " + _when(as_of) + ", as known then", then),
         ("as of " + _when(as_of) + ", as known now", now),
@@ -159,7 +160,7 @@ def demo(lake_path: Path, build: Path, count: int) -> None:
         if corrected is not None:
             account, occurred, recorded = corrected
             as_of = occurred + timedelta(hours=1)
-            _one_account(lake, account, as_of, recorded)
+            _one_account(lake, account, occurred, as_of, recorded)
         else:
             account = lake.sql("SELECT min(aggregate_id) AS a FROM events WHERE aggregate_type = 'BankAccount'")["a"][0]
             as_of = recorded = span[0] + (span[1] - span[0]) / 2
