@@ -196,3 +196,31 @@ def test_pdf_is_printed_by_chromium_or_refused_with_a_hint(lake: Lake, tmp_path:
     else:
         report.save(target)
         assert target.read_bytes().startswith(b"%PDF") and target.stat().st_size > 5_000
+
+
+def test_the_pdf_of_an_audit_trail_holds_every_column_and_row_of_the_html(lake: Lake, tmp_path: Path) -> None:
+    import re
+
+    import pypdf
+
+    report = reports.audit_trail(lake, aggregate_id="acc-1")
+    shown = lake.events("acc-1")
+    target = tmp_path / "audit.pdf"
+    report.save(target)
+    text = " ".join(page.extract_text() for page in pypdf.PdfReader(target).pages)
+    flat = re.sub(r"\s+", "", text)  # wrapped cells break words across lines
+    html_tables = re.findall(r"<thead><tr>(.*?)</tr></thead>", report.html, re.S)
+    headers = [h for table in html_tables for h in re.findall(r"<th>(.*?)</th>", table)]
+    assert len(headers) >= 10
+    for header in headers:
+        assert re.sub(r"\s+", "", header) in flat, header
+    for position in shown["position"].to_list():
+        assert re.search(rf"\b{position}\b", text)
+    import html as markup
+
+    cells = [re.sub(r"\s+", "", markup.unescape(re.sub(r"<[^>]+>", "", c)))
+             for table in re.findall(r"<tbody>(.*?)</tbody>", report.html, re.S)
+             for c in re.findall(r"<td[^>]*>(.*?)</td>", table, re.S)]
+    assert len(cells) >= 10 * shown.height
+    missing = [c for c in cells if c not in flat]
+    assert not missing, missing[:5]  # every cell of every table of the HTML is on a page
