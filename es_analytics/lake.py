@@ -241,13 +241,14 @@ class Lake:
             event = events[0]  # one event (the usual single append): the checks of _check_events hold trivially
             batch = [event]
             unsent = event._take_unsent()
-            encoded = [(event.data_json, event.metadata_json)] if not PERSONAL_FIELDS else self._privacy.encode(batch)
+            encoded = ([(event.data_json, event.metadata_json)] if not PERSONAL_FIELDS
+                       else self._privacy.encode(batch, aggregate_id))
         else:
             batch = self._check_events(events)
             # Every event's mark is taken (a list, not a short-circuiting generator); of two threads
             # appending one event object only one sees it unsent.
             unsent = all([e._take_unsent() for e in batch])
-            encoded = self._privacy.encode(batch)
+            encoded = self._privacy.encode(batch, aggregate_id)
         try:  # translate_errors("append") inline: a context manager costs ~2 µs, on every single append
             version, last_position = self._store.hot.append(
                 aggregate_id, aggregate_type, batch, expected_version, encoded, self._store.lookup_sealed,

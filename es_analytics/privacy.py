@@ -94,6 +94,7 @@ class PersonalFields:
     fields: tuple[str, ...]
     subject: str
     schema_version: int | None = None
+    stream_is_subject: bool = False
 
 
 _DECLARED: dict[tuple[str, int | None], PersonalFields] = {}
@@ -107,7 +108,8 @@ def _check_path(path: object, name: str) -> str:
 
 
 def declare_personal(
-    event_type: str, fields: Sequence[str], *, subject: str, schema_version: int | None = None
+    event_type: str, fields: Sequence[str], *, subject: str, schema_version: int | None = None,
+    stream_is_subject: bool = False,
 ) -> PersonalFields:
     """Declare ``fields`` (dotted paths into ``data``) of ``event_type`` personal, owned by ``subject``.
 
@@ -122,6 +124,10 @@ def declare_personal(
     schema_version
         The stored schema version these paths apply to; ``None`` for every version without its own
         declaration.
+    stream_is_subject
+        When a payload has no ``subject`` field, the stream's id is the subject (a stream per person,
+        as the seed's ``UserRegistered`` ``{email, name}`` on stream ``user_123``). Off by default: a
+        missing subject is then refused.
 
     Examples
     --------
@@ -139,7 +145,9 @@ def declare_personal(
     if schema_version is not None and (isinstance(schema_version, bool) or not isinstance(schema_version, int)
                                        or schema_version < 1):
         raise InvalidArgumentError(f"schema_version must be a positive int or None, got {schema_version!r}")
-    declared = PersonalFields(event_type, paths, subject, schema_version)
+    if not isinstance(stream_is_subject, bool):
+        raise InvalidArgumentError(f"stream_is_subject must be True or False, got {stream_is_subject!r}")
+    declared = PersonalFields(event_type, paths, subject, schema_version, stream_is_subject)
     _DECLARED[(event_type, schema_version)] = declared
     return declared
 
@@ -607,15 +615,18 @@ class Privacy:
         self.cipher = SubjectCipher(key_store)
 
     # writing
-    def encode(self, events: Sequence[Event]) -> list[tuple[str, str]]:
-        """The (data, metadata) JSON text to store for each event, declared fields encrypted."""
+    def encode(self, events: Sequence[Event], stream: str | None = None) -> list[tuple[str, str]]:
+        """The (data, metadata) JSON text to store for each event of ``stream``, declared fields encrypted."""
         if not _DECLARED or not any(personal_fields(t, v) for t, v in {(e.event_type, e.schema_version) for e in events}):
             return [(e.data_json, e.metadata_json) for e in events]  # nothing declared personal: stored as made
-        return [(self.encrypt_json(e.event_type, e.schema_version, e.event_id, e.data_json),  # type: ignore[arg-type]
-                 e.metadata_json) for e in events]
+        return [(self.encrypt_json(e.event_type, e.schema_version, e.event_id, e.data_json,  # type: ignore[arg-type]
+                                   stream=stream), e.metadata_json) for e in events]
 
-    def _subject(self, declared: PersonalFields, data: Mapping[str, Any], event_id: str) -> str:
+    def _subject(self, declared: PersonalFields, data: Mapping[str, Any], event_id: str,
+                 stream: str | None = None) -> str:
         subject, found = _get_path(data, declared.subject)
+        if not found and declared.stream_is_subject and stream is not None:
+            subject, found = stream, True
         if not found or not isinstance(subject, str) or not subject:
             raise InvalidArgumentError(
                 f"event {event_id!r} ({declared.event_type}) declares its data subject in {declared.subject!r}, "
@@ -624,7 +635,8 @@ class Privacy:
         return check_aggregate_id(subject, "the data subject id")
 
     def encrypt_json(self, event_type: str, schema_version: int, event_id: str, data_json: str,
-                     keys: Mapping[str, bytes | None] | None = None, ciphers: dict[str, Any] | None = None) -> str:
+                     keys: Mapping[str, bytes | None] | None = None, ciphers: dict[str, Any] | None = None,
+                     stream: str | None = None) -> str:
         """Encrypt the declared fields of one payload (JSON text in, JSON text out).
 
         The payload was validated when it was made, and envelopes are plain text, so the result is
@@ -634,7 +646,7 @@ class Privacy:
         if declared is None:
             return data_json
         data = json.loads(data_json)
-        subject = self._subject(declared, data, event_id)
+        subject = self._subject(declared, data, event_id, stream)
         if keys is None:
             keys = self.key_store.keys_for([subject], create=True)
         key = keys.get(subject)
@@ -653,18 +665,18 @@ class Privacy:
         types = {d.event_type for d in _DECLARED.values()}
         if not types or table.num_rows == 0:
             return table
-        frame = pl.from_arrow(table.select(["event_id", "event_type", "schema_version", "data"]))
+        frame = pl.from_arrow(table.select(["event_id", "event_type", "schema_version", "data", "aggregate_id"]))
         assert isinstance(frame, pl.DataFrame)
         rows = frame.with_row_index("_row").filter(pl.col("event_type").is_in(sorted(types)))
         todo = [r for r in rows.iter_rows() if personal_fields(r[2], r[3]) is not None]
         if not todo:
             return table
         parsed = [(r, json.loads(r[4])) for r in todo]
-        subjects = {self._subject(personal_fields(r[2], r[3]), d, r[1]) for r, d in parsed}  # type: ignore[arg-type]
+        subjects = {self._subject(personal_fields(r[2], r[3]), d, r[1], r[5]) for r, d in parsed}  # type: ignore[arg-type]
         keys = self.key_store.keys_for(sorted(subjects), create=True)
         ciphers: dict[str, Any] = {}
-        sealed = [self.encrypt_json(event_type, version, event_id, text, keys, ciphers)
-                  for (_, event_id, event_type, version, text), _ in parsed]
+        sealed = [self.encrypt_json(event_type, version, event_id, text, keys, ciphers, stream=stream)
+                  for (_, event_id, event_type, version, text, stream), _ in parsed]
         column = pl.from_arrow(table["data"])
         assert isinstance(column, pl.Series)
         column = column.scatter([r[0][0] for r in parsed], pl.Series(sealed, dtype=pl.String))

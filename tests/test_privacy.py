@@ -525,3 +525,23 @@ def test_snapshots_of_personal_data_are_encrypted_and_stop_opening_once_the_subj
     lake.key_store.delete_key("u-snap", {})  # the key alone gone (forget also deletes the snapshots)
     assert lake.snapshots.best("u-snap", best.fingerprint, as_of=None, known_at=None, version=None) is None
     assert repo.get("u-snap").state()["email"] == ERASED  # type: ignore[union-attr]
+
+
+def test_the_seeds_first_event_is_encrypted_for_its_stream(empty_lake: Lake) -> None:
+    """``UserRegistered`` ``{email, name}`` on stream ``user_123`` (the seed's first example) has no subject
+    field: the v1 declaration names the stream as its subject."""
+    seed = Event("UserRegistered", {"email": "john@example.com", "name": "John Doe"},
+                 occurred_at=datetime(2024, 1, 15, 10, 30, tzinfo=timezone.utc))
+    empty_lake.append("user_123", [seed], expected_version=0, aggregate_type="User")
+    stored = json.loads(raw_data(empty_lake, "user_123")[0])
+    assert stored["email"]["sub"] == stored["name"]["sub"] == "user_123"
+    assert files_holding(empty_lake.path, "john@example.com") == []
+    empty_lake.forget("user_123")
+    shown = json.loads(empty_lake.events("user_123")["data"][0])
+    assert shown["profile"] == {"email": ERASED, "name": ERASED}  # upcast to v3 on the way out
+    declare_personal("Noted", ["text"], subject="owner")
+    try:
+        with pytest.raises(InvalidArgumentError, match="declares its data subject in 'owner'"):
+            empty_lake.append("n-1", [Event("Noted", {"text": "hi"})], expected_version=0, aggregate_type="Note")
+    finally:
+        undeclare_personal("Noted")

@@ -41,8 +41,8 @@ __all__ = ["User", "delete_user_data", "user_registered_v1_to_v2", "user_registe
 
 
 # Personal data per stored schema version (the paths of the stored payload and its data subject).
-declare_personal("UserRegistered", ["email", "name"], subject="id", schema_version=1)
-declare_personal("UserRegistered", ["email", "name"], subject="id", schema_version=2)
+declare_personal("UserRegistered", ["email", "name"], subject="id", schema_version=1, stream_is_subject=True)
+declare_personal("UserRegistered", ["email", "name"], subject="id", schema_version=2, stream_is_subject=True)
 declare_personal("UserRegistered", ["profile.email", "profile.name"], subject="userId")
 
 
