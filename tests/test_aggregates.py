@@ -218,8 +218,9 @@ def test_a_bad_aggregate_type_or_unknown_events_choice_is_refused() -> None:
         type("Bad", (Aggregate,), {"aggregate_type": "no spaces please"})
     with pytest.raises(InvalidArgumentError, match="unknown_events must be 'error' or 'warn', got 'ignore'"):
         type("Bad", (Aggregate,), {"unknown_events": "ignore"})
-    with pytest.raises(InvalidArgumentError, match="event_type must be"):
-        when("not a name")
+    with pytest.raises(InvalidArgumentError, match="event_type must not be only white space"):
+        when("   ")
+    assert when("Send Fine")  # a real activity name is an event type
 
 
 def test_two_handlers_for_one_event_type_in_one_class_are_refused() -> None:
