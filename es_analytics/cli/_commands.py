@@ -97,12 +97,14 @@ def _mapping(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--timestamp", "timestamp_column", default="time:timestamp", show_default=True,
               help="With --event-log: the timestamp column.")
 @click.option("--aggregate-type", default="Case", show_default=True, help="With --event-log: the type of every case.")
+@click.option("--object-type", default=None,
+              help="With --event-log and an OCEL 2.0 log (JSON or XML): the object type whose objects are the cases.")
 @format_option(*FORMATS)
 @translate
 def ingest(lake_path: Path, sources: tuple[str, ...], source_format: str | None, table: str | None,
            maps: tuple[str, ...], timezone: str | None, batch_size: int, rejects_path: Path | None, allow_rejects: bool,
            progress: bool | None, event_log: bool, case_column: str, activity_column: str, timestamp_column: str,
-           aggregate_type: str, fmt: str) -> None:
+           aggregate_type: str, object_type: str | None, fmt: str) -> None:
     """Ingest events from files (JSON Lines, CSV, Parquet) or a database (SQLite, PostgreSQL).
 
     SOURCES are files or one URL (sqlite:///path, postgresql://user:pass@host/db). Re-running adds nothing:
@@ -117,6 +119,7 @@ def ingest(lake_path: Path, sources: tuple[str, ...], source_format: str | None,
       es-analytics ingest --lake my-lake postgresql://app@db/app --input-format eventsourcing --table dogschool_events
       es-analytics ingest --lake my-lake --event-log fines.xes.gz
       es-analytics ingest --lake my-lake --event-log loans.csv --case case_id --activity task --timestamp at
+      es-analytics ingest --lake my-lake --event-log orders.jsonocel --object-type item --aggregate-type Item
     """
     from ..ingest import ingest as run
     from ..ingest.eventlog import ingest_event_log
@@ -130,7 +133,7 @@ def ingest(lake_path: Path, sources: tuple[str, ...], source_format: str | None,
                 raise click.UsageError("--event-log takes one log file at a time")
             result = ingest_event_log(lake, sources[0], case=case_column, activity=activity_column,
                                       timestamp=timestamp_column, aggregate_type=aggregate_type, timezone=timezone,
-                                      rejects_path=rejects_path)
+                                      rejects_path=rejects_path, object_type=object_type)
         else:
             result = run(lake, list(sources), format=source_format, table=table,  # type: ignore[arg-type]
                          mapping=_mapping(maps), timezone=timezone, batch_size=batch_size,
