@@ -23,7 +23,7 @@ import json
 import os
 import tempfile
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +107,11 @@ def read_xes(path: str | os.PathLike[str]) -> pl.DataFrame:
     return pl.DataFrame(rows, infer_schema_length=None)
 
 
-_OCEL_TYPES = {"integer": int, "float": float, "boolean": lambda v: str(v).strip().lower() == "true"}
+def _boolean(value: Any) -> bool:
+    return str(value).strip().lower() == "true"
+
+
+_OCEL_TYPES: dict[str, Callable[[Any], Any]] = {"integer": int, "float": float, "boolean": _boolean}
 
 
 def _typed(kind: str | None, value: Any) -> Any:
