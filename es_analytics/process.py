@@ -85,6 +85,8 @@ def _selection(
         having.append("list(activity ORDER BY version) = ?::VARCHAR[]")
         tail.append(list(variant))
     params = [*head, *params, *tail]
+    if not having:  # the payload is read only when a case filter needs it
+        return f"ev AS (SELECT {select} FROM events WHERE {' AND '.join(clauses)})", params
     sql = f"ev_all AS (SELECT {select}, data FROM events WHERE {' AND '.join(clauses)}), "
     if having:
         sql += ("ev AS (SELECT * EXCLUDE (data) FROM ev_all WHERE case_id IN (SELECT case_id FROM ev_all "
