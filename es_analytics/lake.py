@@ -594,6 +594,13 @@ class Lake:
 
 
     # -- temporal queries (es_analytics.temporal) -------------------------------------------------
+    def explore(self, aggregate_class: type, *, steps: int = 120, rows: int = 12) -> Any:
+        """A notebook widget: every ``aggregate_class`` as of a moment and as known at another, with a
+        slider for each clock, a table and a chart that follow them (see ``es_analytics.explore``)."""
+        from .explore import Explorer
+
+        return Explorer(self, aggregate_class, steps=steps, rows=rows)
+
     def states(
         self,
         aggregate_class: type,
