@@ -122,7 +122,7 @@ def test_trend(lake: Lake) -> None:
     result = patterns.trend(lake, "MoneyDeposited", START, END, window=7)
     spec = check_common(charts.trend(result), title="MoneyDeposited: trend")
     top, change = spec["vconcat"]
-    assert [mark_type(u) for u in top["layer"]] == ["bar", "line"]
+    assert [mark_type(u) for u in top["layer"]] == ["area", "line", "point"]
     assert top["layer"][1]["encoding"]["y"]["field"] == "rolling_mean"
     assert change["encoding"]["y"]["field"] == "change"
     assert change["encoding"]["color"]["scale"]["domain"] == ["up", "down", "partial week"]
@@ -247,6 +247,16 @@ def test_to_svg_and_theme_registration() -> None:
     try:
         charts.register_theme(enable=True)
         assert alt.theme.active == "es_analytics"
+        # A user's own chart gets the look under "config", as Altair documents themes, and stays valid.
+        own = alt.Chart(pl.DataFrame({"day": ["Mon", "Tue"], "n": [3, 5]})).mark_bar().encode(x="day:N", y="n:Q")
+        spec = own.to_dict()  # validates against the Vega-Lite schema
+        assert not {"background", "axis", "legend", "range", "font", "bar"} & set(spec)
+        assert spec["config"]["font"] == _theme.FONT and spec["config"]["range"]["category"] == _theme.CATEGORY
+        assert spec["config"]["background"] == "#ffffff" and spec["config"]["axisX"] == {"grid": False, "labelAngle": 0}
+        svg = charts.to_svg(own)
+        assert _theme.CATEGORY[0] in svg and "Inter" in svg  # the bars in the accent colour, the theme's font
+        alt.theme.enable("default")
+        assert "font" not in own.to_dict().get("config", {})
     finally:
         alt.theme.enable(previous)
 
@@ -254,3 +264,106 @@ def test_to_svg_and_theme_registration() -> None:
 def test_format_duration() -> None:
     assert [charts.format_duration(s) for s in (0, 59, 60, 3599, 3600, 86399, 86400)] == [
         "0 s", "59 s", "1.0 min", "60.0 min", "1.0 h", "24.0 h", "1.0 days"]
+
+
+# -- what a notebook shows: the renderer and the data transformer "es_analytics" ---------------------
+def every_chart(lake: Lake) -> dict[str, Any]:
+    return {
+        "hourly": charts.hourly(patterns.analyze(lake, "MoneyDeposited", START, END)),
+        "overview": charts.overview(patterns.analyze(lake, "MoneyDeposited", START, END, tz="Europe/Berlin")),
+        "heatmap": charts.heatmap(patterns.heatmap(lake, None, START, END)),
+        "trend": charts.trend(patterns.trend(lake, "MoneyDeposited", START, END)),
+        "anomalies": charts.anomalies(patterns.anomalies(lake, START, END, baseline=14)),
+        "latency": charts.latency(patterns.latency(lake, "AccountOpened", "AccountClosed")),
+        "funnel": charts.funnel(patterns.funnel(lake, ["AccountOpened", "MoneyWithdrawn"])),
+        "cohorts": charts.cohorts(patterns.cohorts(lake)),
+        "mix": charts.mix(patterns.mix(lake, START, END, every="day")),
+        "top": charts.top(patterns.top(lake, "user_id")),
+    }
+
+
+def test_renderer_bundle_is_a_vega5_spec_and_an_svg_without_scripts(lake: Lake) -> None:
+    from es_analytics.charts import display
+
+    for name, chart in every_chart(lake).items():
+        spec = chart.to_dict()
+        bundle, metadata = display.mimebundle(spec)
+        assert set(bundle) == {"application/vnd.vega.v5+json", "image/svg+xml", "text/plain"}, name
+        vega = bundle["application/vnd.vega.v5+json"]
+        assert vega["$schema"] == "https://vega.github.io/schema/vega/v5.json"
+        assert metadata == {"application/vnd.vega.v5+json": {"embed_options": {"renderer": "svg", "actions": False}}}
+        text = json.dumps(bundle)
+        assert "<script" not in text and "vegaEmbed" not in text and "http://" not in text.replace(
+            "http://www.w3.org/", ""), name
+        assert bundle["image/svg+xml"].startswith("<svg") and 'class="marks"' in bundle["image/svg+xml"]
+        label = f"<es_analytics chart: {title_text(spec)}>" if "title" in spec else "<es_analytics chart>"
+        assert bundle["text/plain"] == label
+
+
+def same_ids(svg: str) -> str:
+    import re
+
+    return re.sub(r"gradient_\d+", "gradient", svg)
+
+
+def test_compact_data_draws_the_same_chart(lake: Lake) -> None:
+    """The columnar, dictionary- and affix-coded data sets give Vega the same rows: the same picture."""
+    import vl_convert as vlc
+
+    from es_analytics.charts import display
+
+    rewritten = 0
+    for name, chart in every_chart(lake).items():
+        spec = chart.to_dict()
+        plain = vlc.vegalite_to_vega(spec, vl_version=display.COMPILE_WITH)
+        compact = display.mimebundle(spec)[0]["application/vnd.vega.v5+json"]
+        rewritten += sum("flatten" in json.dumps(d.get("transform", [])) for d in compact["data"])
+        # (gradient ids count up from one rendering to the next)
+        assert same_ids(vlc.vega_to_svg(compact)) == same_ids(vlc.vega_to_svg(plain)), name
+    assert rewritten >= 5  # most of these charts have data sets of 20 rows or more
+
+
+def test_compact_text_round_trips() -> None:
+    from es_analytics.charts import display
+
+    dates = [f"2025-01-{d:02d}T00:00:00" for d in range(1, 29)]
+    values, expr = display._compact_text(dates, 'datum["d"]')
+    assert values[0] == "01" and expr == '"2025-01-" + datum["d"] + "T00:00:00"'
+    kinds = ["a\"b", "c"] * 10
+    values, expr = display._compact_text(kinds, 'datum["k"]')
+    assert values[:2] == [0, 1] and expr == '["a\\"b", "c"][datum["k"]]'
+    assert display._compact_text(["x1", "y2"], "d") == (["x1", "y2"], None)
+
+
+def test_a_users_chart_of_decimal_money_renders(tmp_path: Path) -> None:
+    """``lake.states`` holds money as Decimal; charted as it is, the chart gets floats, the frame stays exact."""
+    from decimal import Decimal
+
+    from es_analytics.charts import display
+    from es_analytics.examples.bank import BankAccount
+
+    with Lake.open(tmp_path / "bank") as bank:
+        bank.append("acc-1", [Event("AccountOpened", {"initialDeposit": 100.10, "accountHolder": "A"}),
+                              Event("MoneyDeposited", {"amount": 0.2})], expected_version=0,
+                    aggregate_type="BankAccount")
+        states = bank.states(BankAccount)
+    assert isinstance(states["balance"].dtype, pl.Decimal) and states["balance"].item() == Decimal("100.3")
+    chart = alt.Chart(states).mark_bar().encode(x="aggregate_id:N", y="balance:Q")
+    before = alt.data_transformers.active
+    try:
+        alt.data_transformers.enable("default")
+        with pytest.raises(TypeError, match="Decimal is not JSON serializable"):
+            json.dumps(chart.to_dict())
+        alt.data_transformers.enable(display.DATA_TRANSFORMER_NAME)
+        spec = chart.to_dict()
+        rows = next(iter(spec["datasets"].values()))
+        assert rows[0]["balance"] == 100.3 and isinstance(rows[0]["balance"], float)
+        assert json.loads(chart.to_json())["datasets"]
+        assert "image/svg+xml" in display.mimebundle(spec)[0]
+        assert states["balance"].item() == Decimal("100.3")  # the frame is untouched
+        # More than 5,000 rows are still refused (aggregate first), unless the user lifts the limit.
+        big = pl.DataFrame({"x": range(6_000)})
+        with pytest.raises(alt.MaxRowsError):
+            alt.Chart(big).mark_point().encode(x="x:Q").to_dict()
+    finally:
+        alt.data_transformers.enable(before)

@@ -5,7 +5,9 @@ Charts embed only aggregated data; the ``patterns`` functions aggregate in DuckD
 
 Saving works offline: :func:`save` writes ``.png``/``.svg``/``.pdf`` through vl-convert and ``.html`` with
 Vega inlined; :func:`to_svg` returns the SVG text (for reports). In a notebook call
-``es_analytics.notebook.setup()`` once so charts render without a network connection.
+``es_analytics.notebook.setup()`` once: it enables the renderer and the data transformer of
+:mod:`es_analytics.charts.display` (registered with Altair when this package is imported, as
+``"es_analytics"``), so charts render offline in every viewer and every es_analytics frame is chartable.
 
 This package imports polars, Altair and the error hierarchy only; nothing from the store.
 """
@@ -33,6 +35,10 @@ from .patterns import (
 )
 from . import ordering  # noqa: E402,F401  charts.ordering.lateness / backwards / gaps
 from . import process  # noqa: E402,F401  charts.process.process_map / variant_explorer / dotted_chart / ...
+from . import display  # noqa: E402  the renderer and data transformer "es_analytics"
+
+display.register_renderer()
+display.register_data_transformer()
 
 if TYPE_CHECKING:
     import os
@@ -45,6 +51,7 @@ __all__ = [
     "anomalies",
     "cohorts",
     "daily",
+    "display",
     "format_duration",
     "funnel",
     "heatmap",

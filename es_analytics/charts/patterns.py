@@ -13,7 +13,7 @@ import altair as alt
 import polars as pl
 
 from ..errors import InvalidArgumentError
-from ._theme import ACCENT, NEGATIVE, NEUTRAL, POSITIVE, SEQUENTIAL_SCHEME, WIDTH, check_rows, finish
+from ._theme import ACCENT, NEGATIVE, NEUTRAL, POSITIVE, SEQUENTIAL_SCHEME, WIDTH, check_rows, finish, lean
 
 if TYPE_CHECKING:
     from ..patterns import (
@@ -108,18 +108,16 @@ def hourly(result: PatternResult) -> Any:
 def daily(result: PatternResult) -> Any:
     """Events per local calendar day (days without events at 0) with the average per day as a rule."""
     frame = check_rows(result.daily, "charts.daily", required=("date", "count"))
-    data = frame.with_columns(pl.col("date").dt.strftime("%a").alias("weekday"))
+    data = lean(frame, "date", "count")
+    tooltip = [alt.Tooltip("date:T", title="Day", format="%Y-%m-%d"),
+               alt.Tooltip("date:T", title="Weekday", format="%A"),
+               alt.Tooltip("count:Q", title="Events", format=",")]
     base = alt.Chart(data).encode(
         x=alt.X("date:T", title="Day", axis=alt.Axis(format="%b %d", labelAngle=0)))
-    line = base.mark_area(line={"color": ACCENT}, interpolate="monotone").encode(
-        y=alt.Y("count:Q", title="Events per day"),
-        tooltip=[alt.Tooltip("date:T", title="Day", format="%Y-%m-%d"), alt.Tooltip("weekday:N", title="Weekday"),
-                 alt.Tooltip("count:Q", title="Events", format=",")],
-    )
-    points = base.mark_point(opacity=0, size=60).encode(
-        y="count:Q", tooltip=[alt.Tooltip("date:T", title="Day", format="%Y-%m-%d"),
-                              alt.Tooltip("weekday:N", title="Weekday"),
-                              alt.Tooltip("count:Q", title="Events", format=",")])
+    line = base.mark_area(line={"color": ACCENT}).encode(y=alt.Y("count:Q", title="Events per day"),
+                                                          tooltip=tooltip)
+    # Invisible points give every day its tooltip (the static SVG leaves them out).
+    points = base.mark_point(opacity=0, size=60).encode(y="count:Q", tooltip=tooltip)
     rule = alt.Chart(pl.DataFrame({"average": [result.average_per_calendar_day]})).mark_rule(
         strokeDash=[4, 4]).encode(y="average:Q", tooltip=[alt.Tooltip("average:Q", title="Average per calendar day",
                                                                           format=".2f")])
@@ -146,6 +144,7 @@ def heatmap(result: HeatmapResult, *, value: str = "average") -> Any:
     if value not in ("average", "count"):
         raise InvalidArgumentError(f"value must be 'average' or 'count', got {value!r}")
     data = check_rows(result.cells, "charts.heatmap", required=("weekday", "day_name", "hour", "count"))
+    data = lean(data, "weekday", "day_name", "hour", "count", "average")
     title = "Average events per day" if value == "average" else "Events"
     chart = alt.Chart(data).mark_rect().encode(
         x=alt.X("hour:O", title=f"Hour of day ({result.tz})", axis=alt.Axis(labelAngle=0)),
@@ -164,20 +163,23 @@ def trend(result: TrendResult) -> Any:
     """Daily counts with the rolling mean on top, and week-over-week change below."""
     days = check_rows(result.daily, "charts.trend", required=("date", "count", "rolling_mean"))
     weeks = check_rows(result.weekly, "charts.trend", required=("week", "count", "change", "complete"))
+    days = lean(days, "date", "count", "rolling_mean")
     x = alt.X("date:T", title=None, axis=alt.Axis(format="%b %d", labelAngle=0))
-    bars = alt.Chart(days).mark_bar(color=NEUTRAL, opacity=0.6).encode(
-        x=x, y=alt.Y("count:Q", title="Events per day"),
-        tooltip=[alt.Tooltip("date:T", format="%Y-%m-%d", title="Day"), alt.Tooltip("count:Q", title="Events"),
-                 alt.Tooltip("rolling_mean:Q", title=f"{result.window}-day mean", format=".1f")])
-    line = alt.Chart(days).mark_line(color=ACCENT).encode(
-        x=x, y="rolling_mean:Q",
-        tooltip=[alt.Tooltip("date:T", format="%Y-%m-%d", title="Day"),
-                 alt.Tooltip("rolling_mean:Q", title=f"{result.window}-day mean", format=".1f")])
-    top = alt.layer(bars, line).properties(width=WIDTH, height=220,
+    tooltip = [alt.Tooltip("date:T", format="%Y-%m-%d", title="Day"), alt.Tooltip("count:Q", title="Events"),
+               alt.Tooltip("rolling_mean:Q", title=f"{result.window}-day mean", format=".1f")]
+    # Daily counts as an area (one shape, not hundreds of bars that overlap on a long window); invisible
+    # points give every day its tooltip.
+    counts = alt.Chart(days).mark_area(color=NEUTRAL, opacity=0.5).encode(
+        x=x, y=alt.Y("count:Q", title="Events per day"), tooltip=tooltip)
+    line = alt.Chart(days).mark_line(color=ACCENT).encode(x=x, y="rolling_mean:Q", tooltip=tooltip)
+    points = alt.Chart(days).mark_point(opacity=0, size=60).encode(x=x, y="count:Q", tooltip=tooltip)
+    top = alt.layer(counts, line, points).properties(width=WIDTH, height=220,
                                           title=f"Daily events and {result.window}-day rolling mean")
     shade = (pl.when(~pl.col("complete")).then(pl.lit("partial week"))
              .when(pl.col("change").fill_null(0) >= 0).then(pl.lit("up")).otherwise(pl.lit("down")))
-    change = alt.Chart(weeks.with_columns(shade.alias("direction"))).mark_bar().encode(
+    weeks = lean(weeks.with_columns(shade.alias("direction")), "week", "days", "count", "change", "change_pct",
+                 "direction")
+    change = alt.Chart(weeks).mark_bar().encode(
         x=alt.X("week:T", title=f"Week starting Monday ({result.tz})", axis=alt.Axis(format="%b %d")),
         y=alt.Y("change:Q", title="Change vs previous week"),
         color=alt.Color("direction:N", title=None, legend=alt.Legend(orient="top"),
@@ -201,6 +203,7 @@ def anomalies(result: AnomalyResult, *, event_type: str | list[str] | None = Non
         if data.is_empty():
             raise InvalidArgumentError(f"no daily counts for event_type {event_type!r} in this result")
     data = check_rows(data, "charts.anomalies", required=("event_type", "date", "count", "robust_z", "anomaly"))
+    data = lean(data, "event_type", "date", "count", "median", "robust_z", "anomaly", decimals=2)
     tooltip = [alt.Tooltip("event_type:N", title="Event type"), alt.Tooltip("date:T", format="%Y-%m-%d", title="Day"),
                alt.Tooltip("count:Q", title="Events"), alt.Tooltip("median:Q", title="Median day"),
                alt.Tooltip("robust_z:Q", title="Robust z", format=".1f")]
@@ -261,7 +264,8 @@ def funnel(result: FunnelResult) -> Any:
 def cohorts(result: CohortResult) -> Any:
     """Cohort retention triangle: cohort month × months since, coloured and labelled by retention."""
     data = check_rows(result.table, "charts.cohorts", required=("cohort", "month", "cohort_size", "retention"))
-    data = data.with_columns(pl.col("cohort").dt.strftime("%Y-%m").alias("cohort_month"))
+    data = lean(data.with_columns(pl.col("cohort").dt.strftime("%Y-%m").alias("cohort_month")),
+                "cohort_month", "month", "cohort_size", "active", "retention")
     base = alt.Chart(data).encode(
         x=alt.X("month:O", title="Months since first event", axis=alt.Axis(labelAngle=0)),
         y=alt.Y("cohort_month:O", title="Cohort"),
