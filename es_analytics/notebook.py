@@ -1,20 +1,23 @@
-"""Jupyter niceties: the sample lake, offline charts and a ``%%sql`` magic bound to a lake.
+"""Jupyter niceties: the sample lake, offline charts and a ``%%lake_sql`` magic bound to a lake.
 
 Every notebook in ``notebooks/`` starts the same way::
 
     from es_analytics.notebook import sample_lake, setup
     lake = sample_lake()   # $ES_ANALYTICS_LAKE, else data/sample-lake; generated on first use
-    setup(lake)            # offline charts, %%sql bound to this lake
+    setup(lake)            # offline charts, %%lake_sql bound to this lake
 
 - :func:`sample_lake` opens the lake named by the environment variable ``ES_ANALYTICS_LAKE`` (what
   ``es-analytics lab`` and the notebook tests set), else ``data/sample-lake`` of the source checkout, and
   fills it with :func:`es_analytics.sample.generate` (with a progress bar) when it is empty.
-- :func:`setup` makes Altair render offline (Vega is inlined, so tooltips work without a network; or
-  static SVG with ``renderer="svg"``), enables the es_analytics chart theme for the user's own charts, and
-  registers the ``%sql`` / ``%%sql`` magic.
+- :func:`setup` makes Altair render offline with the renderer of :mod:`es_analytics.charts.display` (a
+  Vega v5 spec that JupyterLab draws with tooltips, trusted or not, plus a static SVG for other viewers; or
+  static images only with ``renderer="svg"``/``"png"``), makes every es_analytics frame chartable (Decimal
+  money as floats in the chart only), enables the es_analytics chart theme for the user's own charts, and
+  registers the ``%lake_sql`` / ``%%lake_sql`` magic (its own name, so that it never shadows jupysql's
+  ``%sql`` in an environment that has both).
 - The magic runs read-only DuckDB SQL through ``lake.sql`` (the view ``events`` on the newest snapshot)
   and returns a polars DataFrame. ``$name`` in the query is bound to the notebook variable ``name``, never
-  pasted into the text. ``%%sql -o result`` also stores the frame in ``result``; ``--lake other`` uses
+  pasted into the text. ``%%lake_sql -o result`` also stores the frame in ``result``; ``--lake other`` uses
   another lake variable. Load it alone with ``%load_ext es_analytics.notebook``.
 """
 
@@ -36,6 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LAKE_ENV",
+    "MAGIC",
     "SAMPLE_EVENTS_ENV",
     "default_lake_path",
     "load_ipython_extension",
@@ -45,6 +49,8 @@ __all__ = [
 ]
 
 LAKE_ENV = "ES_ANALYTICS_LAKE"
+#: The magic's name: ``%lake_sql`` (line) and ``%%lake_sql`` (cell).
+MAGIC = "lake_sql"
 SAMPLE_EVENTS_ENV = "ES_ANALYTICS_SAMPLE_EVENTS"
 Renderer = Literal["interactive", "svg", "png"]
 _RENDERERS = ("interactive", "svg", "png")
@@ -99,17 +105,18 @@ def sample_lake(path: str | os.PathLike[str] | None = None, *, events: int | Non
 
 def setup(lake: Lake | None = None, *, renderer: Renderer = "interactive", magic: bool = True,
           theme: bool = True) -> None:
-    """Prepare a notebook: offline charts, the es_analytics chart theme, and ``%%sql`` bound to ``lake``.
+    """Prepare a notebook: offline charts, the es_analytics chart theme, and ``%%lake_sql`` bound to ``lake``.
 
     Parameters
     ----------
     lake
-        The lake the ``%sql`` magic queries (it can be changed later with ``setup(other)`` or ``--lake``).
+        The lake the ``%lake_sql`` magic queries (it can be changed later with ``setup(other)`` or ``--lake``).
     renderer
-        ``"interactive"`` (Vega inlined in the output: tooltips, no network), ``"svg"`` or ``"png"``
-        (static images rendered by vl-convert).
+        ``"interactive"`` (a Vega v5 spec JupyterLab draws with tooltips, with an SVG beside it for viewers
+        that cannot run Vega; no JavaScript in the output, no network), ``"svg"`` or ``"png"`` (static
+        images rendered by vl-convert).
     magic
-        Register the ``%sql`` / ``%%sql`` magic (needs a running IPython).
+        Register the ``%lake_sql`` / ``%%lake_sql`` magic (needs a running IPython).
     theme
         Enable the es_analytics Altair theme for charts made by hand.
     """
@@ -119,10 +126,13 @@ def setup(lake: Lake | None = None, *, renderer: Renderer = "interactive", magic
 
     from .charts import register_theme
 
+    from .charts import display
+
     if renderer == "interactive":
-        alt.renderers.enable("html", template="inline", embed_options={"renderer": "svg", "actions": False})
+        display.register_renderer(enable=True)
     else:
         alt.renderers.enable(renderer)
+    display.register_data_transformer(enable=True)
     if theme:
         register_theme(enable=True)
     pl.Config.set_tbl_rows(20)
@@ -145,16 +155,16 @@ def _shell() -> InteractiveShell | None:
 
 
 def load_ipython_extension(ipython: InteractiveShell) -> None:
-    """Register ``%sql`` / ``%%sql`` (``%load_ext es_analytics.notebook``)."""
+    """Register ``%lake_sql`` / ``%%lake_sql`` (``%load_ext es_analytics.notebook``)."""
 
-    def sql(line: str, cell: str | None = None) -> pl.DataFrame:
+    def lake_sql(line: str, cell: str | None = None) -> pl.DataFrame:
         return run_sql_magic(line, cell, ipython.user_ns)
 
-    ipython.register_magic_function(sql, magic_kind="line_cell", magic_name="sql")  # type: ignore[call-arg, arg-type]
+    ipython.register_magic_function(lake_sql, magic_kind="line_cell", magic_name=MAGIC)  # type: ignore[call-arg, arg-type]
 
 
 def run_sql_magic(line: str, cell: str | None, namespace: dict[str, Any]) -> pl.DataFrame:
-    """What the ``%sql`` magic does: parse options, bind ``$name`` variables, run ``lake.sql``.
+    """What the ``%lake_sql`` magic does: parse options, bind ``$name`` variables, run ``lake.sql``.
 
     Examples
     --------
@@ -173,12 +183,12 @@ def run_sql_magic(line: str, cell: str | None, namespace: dict[str, Any]) -> pl.
     options, inline_query = _parse_options(line, has_cell=cell is not None)
     query = cell if cell is not None else inline_query
     if not query.strip():
-        raise InvalidArgumentError("%sql needs a query, e.g. %sql SELECT count(*) FROM events")
+        raise InvalidArgumentError("%lake_sql needs a query, e.g. %lake_sql SELECT count(*) FROM events")
     lake = _magic_lake(options.get("lake"), namespace)
     names = list(dict.fromkeys(_PARAM.findall(query)))
     missing = [n for n in names if n not in namespace]
     if missing:
-        raise InvalidArgumentError(f"%sql binds $name to notebook variables; not defined: {missing!r}")
+        raise InvalidArgumentError(f"%lake_sql binds $name to notebook variables; not defined: {missing!r}")
     params = {name: namespace[name] for name in names} or None
     frame = lake.sql(query, params)
     if "output" in options:
@@ -193,12 +203,12 @@ def _parse_options(line: str, *, has_cell: bool) -> tuple[dict[str, str], str]:
     consumed = 0
     while consumed < len(tokens) and tokens[consumed] in ("-o", "--output", "--lake"):
         if consumed + 1 >= len(tokens) or not _IDENT.fullmatch(tokens[consumed + 1]):
-            raise InvalidArgumentError(f"%sql option {tokens[consumed]} needs a variable name")
+            raise InvalidArgumentError(f"%lake_sql option {tokens[consumed]} needs a variable name")
         key = "lake" if tokens[consumed] == "--lake" else "output"
         options[key] = tokens[consumed + 1]
         consumed += 2
     if has_cell and consumed < len(tokens):
-        raise InvalidArgumentError(f"%%sql takes only -o NAME and --lake NAME on its first line, got {line!r}")
+        raise InvalidArgumentError(f"%%lake_sql takes only -o NAME and --lake NAME on its first line, got {line!r}")
     rest = line
     for _ in range(consumed):
         rest = rest.lstrip().split(None, 1)[1] if len(rest.split(None, 1)) > 1 else ""
@@ -217,5 +227,5 @@ def _magic_lake(name: str | None, namespace: dict[str, Any]) -> Lake:
     if len(lakes) == 1:
         return lakes[0]
     raise InvalidArgumentError(
-        "%sql does not know which lake to query: call es_analytics.notebook.setup(lake) or pass --lake NAME"
+        "%lake_sql does not know which lake to query: call es_analytics.notebook.setup(lake) or pass --lake NAME"
     )

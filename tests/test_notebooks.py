@@ -6,6 +6,7 @@ The sample lake is generated once per session; each notebook runs on a fresh cop
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,7 @@ def test_notebook_runs_top_to_bottom(notebook: Path, sample_lake_path: Path, tmp
     lake_copy = tmp_path / "lake"
     shutil.copytree(sample_lake_path, lake_copy)
     nb = run(notebook, lake_copy, monkeypatch)  # raises CellExecutionError on the first failing cell
+    nbformat.validate(nb)  # every output is one nbformat accepts
     produced = outputs(nb)
     assert not [o for o in produced if o["output_type"] == "error"]
     tracebacks = [o["text"] for o in produced if o.get("name") == "stderr" and "Traceback" in o["text"]]
@@ -80,10 +82,29 @@ def test_notebook_runs_top_to_bottom(notebook: Path, sample_lake_path: Path, tmp
         html = [str(o.get("data", {}).get("text/html", "")) for o in produced]
         # It used the lake named by ES_ANALYTICS_LAKE (the summary card shows its path) ...
         assert any(str(lake_copy) in h for h in html)
-        # ... and drew charts offline: Vega is inlined, nothing is loaded from a CDN.
-        charts = [h for h in html if "vegaEmbed(" in h]
-        assert charts, f"{notebook.name} shows no chart"
-        assert all("cdn.jsdelivr.net/npm/vega" not in h and '<script src="http' not in h for h in charts)
+        assert chart_outputs(nb), f"{notebook.name} shows no chart"
+    check_charts(nb)
+
+
+VEGA = "application/vnd.vega.v5+json"
+MAX_CHART_BYTES = 50_000
+
+
+def chart_outputs(nb: nbformat.NotebookNode) -> list[dict[str, Any]]:
+    return [o for o in outputs(nb) if VEGA in o.get("data", {})]
+
+
+def check_charts(nb: nbformat.NotebookNode) -> None:
+    """Every chart is a Vega v5 spec with an SVG beside it, small, with no script or CDN in it; no HTML chart."""
+    for out in outputs(nb):
+        data = out.get("data", {})
+        assert "vegaEmbed(" not in str(data.get("text/html", "")), "a chart that needs JavaScript in its output"
+        if VEGA in data:
+            assert data["image/svg+xml"].startswith("<svg") and "<script" not in data["image/svg+xml"]
+            assert data[VEGA]["$schema"].endswith("/vega/v5.json")
+            size = len(json.dumps(out, separators=(",", ":")))
+            assert size < MAX_CHART_BYTES, f"a chart output of {size:,} bytes (aggregate before charting)"
+            assert "cdn.jsdelivr" not in json.dumps(out)
 
 
 # -- es_analytics.notebook, without a kernel ---------------------------------------------------------
@@ -166,12 +187,13 @@ def test_setup_renders_offline_and_checks_its_renderer(tmp_path: Path, monkeypat
     from es_analytics.errors import InvalidArgumentError
     from es_analytics.notebook import setup
 
-    before = alt.renderers.active, alt.theme.active
+    before = alt.renderers.active, alt.theme.active, alt.data_transformers.active
     try:
         lake = small_lake(tmp_path / "lake")
         setup(lake, magic=True)  # no IPython running: the magic is skipped
         assert notebook._state["lake"] is lake
-        assert alt.renderers.active == "html" and alt.theme.active == "es_analytics"
+        assert alt.renderers.active == "es_analytics" and alt.theme.active == "es_analytics"
+        assert alt.data_transformers.active == "es_analytics"
         setup(renderer="svg", theme=False)
         assert alt.renderers.active == "svg"
         with pytest.raises(InvalidArgumentError, match="renderer must be one of"):
@@ -179,6 +201,7 @@ def test_setup_renders_offline_and_checks_its_renderer(tmp_path: Path, monkeypat
     finally:
         alt.renderers.enable(before[0])
         alt.theme.enable(before[1])
+        alt.data_transformers.enable(before[2])
 
 
 def test_lake_summary_card(tmp_path: Path) -> None:
@@ -190,3 +213,34 @@ def test_lake_summary_card(tmp_path: Path) -> None:
     assert "1 Parquet files" in lake._repr_html_() and "0 events in the hot tier" in lake._repr_html_()
     lake.close()
     assert "(closed)" in lake._repr_html_()
+
+
+def test_the_magic_is_lake_sql_and_leaves_sql_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a real IPython shell: ``%%lake_sql`` and ``%lake_sql`` query the lake; ``%sql`` is not ours."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from es_analytics import notebook
+
+    monkeypatch.setattr(notebook, "_state", {})
+    shell = InteractiveShell.instance()
+    try:
+        lake = small_lake(tmp_path / "lake")
+        shell.user_ns.update({"lake": lake, "kind": "MoneyDeposited"})
+        notebook.load_ipython_extension(shell)
+        assert "lake_sql" in shell.magics_manager.magics["cell"]
+        assert "lake_sql" in shell.magics_manager.magics["line"]
+        assert "sql" not in shell.magics_manager.magics["cell"] and "sql" not in shell.magics_manager.magics["line"]
+        result = shell.run_cell("%%lake_sql -o found\nSELECT count(*) AS n FROM events WHERE event_type = $kind")
+        assert result.success and shell.user_ns["found"]["n"].item() == 1
+        line = shell.run_cell("%lake_sql SELECT max(aggregate_version) AS v FROM events")
+        assert line.success and line.result["v"].item() == 2
+        lake.close()
+    finally:
+        InteractiveShell.clear_instance()
+
+
+def test_no_jupysql_in_the_notebooks_extra() -> None:
+    import tomllib
+
+    extras = tomllib.loads((NOTEBOOKS.parent / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert not [d for deps in extras.values() for d in deps if d.lower().startswith("jupysql")]
