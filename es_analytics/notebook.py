@@ -3,12 +3,13 @@
 Every notebook in ``notebooks/`` starts the same way::
 
     from es_analytics.notebook import sample_lake, setup
-    lake = sample_lake()   # $ES_ANALYTICS_LAKE, else data/sample-lake; generated on first use
+    lake = sample_lake()   # a private copy of $ES_ANALYTICS_LAKE, else of data/sample-lake
     setup(lake)            # offline charts, %%lake_sql bound to this lake
 
-- :func:`sample_lake` opens the lake named by the environment variable ``ES_ANALYTICS_LAKE`` (what
-  ``es-analytics lab`` and the notebook tests set), else ``data/sample-lake`` of the source checkout, and
-  fills it with :func:`es_analytics.sample.generate` (with a progress bar) when it is empty.
+- :func:`sample_lake` takes the lake named by the environment variable ``ES_ANALYTICS_LAKE`` (what
+  ``es-analytics lab`` and the notebook tests set), else ``data/sample-lake`` of the source checkout, fills
+  it with :func:`es_analytics.sample.generate` (with a progress bar) when it is empty, and opens a private
+  copy of it in a temporary folder: what a notebook changes never reaches the shared lake.
 - :func:`setup` makes Altair render offline with the renderer of :mod:`es_analytics.charts.display` (a
   Vega v5 spec that JupyterLab draws with tooltips, trusted or not, plus a static SVG for other viewers; or
   static images only with ``renderer="svg"``/``"png"``), makes every es_analytics frame chartable (Decimal
@@ -23,9 +24,12 @@ Every notebook in ``notebooks/`` starts the same way::
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
 import shlex
+import shutil
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -38,11 +42,13 @@ if TYPE_CHECKING:
     from IPython.core.interactiveshell import InteractiveShell
 
 __all__ = [
+    "COPY_PREFIX",
     "LAKE_ENV",
     "MAGIC",
     "SAMPLE_EVENTS_ENV",
     "default_lake_path",
     "load_ipython_extension",
+    "private_copy",
     "run_sql_magic",
     "sample_lake",
     "setup",
@@ -55,6 +61,8 @@ SAMPLE_EVENTS_ENV = "ES_ANALYTICS_SAMPLE_EVENTS"
 Renderer = Literal["interactive", "svg", "png"]
 _RENDERERS = ("interactive", "svg", "png")
 _PARAM = re.compile(r"(?<![\w$])\$([A-Za-z_][A-Za-z0-9_]*)")
+#: The name of each private copy's temporary folder starts so.
+COPY_PREFIX = "es-analytics-sample-"
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _state: dict[str, Lake] = {}
 
@@ -74,33 +82,68 @@ def default_lake_path() -> Path:
 
 
 def sample_lake(path: str | os.PathLike[str] | None = None, *, events: int | None = None, seed: int = 7,
-                progress: bool = True) -> Lake:
+                progress: bool = True, copy: bool = True) -> Lake:
     """Open the sample lake, generating its deterministic history first if the lake is empty.
+
+    By default the lake returned is **a private copy** of the shared sample lake, in a temporary folder that
+    is removed when the Python process (the notebook's kernel) exits: a notebook may append, forget or
+    verify (which moves the integrity checkpoint) without changing the shared lake, so every notebook, run
+    twice or in any order, starts from the same history. Only an empty shared lake is written to, once, by
+    generating the sample into it.
 
     Parameters
     ----------
     path
-        The lake folder (default: :func:`default_lake_path`).
+        The shared lake folder (default: :func:`default_lake_path`).
     events
         How many events to generate into an empty lake (default ``$ES_ANALYTICS_SAMPLE_EVENTS`` or 20,000).
     seed
         The sample's seed: same seed, same events.
     progress
         Show a progress bar while generating.
+    copy
+        ``False`` opens the shared lake itself (changes then stay in it).
     """
     from . import patterns
     from .sample import generate
 
     count = events if events is not None else int(os.environ.get(SAMPLE_EVENTS_ENV) or 20_000)
-    lake = Lake.open(default_lake_path() if path is None else path)
+    shared = Path(default_lake_path() if path is None else path)
+    lake = Lake.open(shared)
     try:
-        if lake._store.hot.max_position() == 0:
+        if lake.watermark().position == 0:
             generate(lake, events=count, seed=seed, progress=progress)
             patterns.prepare(lake)  # pattern rollups of the new files, so the first chart is quick
     except BaseException:
         lake.close()
         raise
+    if not copy:
+        return lake
+    lake.close()  # closed: the hot tier's write-ahead log is folded into hot.sqlite before the copy
+    return private_copy(shared)
+
+
+def private_copy(source: str | os.PathLike[str]) -> Lake:
+    """Open a copy of the lake folder ``source`` in a new temporary folder, removed when the process exits.
+
+    The copy is made file by file with :func:`shutil.copytree`; ``source`` should not be written to meanwhile
+    (:func:`sample_lake` copies a lake it has just closed).
+    """
+    folder = Path(tempfile.mkdtemp(prefix=COPY_PREFIX))
+    target = folder / "lake"
+    try:
+        shutil.copytree(Path(source), target)
+        lake = Lake.open(target)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    atexit.register(_remove_copy, lake, folder)
     return lake
+
+
+def _remove_copy(lake: Lake, folder: Path) -> None:
+    lake.close()
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def setup(lake: Lake | None = None, *, renderer: Renderer = "interactive", magic: bool = True,

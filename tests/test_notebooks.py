@@ -1,13 +1,17 @@
 """Every notebook in notebooks/ is committed without outputs and runs top to bottom on the sample lake.
 
-The sample lake is generated once per session; each notebook runs on a fresh copy of it, found through
-``ES_ANALYTICS_LAKE`` (the convention in notebooks/README.md), with the notebooks folder as working directory.
+The sample lake is generated once per session and named by ``ES_ANALYTICS_LAKE`` (the convention in
+notebooks/README.md); the notebooks run with the notebooks folder as working directory. Each notebook opens a
+private copy of it (``sample_lake()``), so the shared lake's files must be the same after every run, and the
+notebooks that change their lake must show the same outputs run twice, in two orders.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import shutil
+import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +20,7 @@ import pytest
 from nbclient import NotebookClient
 
 from es_analytics import Lake
-from es_analytics.notebook import LAKE_ENV
+from es_analytics.notebook import COPY_PREFIX, LAKE_ENV
 from es_analytics.sample import generate
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
@@ -32,9 +36,9 @@ def sample_lake_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def run(notebook: Path, lake_copy: Path, monkeypatch: pytest.MonkeyPatch) -> nbformat.NotebookNode:
+def run(notebook: Path, lake: Path, monkeypatch: pytest.MonkeyPatch) -> nbformat.NotebookNode:
     nb = nbformat.read(notebook, as_version=4)
-    monkeypatch.setenv(LAKE_ENV, str(lake_copy))  # the kernel inherits the environment
+    monkeypatch.setenv(LAKE_ENV, str(lake))  # the kernel inherits the environment
     client = NotebookClient(nb, timeout=180, kernel_name="python3", allow_errors=False,
                             resources={"metadata": {"path": str(NOTEBOOKS)}})
     client.execute()
@@ -68,11 +72,10 @@ SHOWCASES = {"01_quickstart.ipynb", "04_patterns.ipynb"}
 
 @pytest.mark.slow
 @pytest.mark.parametrize("notebook", ALL, ids=[p.stem for p in ALL])
-def test_notebook_runs_top_to_bottom(notebook: Path, sample_lake_path: Path, tmp_path: Path,
-                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    lake_copy = tmp_path / "lake"
-    shutil.copytree(sample_lake_path, lake_copy)
-    nb = run(notebook, lake_copy, monkeypatch)  # raises CellExecutionError on the first failing cell
+def test_notebook_runs_top_to_bottom(notebook: Path, sample_lake_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    before = fingerprint(sample_lake_path)
+    nb = run(notebook, sample_lake_path, monkeypatch)  # raises CellExecutionError on the first failing cell
+    assert fingerprint(sample_lake_path) == before, "the notebook changed the shared sample lake"
     nbformat.validate(nb)  # every output is one nbformat accepts
     produced = outputs(nb)
     assert not [o for o in produced if o["output_type"] == "error"]
@@ -80,8 +83,11 @@ def test_notebook_runs_top_to_bottom(notebook: Path, sample_lake_path: Path, tmp
     assert not tracebacks, tracebacks
     if notebook.name in SHOWCASES:
         html = [str(o.get("data", {}).get("text/html", "")) for o in produced]
-        # It used the lake named by ES_ANALYTICS_LAKE (the summary card shows its path) ...
-        assert any(str(lake_copy) in h for h in html)
+        # The summary card shows the notebook's private copy, with the events of the lake named by
+        # ES_ANALYTICS_LAKE.
+        with Lake.open(sample_lake_path) as shared:
+            events = shared.sql("SELECT count(*) AS n FROM events")["n"].item()
+        assert any(f"<code>{COPY_ROOT}" in h and f"{events:,}" in h for h in html)
         assert chart_outputs(nb), f"{notebook.name} shows no chart"
     check_charts(nb)
 
@@ -105,6 +111,65 @@ def check_charts(nb: nbformat.NotebookNode) -> None:
             size = len(json.dumps(out, separators=(",", ":")))
             assert size < MAX_CHART_BYTES, f"a chart output of {size:,} bytes (aggregate before charting)"
             assert "cdn.jsdelivr" not in json.dumps(out)
+
+
+def fingerprint(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` and the SHA-256 of its content."""
+    return {str(f.relative_to(folder)): hashlib.sha256(f.read_bytes()).hexdigest()
+            for f in sorted(folder.rglob("*")) if f.is_file()}
+
+
+COPY_ROOT = str(Path(tempfile.gettempdir()) / COPY_PREFIX)
+# Parts of an output that differ from one run to the next whatever the lake holds: the private copy's
+# folder, folders made by tempfile, the wall clock (recorded_at of new events, report and erasure times)
+# and measured durations.
+VOLATILE = [
+    (re.compile(re.escape(COPY_ROOT) + r"[^/\s\"'<]+"), "<copy>"),
+    (re.compile(re.escape(tempfile.gettempdir()) + r"/[A-Za-z0-9_.-]+"), "<tmp>"),
+    (re.compile(r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:\.\d+)?(?:\+00:00|Z| UTC)?"), "<time>"),
+    (re.compile(r"\b\d+(?:\.\d+)? ms\b|\b\d+\.\d+ s\b"), "<duration>"),
+    (re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"), "<uuid>"),  # new event ids
+]
+
+
+def first_difference(a: str, b: str) -> tuple[str, str]:
+    at = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    return a[max(at - 150, 0):at + 150], b[max(at - 150, 0):at + 150]
+
+
+def comparable(nb: nbformat.NotebookNode, today: str) -> list[str]:
+    """Every output as a viewer shows it, volatile parts masked; ``today`` (this run's date) too."""
+    texts = []
+    for out in outputs(nb):
+        shown = {k: v for k, v in out.items() if k != "execution_count"}
+        if "text/html" in shown.get("data", {}):  # what a viewer shows; the text twin wraps times over lines
+            shown["data"] = {k: v for k, v in shown["data"].items() if k != "text/plain"}
+        text = json.dumps(shown, sort_keys=True)
+        for pattern, mask in VOLATILE:
+            text = pattern.sub(mask, text)
+        texts.append(text.replace(today, "<today>"))
+    return texts
+
+
+# The notebooks that change their lake (append, forget, verify) and one that only reads it.
+CHANGING = ["01_quickstart.ipynb", "06_privacy_and_forgetting.ipynb", "05_compliance_report.ipynb"]
+
+
+@pytest.mark.slow
+def test_notebooks_run_twice_in_two_orders_show_the_same(sample_lake_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from datetime import date
+
+    before = fingerprint(sample_lake_path)
+    today = date.today().isoformat()
+    first = {name: comparable(run(NOTEBOOKS / name, sample_lake_path, monkeypatch), today) for name in CHANGING}
+    again = {name: comparable(run(NOTEBOOKS / name, sample_lake_path, monkeypatch), today)
+             for name in reversed(CHANGING)}
+    for name in CHANGING:
+        assert len(first[name]) == len(again[name]) > 0, name
+        differ = [first_difference(a, b) for a, b in zip(first[name], again[name]) if a != b]
+        assert not differ, (name, differ[:2])
+    assert fingerprint(sample_lake_path) == before
 
 
 # -- es_analytics.notebook, without a kernel ---------------------------------------------------------
@@ -175,6 +240,32 @@ def test_sample_lake_follows_the_environment(tmp_path: Path, monkeypatch: pytest
         assert again.sql("SELECT count(*) AS n FROM events")["n"].item() == n
     monkeypatch.delenv(LAKE_ENV)
     assert default_lake_path() == NOTEBOOKS.parent / "data" / "sample-lake"
+
+
+def test_sample_lake_is_a_private_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from es_analytics import Event, notebook
+    from es_analytics.notebook import SAMPLE_EVENTS_ENV, sample_lake
+
+    shared = tmp_path / "shared"
+    monkeypatch.setenv(LAKE_ENV, str(shared))
+    monkeypatch.setenv(SAMPLE_EVENTS_ENV, "300")
+    one, two = sample_lake(progress=False), sample_lake(progress=False)
+    generated = fingerprint(shared)
+    assert one.path != two.path and one.path.parent.name.startswith(COPY_PREFIX) and one.path.parent != shared
+    n = one.sql("SELECT count(*) AS n FROM events")["n"].item()
+    one.append("acc-new", [Event("AccountOpened", {"initialDeposit": 1})], expected_version=0,
+               aggregate_type="BankAccount")
+    one.forget(one.key_store.subjects()[0][0])
+    one.verify()
+    assert one.sql("SELECT count(*) AS n FROM events")["n"].item() == n + 2  # the event and the tombstone
+    assert two.sql("SELECT count(*) AS n FROM events")["n"].item() == n  # the other copy did not see it
+    assert fingerprint(shared) == generated  # nor did the shared lake
+    folder = one.path.parent
+    notebook._remove_copy(one, folder)  # what runs at exit
+    assert not folder.exists() and "(closed)" in one._repr_html_()
+    two.close()
+    with sample_lake(progress=False, copy=False) as itself:
+        assert itself.path == shared and itself.sql("SELECT count(*) AS n FROM events")["n"].item() == n
 
 
 def test_setup_renders_offline_and_checks_its_renderer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
