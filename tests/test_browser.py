@@ -6,12 +6,12 @@ it). Playwright drives Debian's ``chromium`` (``.ci/run`` installs it). For each
 
 1. clicks Run → Run All Cells, waits until every code cell has run, and asserts that every chart output (an
    ``application/vnd.vega.v5+json`` output, as many as nbclient's run of the same notebook has) shows a
-   rendered chart (an SVG with marks), that no cell shows an error, and that the browser console has no error;
+   chart drawn by JupyterLab's Vega extension (an SVG with marks), that no cell shows an error, and that the browser console has no error;
 2. saves, reloads the page and asserts the charts are drawn again, without running anything;
 3. opens the copy executed by nbclient (not signed by this server, so untrusted) and asserts the same;
-4. exports that copy to HTML with nbconvert and asserts every chart is there as a drawn SVG.
+4. exports that copy to HTML with nbconvert and asserts every chart is there as a drawn SVG image.
 
-The nbclient runs happen on a thread while the browser works on the notebooks before. A screenshot of the
+nbclient runs the notebooks in a process of its own while the browser works on the notebooks before. A screenshot of the
 quickstart goes to ``build/browser-quickstart.png``.
 """
 
@@ -27,8 +27,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,14 +49,23 @@ VEGA = "application/vnd.vega.v5+json"
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 # The marks of every rendered Vega chart in the page: one number per chart output (0 = drawn empty).
+# (JupyterLab's Vega extension marks its outputs with the class jp-RenderedVega5.)
 CHART_MARKS_JS = """() => [...document.querySelectorAll(
-    ".jp-OutputArea-output[data-mime-type='application/vnd.vega.v5+json']")].map(
+    ".jp-NotebookPanel:not(.lm-mod-hidden) .jp-OutputArea-output.jp-RenderedVega5")].map(
     out => out.querySelectorAll("svg.marks g[class*='role-mark'] > *").length)"""
-# The same for an HTML export, where each chart is the static SVG of its output.
-EXPORT_MARKS_JS = """() => [...document.querySelectorAll(".jp-OutputArea-output svg.marks")].map(
-    svg => svg.querySelectorAll("g[class*='role-mark'] > *").length)"""
+# The same for an HTML export, where nbconvert shows each chart's static SVG as an <img> of a data URL: the
+# marks in the SVG of each image the browser decoded and drew (0 when it drew nothing).
+EXPORT_MARKS_JS = """() => [...document.querySelectorAll(
+    ".jp-OutputArea-output[data-mime-type='image/svg+xml'] img")].map(img => {
+    if (!img.complete || img.naturalWidth === 0) return 0;
+    const svg = new DOMParser().parseFromString(atob(img.src.split(",")[1]), "image/svg+xml");
+    return svg.querySelectorAll("svg.marks g[class*='role-mark'] > *").length;
+})"""
+# Only the notebook on show counts (".lm-mod-hidden" are the other tabs).
+NOTEBOOK = ".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook"
 ALL_RUN_JS = """(n) => {
-    const prompts = [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt')];
+    const prompts = [...document.querySelectorAll(
+        '.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook .jp-CodeCell .jp-InputPrompt')];
     return prompts.length === n && prompts.every(p => /\\[\\d+\\]/.test(p.textContent));
 }"""
 
@@ -87,10 +95,10 @@ class Lab:
     token: str
     root: Path
     log: Path
-    executed: dict[str, Future[nbformat.NotebookNode]] = field(default_factory=dict)
+    runner: subprocess.Popen[bytes] | None = None
 
     def url(self, name: str) -> str:
-        return f"{self.base}/lab/tree/{name}?token={self.token}"
+        return f"{self.base}/lab/tree/{name}?reset&token={self.token}"  # reset: no tabs of earlier tests
 
     def api(self, method: str, path: str) -> Any:
         request = urllib.request.Request(f"{self.base}{path}?token={self.token}", method=method)
@@ -98,19 +106,36 @@ class Lab:
             body = response.read()
         return json.loads(body) if body else None
 
+    def executed(self, name: str, timeout: float = 240) -> nbformat.NotebookNode:
+        """The notebook as nbclient ran it, once the runner has saved it."""
+        target = self.root / f"executed-{name}"
+        deadline = time.monotonic() + timeout
+        while not target.exists():
+            assert self.runner is not None and self.runner.poll() in (None, 0), "the nbclient run failed"
+            assert time.monotonic() < deadline, f"nbclient did not finish {name}"
+            time.sleep(0.5)
+        return nbformat.read(target, as_version=4)
+
     def shut_down_kernels(self) -> None:
         for session in self.api("GET", "/api/sessions"):
             self.api("DELETE", f"/api/sessions/{session['id']}")
 
 
-def execute(source: Path, target: Path, cwd: Path) -> nbformat.NotebookNode:
-    """Run a notebook with nbclient, as CI does, and save it where JupyterLab serves it (unsigned)."""
-    from nbclient import NotebookClient
-
+# Runs each notebook given with nbclient, as CI does, and saves it beside it as executed-NAME (unsigned, so
+# JupyterLab opens it untrusted); in a process of its own, beside the browser.
+EXECUTE = """
+import sys
+from pathlib import Path
+import nbformat
+from nbclient import NotebookClient
+for name in sys.argv[1:]:
+    source = Path(name)
     nb = nbformat.read(source, as_version=4)
-    NotebookClient(nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}).execute()
-    nbformat.write(nb, target)
-    return nb
+    NotebookClient(nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(source.parent)}}).execute()
+    partial = source.with_name("partial-" + source.name)
+    nbformat.write(nb, partial)
+    partial.rename(source.with_name("executed-" + source.name))
+"""
 
 
 @pytest.fixture(scope="module")
@@ -141,24 +166,20 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
              "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
             env=env, stdout=out, stderr=subprocess.STDOUT, cwd=root,
         )
-    pool = ThreadPoolExecutor(max_workers=1)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(LAKE_ENV, str(lake))  # the nbclient kernels inherit it
-        try:
-            wait_for(f"http://127.0.0.1:{port}/api/status?token={token}", timeout=60)
-            running = Lab(f"http://127.0.0.1:{port}", token, root, log)
-            for notebook in NOTEBOOKS:
-                running.executed[notebook.name] = pool.submit(execute, notebook, root / f"executed-{notebook.name}",
-                                                              root)
-            yield running
-        finally:
-            pool.shutdown(cancel_futures=True)
-            server.terminate()
+    runner = subprocess.Popen([sys.executable, "-c", EXECUTE, *(str(root / p.name) for p in NOTEBOOKS)],
+                              env={**os.environ, LAKE_ENV: str(lake)}, cwd=root,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(f"http://127.0.0.1:{port}/api/status?token={token}", timeout=60)
+        yield Lab(f"http://127.0.0.1:{port}", token, root, log, runner)
+    finally:
+        for process in (runner, server):
+            process.terminate()
             try:
-                server.wait(timeout=15)
+                process.wait(timeout=15)
             except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+                process.kill()
+                process.wait()
 
 
 def chart_outputs(nb: nbformat.NotebookNode) -> int:
@@ -174,17 +195,25 @@ def wait_for_charts(page: Any, expected: int, script: str = CHART_MARKS_JS) -> l
     except Exception:  # the assertion below says what is missing
         pass
     marks: list[int] = page.evaluate(script)
+    if os.environ.get("DEBUG_BROWSER"):
+        print(page.evaluate("() => [...document.querySelectorAll('.jp-OutputArea-output')].map(o => "
+                            "o.getAttribute('data-mime-type') + ' ' + o.className + ' ' + o.innerHTML.slice(0, 300))"))
+        page.screenshot(path="/tmp/nbm/debug.png", full_page=True)
     return marks
 
 
 def open_notebook(page: Any, url: str, cells: int) -> None:
     page.goto(url)
-    page.wait_for_function("(n) => document.querySelectorAll('.jp-Notebook .jp-CodeCell').length === n",
-                           arg=cells, timeout=60_000)
+    wait_for_cells(page, cells)
+
+
+def wait_for_cells(page: Any, cells: int) -> None:
+    page.wait_for_function("([s, n]) => document.querySelectorAll(s + ' .jp-CodeCell').length === n",
+                           arg=[NOTEBOOK, cells], timeout=60_000)
 
 
 def cell_errors(page: Any) -> list[str]:
-    errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
+    errors = page.locator(f"{NOTEBOOK} .jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
     return [t for t in errors.all_inner_texts() if "Error" in t or "Traceback" in t]
 
 
@@ -206,17 +235,16 @@ def test_notebook_in_jupyterlab(lab: Lab, notebook: Path, tmp_path: Path) -> Non
             page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=60_000)
             page.locator("#jp-main-statusbar", has_text="| Idle").wait_for(timeout=60_000)
             page.wait_for_timeout(500)
-            page.locator(".jp-Notebook .jp-Cell").first.click()  # make the notebook the active widget
+            page.locator(f"{NOTEBOOK} .jp-Cell").first.click()  # make the notebook the active widget
             page.locator(".lm-MenuBar-item", has_text="Run").first.click()
             page.locator("li.lm-Menu-item[data-command='runmenu:run-all']").click()
             page.wait_for_function(ALL_RUN_JS, arg=cells, timeout=150_000)
-            executed = lab.executed[notebook.name].result(timeout=240)
+            executed = lab.executed(notebook.name)
             expected = chart_outputs(executed)
             marks = wait_for_charts(page, expected)
             if notebook.name == "01_quickstart.ipynb":
                 SCREENSHOT.parent.mkdir(exist_ok=True)
-                page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.vega.v5+json']").last \
-                    .scroll_into_view_if_needed()
+                page.locator(".jp-OutputArea-output.jp-RenderedVega5").last.scroll_into_view_if_needed()
                 page.screenshot(path=str(SCREENSHOT))
             assert len(marks) == expected and all(marks), f"after run: {marks}, expected {expected} charts"
             assert not cell_errors(page)
@@ -228,7 +256,7 @@ def test_notebook_in_jupyterlab(lab: Lab, notebook: Path, tmp_path: Path) -> Non
             saved = nbformat.read(lab.root / notebook.name, as_version=4)
             assert chart_outputs(saved) == expected
             page.reload()
-            open_notebook(page, lab.url(notebook.name), cells)
+            wait_for_cells(page, cells)
             marks = wait_for_charts(page, expected)
             assert len(marks) == expected and all(marks), f"after reload: {marks}, expected {expected} charts"
             assert not console, console
@@ -236,7 +264,6 @@ def test_notebook_in_jupyterlab(lab: Lab, notebook: Path, tmp_path: Path) -> Non
             # 3. The copy nbclient executed: not signed by this server, so untrusted.
             lab.shut_down_kernels()
             open_notebook(page, lab.url(f"executed-{notebook.name}"), cells)
-            page.wait_for_selector(".jp-Notebook", timeout=30_000)
             marks = wait_for_charts(page, expected)
             assert len(marks) == expected and all(marks), f"untrusted copy: {marks}, expected {expected} charts"
             assert not console, console
