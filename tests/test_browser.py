@@ -214,6 +214,18 @@ def cell_errors(page: Any) -> list[str]:
     return [t for t in errors.all_inner_texts() if "Error" in t or "Traceback" in t]
 
 
+def pick_an_event_type(page: Any) -> None:
+    """In the mix chart, a click on an event type of the legend fades the bars of the other types."""
+    mix = page.locator(f"{NOTEBOOK} .jp-OutputArea-output.jp-RenderedVega5", has_text="Event-type mix over time")
+    bars = mix.locator("g.role-mark path")
+    faded = "(paths) => paths.filter(p => p.getAttribute('opacity') === '0.25').length"
+    assert bars.count() > 4 and bars.evaluate_all(faded) == 0
+    mix.locator("g.role-legend-symbol path").first.click()
+    page.wait_for_function(f"() => [...document.querySelectorAll('{NOTEBOOK} .jp-RenderedVega5 g.role-mark path')]"
+                           ".some(p => p.getAttribute('opacity') === '0.25')", timeout=10_000)
+    assert 0 < bars.evaluate_all(faded) < bars.count()
+
+
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_in_jupyterlab(lab: Lab, notebook: Path, tmp_path: Path) -> None:
     from playwright.sync_api import sync_playwright
@@ -246,6 +258,8 @@ def test_notebook_in_jupyterlab(lab: Lab, notebook: Path, tmp_path: Path) -> Non
                 page.locator(".jp-OutputArea-output.jp-RenderedVega5").last.scroll_into_view_if_needed()
                 page.screenshot(path=str(SCREENSHOT))
             assert len(marks) == expected and all(marks), f"after run: {marks}, expected {expected} charts"
+            if notebook.name == "04_patterns.ipynb":
+                pick_an_event_type(page)
             assert not cell_errors(page)
             assert not console, console
 

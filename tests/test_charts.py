@@ -93,6 +93,10 @@ def test_daily_shows_every_calendar_day_and_the_average(lake: Lake) -> None:
     result = patterns.analyze(lake, "MoneyDeposited", START, END)
     spec = check_common(charts.daily(result), title="MoneyDeposited per day")
     assert [mark_type(u) for u in spec["layer"]] == ["area", "point", "rule"]
+    # The time axis zooms and pans (a selection bound to the x scale).
+    (days,) = spec["params"]
+    assert (days["select"], days["bind"]) == ({"type": "interval", "encodings": ["x"]}, "scales")
+    assert days["views"] == [spec["layer"][1]["name"]]
     assert spec["layer"][0]["encoding"]["x"]["type"] == "temporal"
     datasets = list(spec["datasets"].values())
     assert sorted(len(d) for d in datasets) == [1, result.days]
@@ -175,6 +179,10 @@ def test_mix(lake: Lake) -> None:
     assert (mark_type(spec), spec["encoding"]["x"]["field"]) == ("bar", "label")
     assert spec["encoding"]["x"]["sort"] == {"field": "period", "op": "min"}
     assert charts.mix(result, normalize=False).to_dict()["encoding"]["y"]["stack"] == "zero"
+    # An event type is picked from the legend: the others fade.
+    assert spec["params"] == [{"name": "picked", "select": {"type": "point", "fields": ["event_type"]},
+                               "bind": "legend"}]
+    assert spec["encoding"]["opacity"]["condition"]["param"] == "picked"
     daily = charts.mix(patterns.mix(lake, START, END, every="day")).to_dict()
     assert (mark_type(daily), daily["encoding"]["x"]["type"]) == ("area", "temporal")
 
@@ -303,7 +311,7 @@ def test_renderer_bundle_is_a_vega5_spec_and_an_svg_without_scripts(lake: Lake) 
 def same_ids(svg: str) -> str:
     import re
 
-    return re.sub(r"gradient_\d+", "gradient", svg)
+    return re.sub(r"(gradient_|clip)\d+", r"\1", svg)
 
 
 def test_compact_data_draws_the_same_chart(lake: Lake) -> None:

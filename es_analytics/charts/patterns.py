@@ -117,7 +117,9 @@ def daily(result: PatternResult) -> Any:
     line = base.mark_area(line={"color": ACCENT}).encode(y=alt.Y("count:Q", title="Events per day"),
                                                           tooltip=tooltip)
     # Invisible points give every day its tooltip (the static SVG leaves them out).
-    points = base.mark_point(opacity=0, size=60).encode(y="count:Q", tooltip=tooltip)
+    # Drag to move along the days, scroll to zoom in on a time range (where the viewer runs Vega).
+    points = base.mark_point(opacity=0, size=60).encode(y="count:Q", tooltip=tooltip).add_params(
+        alt.selection_interval(name="days", bind="scales", encodings=["x"]))
     rule = alt.Chart(pl.DataFrame({"average": [result.average_per_calendar_day]})).mark_rule(
         strokeDash=[4, 4]).encode(y="average:Q", tooltip=[alt.Tooltip("average:Q", title="Average per calendar day",
                                                                           format=".2f")])
@@ -304,12 +306,15 @@ def mix(result: MixResult, *, normalize: bool = True) -> Any:
         x = alt.X("label:O", title=title, sort=alt.EncodingSortField("period", op="min"),
                   axis=alt.Axis(labelAngle=0 if result.grain == "month" else -45))
         base = alt.Chart(data).mark_bar()
-    chart = base.encode(
+    picked = alt.selection_point(name="picked", fields=["event_type"], bind="legend")
+    chart = base.add_params(picked).encode(
         x=x,
         y=alt.Y("count:Q", title="Share of events" if normalize else "Events",
                 stack="normalize" if normalize else "zero", axis=alt.Axis(format=".0%" if normalize else ",")),
         color=alt.Color("event_type:N", title="Event type"),
         order=alt.Order("event_type:N"),
+        # Click an event type in the legend to pick it out (shift-click for more, double-click for all).
+        opacity=alt.condition(picked, alt.value(1.0), alt.value(0.25)),
         tooltip=[alt.Tooltip("period:T", title=result.grain.capitalize(), format="%Y-%m-%d"),
                  alt.Tooltip("event_type:N", title="Event type"), alt.Tooltip("count:Q", title="Events", format=","),
                  alt.Tooltip("share:Q", title="Share", format=".1%")],
