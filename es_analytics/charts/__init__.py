@@ -1,6 +1,6 @@
 """Altair charts of es_analytics results: a DataFrame (or a result object) in, an ``alt.Chart`` out.
 
-Every chart has tooltips, labelled axes, a title and the one es_analytics look (``charts._theme``); the
+Every chart has tooltips, labelled axes, a title and the one es_analytics look (``charts._theme``);
 ``daily`` (also in ``overview``) zooms and pans its time axis, and ``mix`` picks an event type from its legend.
 Charts embed only aggregated data; the ``patterns`` functions aggregate in DuckDB first.
 
