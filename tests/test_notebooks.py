@@ -114,9 +114,10 @@ def check_charts(nb: nbformat.NotebookNode) -> None:
 
 
 def fingerprint(folder: Path) -> dict[str, str]:
-    """Every file under ``folder`` and the SHA-256 of its content."""
+    """Every file under ``folder`` and the SHA-256 of its content, but the readers' pins: empty lock files
+    that a reader of the lake holds while it reads (``store/pins.py``)."""
     return {str(f.relative_to(folder)): hashlib.sha256(f.read_bytes()).hexdigest()
-            for f in sorted(folder.rglob("*")) if f.is_file()}
+            for f in sorted(folder.rglob("*")) if f.is_file() and f.parent.name != "pins"}
 
 
 COPY_ROOT = str(Path(tempfile.gettempdir()) / COPY_PREFIX)

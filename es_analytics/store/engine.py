@@ -251,7 +251,8 @@ class LakeStore:
             removed += unpublished
             with self.hot.write():
                 applied = self._apply(manifest, {})
-            self._drop_retired(manifest)
+        # Retired files are reclaimed by the next seal or compaction, not here: opening a lake to read it
+        # changes nothing but what a killed process left half done.
         return {"removed_files": removed, "indexed_files": applied}
 
     def _trusted_manifest(self) -> Manifest:
