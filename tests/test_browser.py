@@ -11,6 +11,9 @@ it). Playwright drives Debian's ``chromium`` (``.ci/run`` installs it). For each
 3. opens the copy executed by nbclient (not signed by this server, so untrusted) and asserts the same;
 4. exports that copy to HTML with nbconvert and asserts every chart is there as a drawn SVG image.
 
+In the time-travel notebook it also drags the "as of" slider of ``lake.explore`` to its first moment and
+checks that the widget then shows the states the lake has as of that moment.
+
 nbclient runs the notebooks in a process of its own while the browser works on the notebooks before. A screenshot of the
 quickstart goes to ``build/browser-quickstart.png``.
 """
@@ -49,10 +52,12 @@ SHOWCASES = {"01_quickstart.ipynb", "02_time_travel.ipynb", "03_projections_and_
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
-# The marks of every rendered Vega chart in the page: one number per chart output (0 = drawn empty).
+# The marks of every rendered Vega chart in the page: one number per chart output (0 = drawn empty); charts
+# that a widget draws (lake.explore) live only while the kernel does and are checked on their own.
 # (JupyterLab's Vega extension marks its outputs with the class jp-RenderedVega5.)
 CHART_MARKS_JS = """() => [...document.querySelectorAll(
-    ".jp-NotebookPanel:not(.lm-mod-hidden) .jp-OutputArea-output.jp-RenderedVega5")].map(
+    ".jp-NotebookPanel:not(.lm-mod-hidden) .jp-OutputArea-output.jp-RenderedVega5")].filter(
+    out => !out.closest(".jupyter-widgets")).map(
     out => out.querySelectorAll("svg.marks g[class*='role-mark'] > *").length)"""
 # The same for an HTML export, where nbconvert shows each chart's static SVG as an <img> of a data URL: the
 # marks in the SVG of each image the browser decoded and drew (0 when it drew nothing).
@@ -226,6 +231,34 @@ def pick_an_event_type(page: Any) -> None:
     assert 0 < bars.evaluate_all(faded) < bars.count()
 
 
+def move_the_time_slider(page: Any, lake: Path) -> None:
+    """In lake.explore's widget, dragging "as of" to its first moment shows the states of that moment."""
+    from es_analytics.examples.bank import BankAccount
+
+    box = page.locator(f"{NOTEBOOK} .widget-vbox", has=page.locator(".noUi-handle")).last
+    summary = box.locator(".widget-html").first
+    before = summary.inner_text()
+    handle = box.locator(".noUi-handle").first
+    readout = box.locator(".widget-readout").first
+    last = readout.inner_text().strip()
+    handle.focus()
+    page.keyboard.press("Home")  # the slider's handle, moved to its first moment from the keyboard
+    page.wait_for_function("([el, last]) => el.textContent.trim() !== last", arg=[readout.element_handle(), last],
+                           timeout=20_000)
+    label = readout.inner_text().strip()
+    summary.filter(has_text=f"as of {label}").wait_for(timeout=20_000)  # the states query ran
+    assert summary.inner_text() != before
+    with Lake.open(lake) as opened:
+        first = opened.sql("SELECT min(occurred_at) AS t FROM events WHERE aggregate_type = 'BankAccount'")["t"][0]
+        expected = opened.states(BankAccount, as_of=first)
+    assert label == first.strftime("%Y-%m-%d %H:%M UTC")
+    assert f"{expected.height:,} BankAccount as of {label}" in summary.inner_text()
+    richest = expected.sort("balance", descending=True)["aggregate_id"][0]
+    assert richest in box.locator(".widget-html").nth(1).inner_text()
+    marks = box.locator(".jp-RenderedVega5 svg.marks g[class*='role-mark'] > *")
+    assert marks.count() > 0  # the widget's chart is drawn
+
+
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_in_jupyterlab(lab: Lab, notebook: Path, tmp_path: Path) -> None:
     from playwright.sync_api import sync_playwright
@@ -260,6 +293,8 @@ def test_notebook_in_jupyterlab(lab: Lab, notebook: Path, tmp_path: Path) -> Non
             assert len(marks) == expected and all(marks), f"after run: {marks}, expected {expected} charts"
             if notebook.name == "04_patterns.ipynb":
                 pick_an_event_type(page)
+            if notebook.name == "02_time_travel.ipynb":
+                move_the_time_slider(page, lab.root.parent / "lake")
             assert not cell_errors(page)
             assert not console, console
 
