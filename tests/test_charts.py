@@ -375,3 +375,17 @@ def test_a_users_chart_of_decimal_money_renders(tmp_path: Path) -> None:
             alt.Chart(big).mark_point().encode(x="x:Q").to_dict()
     finally:
         alt.data_transformers.enable(before)
+
+
+@pytest.mark.parametrize(("years", "grain", "label"), [(3, "week", "%b %Y"), (13, "month", "%Y")])
+def test_a_long_window_is_drawn_per_week_or_month_with_labels_that_fit(lake: Lake, years: int, grain: str,
+                                                                        label: str) -> None:
+    start = END - timedelta(days=365 * years)
+    result = patterns.analyze(lake, "MoneyDeposited", start, END)
+    assert result.daily.height > 1_000  # more days than a daily chart shows legibly (over 5,000 at 13 years)
+    spec = check_common(charts.daily(result), title=f"MoneyDeposited per {grain}")
+    assert spec["layer"][0]["encoding"]["x"]["axis"]["format"] == label
+    drawn = [d for d in spec["datasets"].values()][0]
+    counts = drawn["count"] if isinstance(drawn, dict) else [row["count"] for row in drawn]
+    assert sum(counts) == result.total_events  # nothing lost in the coarser grain
+    assert len(counts) < result.daily.height / 6

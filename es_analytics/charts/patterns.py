@@ -105,27 +105,45 @@ def hourly(result: PatternResult) -> Any:
                   subtitle=f"{result.total_events:,} events · {_span(result.start, result.end, result.tz)}")
 
 
+# Days per bar of the daily chart by the window's length, and the axis labels that fit that span.
+_GRAINS = ((400, "day", "%b %d"), (2_000, "week", "%b %Y"), (float("inf"), "month", "%Y"))
+
+
 def daily(result: PatternResult) -> Any:
-    """Events per local calendar day (days without events at 0) with the average per day as a rule."""
-    frame = check_rows(result.daily, "charts.daily", required=("date", "count"))
+    """Events per local calendar day (days without events at 0) with the average per day as a rule.
+
+    Over more than 400 days the counts are summed per week (Monday), over more than 2,000 per month, and
+    the axis is labelled by month or year, so a window of any length draws one readable chart.
+    """
+    if not isinstance(result.daily, pl.DataFrame) or "date" not in result.daily.columns:
+        check_rows(result.daily, "charts.daily", required=("date", "count"))
+    days = result.daily.height
+    limit, grain, label = next(g for g in _GRAINS if days <= g[0])
+    frame = result.daily if grain == "day" else result.daily.group_by(
+        pl.col("date").dt.truncate("1w" if grain == "week" else "1mo")).agg(pl.col("count").sum()).sort("date")
+    frame = check_rows(frame, "charts.daily", required=("date", "count"))
     data = lean(frame, "date", "count")
-    tooltip = [alt.Tooltip("date:T", title="Day", format="%Y-%m-%d"),
-               alt.Tooltip("date:T", title="Weekday", format="%A"),
+    per = {"day": "Day", "week": "Week from", "month": "Month"}[grain]
+    tooltip = [alt.Tooltip("date:T", title=per, format="%Y-%m-%d"),
                alt.Tooltip("count:Q", title="Events", format=",")]
+    if grain == "day":
+        tooltip.insert(1, alt.Tooltip("date:T", title="Weekday", format="%A"))
     base = alt.Chart(data).encode(
-        x=alt.X("date:T", title="Day", axis=alt.Axis(format="%b %d", labelAngle=0)))
-    line = base.mark_area(line={"color": ACCENT}).encode(y=alt.Y("count:Q", title="Events per day"),
+        x=alt.X("date:T", title=per if grain != "week" else "Week", axis=alt.Axis(format=label, labelAngle=0)))
+    line = base.mark_area(line={"color": ACCENT}).encode(y=alt.Y("count:Q", title=f"Events per {grain}"),
                                                           tooltip=tooltip)
     # Invisible points give every day its tooltip (the static SVG leaves them out).
     # Drag to move along the days, scroll to zoom in on a time range (where the viewer runs Vega).
     points = base.mark_point(opacity=0, size=60).encode(y="count:Q", tooltip=tooltip).add_params(
         alt.selection_interval(name="days", bind="scales", encodings=["x"]))
-    rule = alt.Chart(pl.DataFrame({"average": [result.average_per_calendar_day]})).mark_rule(
-        strokeDash=[4, 4]).encode(y="average:Q", tooltip=[alt.Tooltip("average:Q", title="Average per calendar day",
-                                                                          format=".2f")])
+    layers = [line, points]
+    if grain == "day":  # the average per calendar day is a level only on a chart of days
+        layers.append(alt.Chart(pl.DataFrame({"average": [result.average_per_calendar_day]})).mark_rule(
+            strokeDash=[4, 4]).encode(y="average:Q", tooltip=[alt.Tooltip("average:Q", title="Average per calendar day",
+                                                                              format=".2f")]))
     return finish(
-        alt.layer(line, points, rule), title=f"{_what(result.event_type)} per day",
-        subtitle=(f"average {result.average_per_calendar_day:.2f} per calendar day (dashed), "
+        alt.layer(*layers), title=f"{_what(result.event_type)} per {grain}",
+        subtitle=(f"average {result.average_per_calendar_day:.2f} per calendar day{' (dashed)' if grain == 'day' else ''}, "
                   f"{result.average_per_day:.2f} per active day · {result.active_days} of "
                   f"{result.days} days had events · {result.tz}"),
     )
