@@ -217,7 +217,8 @@ def test_charts_refuse_too_many_rows() -> None:
                                     pl.DataFrame({"hour": range(24), "count": [0] * 24}),
                                     big.with_columns(count=pl.lit(1)), 1.0, 1.0)
     with pytest.raises(InvalidArgumentError, match="aggregate first"):
-        charts.daily(result)
+        _theme.check_rows(result.daily, "charts.daily")
+    assert charts.daily(result).to_dict()["title"]["text"] == "X per month"  # 7,306 days drawn as 241 months
     with pytest.raises(InvalidArgumentError, match="needs the columns"):
         _theme.check_rows(pl.DataFrame({"x": [1]}), "test", required=("hour",))
     with pytest.raises(InvalidArgumentError, match="needs a polars DataFrame"):
