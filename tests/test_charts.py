@@ -390,3 +390,13 @@ def test_a_long_window_is_drawn_per_week_or_month_with_labels_that_fit(lake: Lak
     counts = drawn["count"] if isinstance(drawn, dict) else [row["count"] for row in drawn]
     assert sum(counts) == result.total_events  # nothing lost in the coarser grain
     assert len(counts) < result.daily.height / 6
+
+
+def test_the_mix_of_many_event_types_uses_twenty_colours_and_a_legend_in_columns() -> None:
+    periods = pl.datetime_range(datetime(2025, 1, 1), datetime(2025, 3, 1), "1mo", time_zone="UTC", eager=True)
+    table = pl.DataFrame({"period": periods}).join(
+        pl.DataFrame({"event_type": [f"Activity number {i}" for i in range(16)]}), how="cross").with_columns(
+        count=pl.lit(3), share=pl.lit(1 / 16))
+    result = patterns.MixResult(grain="month", tz="UTC", table=table)
+    color = charts.mix(result).to_dict()["encoding"]["color"]
+    assert color["scale"]["scheme"] == "category20" and color["legend"]["columns"] == 2

@@ -314,6 +314,7 @@ def mix(result: MixResult, *, normalize: bool = True) -> Any:
     Months and weeks are stacked bars (one per period); days are a stacked area.
     """
     data = check_rows(result.table, "charts.mix", required=("period", "event_type", "count", "share"))
+    types = data["event_type"].n_unique()
     label = "%b %Y" if result.grain == "month" else "%d %b"
     data = data.with_columns(pl.col("period").dt.strftime(label).alias("label"))
     title = f"{result.grain.capitalize()} ({result.tz})" + (", starting Monday" if result.grain == "week" else "")
@@ -329,7 +330,10 @@ def mix(result: MixResult, *, normalize: bool = True) -> Any:
         x=x,
         y=alt.Y("count:Q", title="Share of events" if normalize else "Events",
                 stack="normalize" if normalize else "zero", axis=alt.Axis(format=".0%" if normalize else ",")),
-        color=alt.Color("event_type:N", title="Event type"),
+        # Ten distinct colours up to ten types, twenty beyond (not eight repeated); a long legend in columns.
+        color=alt.Color("event_type:N", title="Event type",
+                        scale=alt.Scale(scheme="tableau10") if types <= 10 else alt.Scale(scheme="category20"),
+                        legend=alt.Legend(columns=1 if types <= 14 else 2, labelLimit=180, symbolLimit=0)),
         order=alt.Order("event_type:N"),
         # Click an event type in the legend to pick it out (shift-click for more, double-click for all).
         opacity=alt.condition(picked, alt.value(1.0), alt.value(0.25)),
