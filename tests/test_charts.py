@@ -400,3 +400,17 @@ def test_the_mix_of_many_event_types_uses_twenty_colours_and_a_legend_in_columns
     result = patterns.MixResult(grain="month", tz="UTC", table=table)
     color = charts.mix(result).to_dict()["encoding"]["color"]
     assert color["scale"]["scheme"] == "category20" and color["legend"]["columns"] == 2
+
+
+def test_anomalies_of_many_types_over_a_long_window_show_the_types_with_most_anomalies() -> None:
+    dates = pl.date_range(datetime(2024, 1, 1), datetime(2025, 12, 31), "1d", eager=True)  # 731 days
+    types = [f"Type {i:02d}" for i in range(12)]  # 8,772 rows: more than a chart embeds
+    daily = pl.DataFrame({"date": dates}).join(pl.DataFrame({"event_type": types}), how="cross").with_columns(
+        count=pl.lit(5), median=pl.lit(5.0), mad=pl.lit(1.0), robust_z=pl.lit(0.0),
+        anomaly=(pl.col("event_type").str.slice(5).cast(pl.Int64) >= 9) & (pl.col("date").dt.day() == 1))
+    result = patterns.AnomalyResult(tz="UTC", threshold=3.5, baseline=None, min_deviation=3, daily=daily)
+    spec = charts.anomalies(result).to_dict()
+    shown = {row["event_type"] for row in next(iter(spec["datasets"].values()))} if isinstance(
+        next(iter(spec["datasets"].values())), list) else set(next(iter(spec["datasets"].values()))["event_type"])
+    assert {"Type 09", "Type 10", "Type 11"} <= shown and len(shown) == 5_000 // 731
+    assert "of 12 event types with the most" in spec["title"]["subtitle"]

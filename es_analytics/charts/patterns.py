@@ -13,7 +13,7 @@ import altair as alt
 import polars as pl
 
 from ..errors import InvalidArgumentError
-from ._theme import ACCENT, NEGATIVE, NEUTRAL, POSITIVE, SEQUENTIAL_SCHEME, WIDTH, check_rows, finish, lean
+from ._theme import ACCENT, MAX_ROWS, NEGATIVE, NEUTRAL, POSITIVE, SEQUENTIAL_SCHEME, WIDTH, check_rows, finish, lean
 
 if TYPE_CHECKING:
     from ..patterns import (
@@ -105,6 +105,7 @@ def hourly(result: PatternResult) -> Any:
                   subtitle=f"{result.total_events:,} events · {_span(result.start, result.end, result.tz)}")
 
 
+ANOMALY_PANELS = 8  # event types drawn by charts.anomalies at most (one panel each)
 # Days per bar of the daily chart by the window's length, and the axis labels that fit that span.
 _GRAINS = ((400, "day", "%b %d"), (2_000, "week", "%b %Y"), (float("inf"), "month", "%Y"))
 
@@ -222,6 +223,14 @@ def anomalies(result: AnomalyResult, *, event_type: str | list[str] | None = Non
         data = data.filter(pl.col("event_type").is_in(wanted))
         if data.is_empty():
             raise InvalidArgumentError(f"no daily counts for event_type {event_type!r} in this result")
+    if not isinstance(data, pl.DataFrame) or "event_type" not in data.columns or "anomaly" not in data.columns:
+        check_rows(data, "charts.anomalies", required=("event_type", "date", "count", "robust_z", "anomaly"))
+    days = max(1, data["date"].n_unique())
+    shown = max(1, min(ANOMALY_PANELS, MAX_ROWS // days))
+    ranked = (data.group_by("event_type").agg(pl.col("anomaly").sum().alias("n"), pl.col("count").sum().alias("c"))
+              .sort(["n", "c", "event_type"], descending=[True, True, False]))
+    if ranked.height > shown:  # the types with the most anomalous days, so the chart stays a readable size
+        data = data.filter(pl.col("event_type").is_in(ranked["event_type"].head(shown).to_list()))
     data = check_rows(data, "charts.anomalies", required=("event_type", "date", "count", "robust_z", "anomaly"))
     data = lean(data, "event_type", "date", "count", "median", "robust_z", "anomaly", decimals=2)
     tooltip = [alt.Tooltip("event_type:N", title="Event type"), alt.Tooltip("date:T", format="%Y-%m-%d", title="Day"),
@@ -236,8 +245,9 @@ def anomalies(result: AnomalyResult, *, event_type: str | list[str] | None = Non
         row=alt.Row("event_type:N", title=None, header=alt.Header(labelAngle=0, labelAlign="left")),
     ).resolve_scale(y="independent")
     flagged = int(data["anomaly"].sum())
+    more = f" · the {min(shown, ranked.height)} of {ranked.height} event types with the most" if ranked.height > shown else ""
     return finish(chart, title="Anomalous days", width=None, height=None,
-                  subtitle=f"{flagged} days with |robust z| ≥ {result.threshold:g} (red) · local time {result.tz}")
+                  subtitle=f"{flagged} days with |robust z| ≥ {result.threshold:g} (red){more} · local time {result.tz}")
 
 
 # -- latency ------------------------------------------------------------------------------------
