@@ -115,6 +115,20 @@ def test_entry_point_demo_on_a_small_sample(tmp_path: Path) -> None:
             "AND recorded_at - occurred_at > INTERVAL 3 DAY ORDER BY position LIMIT 1) + INTERVAL 1 HOUR",
             [found.group(1)])["n"].item()
     assert re.search(rf"^{states:,} accounts rebuilt in", again.stdout, re.MULTILINE)
+    # the three balances of the account through time, against the lake's own fold
+    from datetime import timedelta
+
+    from es_analytics.examples.bank import BankAccount
+
+    printed = re.findall(r"balance\s+([\d,]+\.\d\d)\s+(\w+)\s+version (\d+)", again.stdout)[:3]
+    with Lake.open(tmp_path / "sample") as lake:
+        occurred, recorded = lake.sql(
+            "SELECT occurred_at, recorded_at FROM events WHERE aggregate_id = ? AND event_type = 'MoneyDeposited' "
+            "AND recorded_at - occurred_at > INTERVAL 3 DAY ORDER BY position LIMIT 1", [found.group(1)]).row(0)
+        as_of = occurred + timedelta(hours=1)
+        folds = [lake.aggregate(BankAccount, found.group(1), as_of=as_of, known_at=recorded - timedelta(seconds=1)),
+                 lake.aggregate(BankAccount, found.group(1), as_of=as_of), lake.aggregate(BankAccount, found.group(1))]
+    assert printed == [(f"{a.balance:,.2f}", a.status, str(a.version)) for a in folds]
 
 
 # -- every command ------------------------------------------------------------------------------------------
