@@ -241,8 +241,12 @@ def move_the_time_slider(page: Any, lake: Path) -> None:
     handle = box.locator(".noUi-handle").first
     readout = box.locator(".widget-readout").first
     last = readout.inner_text().strip()
-    handle.focus()
-    page.keyboard.press("Home")  # the slider's handle, moved to its first moment from the keyboard
+    track = box.locator(".noUi-base").first.bounding_box()
+    grip = handle.bounding_box()
+    page.mouse.move(grip["x"] + grip["width"] / 2, grip["y"] + grip["height"] / 2)
+    page.mouse.down()  # drag the handle past the track's left end: its first moment
+    page.mouse.move(track["x"] - 40, grip["y"] + grip["height"] / 2, steps=15)
+    page.mouse.up()
     page.wait_for_function("([el, last]) => el.textContent.trim() !== last", arg=[readout.element_handle(), last],
                            timeout=20_000)
     label = readout.inner_text().strip()
