@@ -132,7 +132,7 @@ def declare_personal(
     Examples
     --------
     >>> declare_personal("NewsletterSigned", ["email"], subject="userId")
-    PersonalFields(event_type='NewsletterSigned', fields=('email',), subject='userId', schema_version=None)
+    PersonalFields(event_type='NewsletterSigned', fields=('email',), subject='userId', schema_version=None, stream_is_subject=False)
     >>> undeclare_personal("NewsletterSigned")
     """
     Event(event_type, {})  # validates the event type's spelling
