@@ -87,13 +87,9 @@ def _selection(
     params = [*head, *params, *tail]
     if not having:  # the payload is read only when a case filter needs it
         return f"ev AS (SELECT {select} FROM events WHERE {' AND '.join(clauses)})", params
-    sql = f"ev_all AS (SELECT {select}, data FROM events WHERE {' AND '.join(clauses)}), "
-    if having:
-        sql += ("ev AS (SELECT * EXCLUDE (data) FROM ev_all WHERE case_id IN (SELECT case_id FROM ev_all "
-                f"GROUP BY case_id HAVING {' AND '.join(having)}))")
-    else:
-        sql += "ev AS (SELECT * EXCLUDE (data) FROM ev_all)"
-    return sql, params
+    return (f"ev_all AS (SELECT {select}, data FROM events WHERE {' AND '.join(clauses)}), "
+            "ev AS (SELECT * EXCLUDE (data) FROM ev_all WHERE case_id IN (SELECT case_id FROM ev_all "
+            f"GROUP BY case_id HAVING {' AND '.join(having)}))"), params
 
 
 def _json_key(key: str) -> str:
@@ -104,15 +100,6 @@ def _json_key(key: str) -> str:
 def _run(lake: Any, body: str, selection: tuple[str, list[Any]], extra: Sequence[Any] = ()) -> pl.DataFrame:
     cte, params = selection
     return lake.sql(f"WITH {cte} {body}", [*params, *extra])  # type: ignore[no-any-return]
-
-
-def _args(aggregate_type: str, as_of: datetime | None, known_at: datetime | None, cases: Sequence[str] | None,
-          activities: Sequence[str] | None, variant: Sequence[str] | None, attributes: Mapping[str, str] | None,
-          since: datetime | None, until: datetime | None, **more: Any) -> tuple[str, list[Any]]:
-    return _selection(aggregate_type, as_of, known_at, cases, activities, variant, attributes, since, until, **more)
-
-
-_SECONDS = "epoch_us({}) / 1e6"
 
 
 def directly_follows(lake: Any, aggregate_type: str, *, as_of: datetime | None = None, known_at: datetime | None = None,
@@ -129,7 +116,7 @@ def directly_follows(lake: Any, aggregate_type: str, *, as_of: datetime | None =
         "quantile_cont(seconds, 0.9) AS p90_seconds, count(DISTINCT case_id) AS cases "
         "FROM pairs WHERE target IS NOT NULL GROUP BY source, target ORDER BY frequency DESC, source, target"
     )
-    return _run(lake, body, _args(aggregate_type, as_of, known_at, cases, activities, variant, attributes, since, until))
+    return _run(lake, body, _selection(aggregate_type, as_of, known_at, cases, activities, variant, attributes, since, until))
 
 
 def _boundary(lake: Any, which: str, args: tuple[str, list[Any]]) -> pl.DataFrame:
@@ -148,7 +135,7 @@ def start_activities(lake: Any, aggregate_type: str, *, as_of: datetime | None =
                      attributes: Mapping[str, str] | None = None, since: datetime | None = None,
                      until: datetime | None = None) -> pl.DataFrame:
     """The first activity of each case: ``activity, cases, share``."""
-    return _boundary(lake, "first", _args(aggregate_type, as_of, known_at, cases, activities, variant, attributes,
+    return _boundary(lake, "first", _selection(aggregate_type, as_of, known_at, cases, activities, variant, attributes,
                                           since, until))
 
 
@@ -158,7 +145,7 @@ def end_activities(lake: Any, aggregate_type: str, *, as_of: datetime | None = N
                    attributes: Mapping[str, str] | None = None, since: datetime | None = None,
                    until: datetime | None = None) -> pl.DataFrame:
     """The last activity of each case (so far): ``activity, cases, share``."""
-    return _boundary(lake, "last", _args(aggregate_type, as_of, known_at, cases, activities, variant, attributes,
+    return _boundary(lake, "last", _selection(aggregate_type, as_of, known_at, cases, activities, variant, attributes,
                                          since, until))
 
 
@@ -173,7 +160,7 @@ def variants(lake: Any, aggregate_type: str, *, as_of: datetime | None = None, k
         "SELECT variant, len(variant) AS length, count(*) AS cases, count(*) / sum(count(*)) OVER () AS share "
         "FROM seqs GROUP BY variant ORDER BY cases DESC, length, variant"
     )
-    return _run(lake, body, _args(aggregate_type, as_of, known_at, cases, activities, variant, attributes, since, until))
+    return _run(lake, body, _selection(aggregate_type, as_of, known_at, cases, activities, variant, attributes, since, until))
 
 
 def cases(lake: Any, aggregate_type: str, *, as_of: datetime | None = None, known_at: datetime | None = None,
@@ -188,7 +175,7 @@ def cases(lake: Any, aggregate_type: str, *, as_of: datetime | None = None, know
         "count(*) AS events, list(activity ORDER BY version) AS variant, "
         "count(*) - count(DISTINCT activity) AS rework FROM ev GROUP BY case_id ORDER BY start, case_id"
     )
-    return _run(lake, body, _args(aggregate_type, as_of, known_at, cases, activities, variant, attributes, since, until))
+    return _run(lake, body, _selection(aggregate_type, as_of, known_at, cases, activities, variant, attributes, since, until))
 
 
 def handovers(lake: Any, aggregate_type: str, *, resource: str = "org:resource", as_of: datetime | None = None,
@@ -205,7 +192,7 @@ def handovers(lake: Any, aggregate_type: str, *, resource: str = "org:resource",
         "SELECT source, target, count(*) AS frequency, count(DISTINCT case_id) AS cases FROM pairs "
         "WHERE target IS NOT NULL AND target <> source GROUP BY source, target ORDER BY frequency DESC, source, target"
     )
-    return _run(lake, body, _args(aggregate_type, as_of, known_at, cases, activities, variant, attributes, since, until,
+    return _run(lake, body, _selection(aggregate_type, as_of, known_at, cases, activities, variant, attributes, since, until,
                                   resource=resource))
 
 
@@ -226,7 +213,7 @@ def arrivals(lake: Any, aggregate_type: str, *, every: str = "day", as_of: datet
         "SELECT period, coalesce(started, 0) AS started, coalesce(finished, 0) AS finished, median_duration_seconds "
         "FROM starts FULL JOIN ends USING (period) ORDER BY period"
     )
-    return _run(lake, body, _args(aggregate_type, as_of, known_at, cases, activities, variant, attributes, since, until),
+    return _run(lake, body, _selection(aggregate_type, as_of, known_at, cases, activities, variant, attributes, since, until),
                 [every, every])
 
 
@@ -246,5 +233,5 @@ def events(lake: Any, aggregate_type: str, *, max_cases: int = 500, as_of: datet
         "SELECT ev.case_id, activity, occurred_at, version, case_start FROM ev JOIN starts USING (case_id) "
         "ORDER BY case_start, case_id, version"
     )
-    return _run(lake, body, _args(aggregate_type, as_of, known_at, cases, activities, variant, attributes, since, until),
+    return _run(lake, body, _selection(aggregate_type, as_of, known_at, cases, activities, variant, attributes, since, until),
                 [max_cases])
