@@ -156,12 +156,17 @@ def test_kill_at_each_step_of_a_seal_finishes_or_rolls_it_back(tmp_path: Path, p
         assert lake.check()["ok"]
 
 
-def test_orphans_of_an_interrupted_seal_are_removed_on_open(tmp_path: Path) -> None:
-    path = tmp_path / "lake"
+def _one_sealed_event(path: Path) -> Path:
+    """A lake at ``path`` with one sealed event; returns the folder of its Parquet files."""
     with Lake.open(path) as lake:
         lake.append("a", [Event("Ticked", {"n": 1})], expected_version=0, aggregate_type="Clock")
         lake.seal()
-    folder = path / "events" / "aggregate_type=Clock"
+    return path / "events" / "aggregate_type=Clock"
+
+
+def test_orphans_of_an_interrupted_seal_are_removed_on_open(tmp_path: Path) -> None:
+    path = tmp_path / "lake"
+    folder = _one_sealed_event(path)
     unpublished = f"part-g{99:010d}-{2:012d}-0123456789ab.parquet"  # written for a generation never reached
     (folder / "part-x.parquet.tmp").write_bytes(b"half a file")
     (folder / unpublished).write_bytes(b"PAR1 truncated")
@@ -174,10 +179,7 @@ def test_orphans_of_an_interrupted_seal_are_removed_on_open(tmp_path: Path) -> N
 
 def test_an_unlisted_file_of_a_published_generation_is_refused_not_deleted(tmp_path: Path) -> None:
     path = tmp_path / "lake"
-    with Lake.open(path) as lake:
-        lake.append("a", [Event("Ticked", {"n": 1})], expected_version=0, aggregate_type="Clock")
-        lake.seal()
-    folder = path / "events" / "aggregate_type=Clock"
+    folder = _one_sealed_event(path)
     stray = folder / f"part-g{1:010d}-{7:012d}-0123456789ab.parquet"
     stray.write_bytes(b"PAR1 someone's file")
     with pytest.raises(LakeCorruptError, match="not listed in manifest.json"):
